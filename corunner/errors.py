@@ -1,0 +1,92 @@
+"""The one exception tree of corunner, and the exit codes it maps to.
+
+Every error a user can meet derives from :class:`CorunnerError` and renders as
+one line that names the file or host and the cause. The task layer turns them
+into exit codes in one place (:func:`exit_code_for`), so codes stay identical
+across tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+#: Exit codes, documented in README.md. 1 is left to Invoke's own parser errors.
+EXIT_OK = 0
+EXIT_USAGE = 2  # bad options, inventory or run record: nothing was attempted
+EXIT_FAILED = 3  # every node was reached, some programs or transfers failed
+EXIT_LOST = 4  # some nodes were dead, unreachable or timed out
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+class CorunnerError(Exception):
+    """Root of every error corunner raises on purpose."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(CorunnerError):
+    """Options that cannot work together, or a missing file the user named."""
+
+
+class InventoryError(CorunnerError):
+    """A problem in the inventory, located by file and line or key path."""
+
+    def __init__(self, msg: str, file: Optional[str] = None, where: Optional[str] = None):
+        self.msg, self.file, self.where = msg, file, where
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        place = ":".join(str(p) for p in (self.file, self.where) if p)
+        return f"{place}: {self.msg}" if place else self.msg
+
+
+class HostRangeError(InventoryError):
+    """A host pattern whose bracket ranges do not parse."""
+
+    def __init__(self, pattern: str, reason: str):
+        self.pattern = pattern
+        super().__init__(f"bad host pattern {pattern!r}: {reason}")
+
+
+class RecordError(CorunnerError):
+    """A run record that is missing or unreadable."""
+
+
+class RemoteError(CorunnerError):
+    """Something went wrong with one host; the message names it."""
+
+    exit_code = EXIT_LOST
+
+    def __init__(self, host: str, cause: str):
+        self.host, self.cause = host, cause
+        super().__init__(f"{host}: {cause}")
+
+
+class ConnectError(RemoteError):
+    """The host could not be reached (refused, timed out, name unknown)."""
+
+
+class AuthError(RemoteError):
+    """The host refused our key."""
+
+
+class HostKeyError(RemoteError):
+    """The host key is unknown or differs from known_hosts."""
+
+
+class TransferError(RemoteError):
+    """A copy to or from the host failed after connecting."""
+
+    exit_code = EXIT_FAILED
+
+
+class StartError(RemoteError):
+    """The executor could not be uploaded or started on the host."""
+
+
+class PartialFailure(CorunnerError):
+    """Raised by tasks after every host ended, when some did not succeed."""
+
+    def __init__(self, summary: str, exit_code: int):
+        self.exit_code = exit_code
+        super().__init__(summary)
