@@ -1,0 +1,197 @@
+"""Node liveness: a pure state machine fed with events and the clock.
+
+Nothing here reads a clock, a socket or a thread: every function takes ``now``
+(seconds, any monotonic origin) so the rules can be tested line by line.
+
+    pending --heartbeat--> alive <--silence / heartbeat--> dead
+    pending/alive/dead --exit 0--> succeeded, --exit != 0 or signal--> failed
+    pending --could not connect or start--> unreachable
+    any live state --deadline--> timeout
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from typing import Dict, Iterable, List, Optional, Tuple
+
+
+class State(str, enum.Enum):
+    PENDING = "pending"
+    ALIVE = "alive"
+    DEAD = "dead"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: States in which a node's program may still be running and worth waiting for.
+LIVE = frozenset({State.PENDING, State.ALIVE})
+#: States a node never leaves (a dead node may still come back, so it is not here).
+FINAL = frozenset({State.SUCCEEDED, State.FAILED, State.UNREACHABLE, State.TIMEOUT})
+
+
+@dataclass(frozen=True)
+class Node:
+    """What the controller knows of one node. Times are in the caller's clock."""
+
+    host: str
+    state: State = State.PENDING
+    since: float = 0.0  # when the node entered its state
+    started_at: Optional[float] = None  # when the executor was started
+    last_seen: Optional[float] = None  # last accepted heartbeat
+    ended_at: Optional[float] = None
+    exit_code: Optional[int] = None
+    signal: Optional[int] = None
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One state change, for the event log and the live view."""
+
+    host: str
+    old: State
+    new: State
+    at: float
+    reason: str
+
+
+def _move(
+    node: Node, new: State, now: float, reason: str, **fields: object
+) -> Tuple[Node, List[Change]]:
+    moved = replace(node, state=new, since=now, **fields)  # type: ignore[arg-type]
+    return moved, [Change(node.host, node.state, new, now, reason)]
+
+
+def started(node: Node, now: float) -> Node:
+    """The executor is running on the node: its silence is measured from now."""
+    return replace(node, started_at=now, since=now) if node.state is State.PENDING else node
+
+
+def unreachable(node: Node, now: float, error: str) -> Tuple[Node, List[Change]]:
+    """Connecting to or starting on the node failed."""
+    if node.state in FINAL:
+        return node, []
+    return _move(node, State.UNREACHABLE, now, error, error=error, ended_at=now)
+
+
+def heartbeat(node: Node, now: float) -> Tuple[Node, List[Change]]:
+    """The node reported that its program runs: pending or dead nodes turn alive."""
+    if node.state in FINAL:
+        return node, []
+    node = replace(node, last_seen=now)
+    if node.state is State.ALIVE:
+        return node, []
+    reason = "heartbeat" if node.state is State.PENDING else "reported again"
+    return _move(node, State.ALIVE, now, reason)
+
+
+def exited(
+    node: Node, now: float, exit_code: Optional[int], signal: Optional[int]
+) -> Tuple[Node, List[Change]]:
+    """The program ended: succeeded with code 0, failed otherwise."""
+    if node.state in FINAL:
+        return node, []
+    ok = exit_code == 0 and signal is None
+    new = State.SUCCEEDED if ok else State.FAILED
+    reason = f"exit {exit_code}" if signal is None else f"signal {signal}"
+    return _move(
+        node, new, now, reason, last_seen=now, ended_at=now, exit_code=exit_code, signal=signal
+    )
+
+
+def check_silence(node: Node, now: float, dead_after: float) -> Tuple[Node, List[Change]]:
+    """A pending or alive node that has been silent for ``dead_after`` seconds is dead."""
+    if node.state not in LIVE:
+        return node, []
+    reference = node.last_seen if node.last_seen is not None else node.started_at
+    if reference is None or now - reference < dead_after:
+        return node, []
+    return _move(node, State.DEAD, now, f"silent for {now - reference:.1f}s")
+
+
+def silence_deadline(node: Node, dead_after: float) -> Optional[float]:
+    """When ``check_silence`` would next change this node, or None."""
+    if node.state not in LIVE:
+        return None
+    reference = node.last_seen if node.last_seen is not None else node.started_at
+    return None if reference is None else reference + dead_after
+
+
+def deadline_passed(node: Node, now: float) -> Tuple[Node, List[Change]]:
+    """The run's deadline passed while the node's program was still running.
+
+    A dead node stays dead: nobody knows whether its program still runs.
+    """
+    if node.state not in LIVE:
+        return node, []
+    return _move(node, State.TIMEOUT, now, "deadline passed", ended_at=now)
+
+
+@dataclass
+class Fleet:
+    """Every node of a run, with the change log. Still pure: ``now`` comes in."""
+
+    dead_after: float
+    nodes: Dict[str, Node] = field(default_factory=dict)
+    changes: List[Change] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, hosts: Iterable[str], dead_after: float, now: float) -> Fleet:
+        return cls(dead_after, {h: Node(h, since=now) for h in hosts})
+
+    def apply(self, host: str, result: Tuple[Node, List[Change]]) -> List[Change]:
+        node, changes = result
+        self.nodes[host] = node
+        self.changes.extend(changes)
+        return changes
+
+    def started(self, host: str, now: float) -> None:
+        self.nodes[host] = started(self.nodes[host], now)
+
+    def unreachable(self, host: str, now: float, error: str) -> List[Change]:
+        return self.apply(host, unreachable(self.nodes[host], now, error))
+
+    def heartbeat(self, host: str, now: float) -> List[Change]:
+        return self.apply(host, heartbeat(self.nodes[host], now))
+
+    def exited(
+        self, host: str, now: float, exit_code: Optional[int], signal: Optional[int]
+    ) -> List[Change]:
+        return self.apply(host, exited(self.nodes[host], now, exit_code, signal))
+
+    def tick(self, now: float) -> List[Change]:
+        """Mark silent nodes dead."""
+        out: List[Change] = []
+        for host, node in self.nodes.items():
+            if node.state in LIVE:
+                out += self.apply(host, check_silence(node, now, self.dead_after))
+        return out
+
+    def expire(self, now: float) -> List[Change]:
+        """The deadline passed: every node still pending or alive times out."""
+        out: List[Change] = []
+        for host, node in self.nodes.items():
+            out += self.apply(host, deadline_passed(node, now))
+        return out
+
+    def next_check(self) -> Optional[float]:
+        """The earliest time a node could turn dead by silence."""
+        times = [t for n in self.nodes.values() if (t := silence_deadline(n, self.dead_after))]
+        return min(times) if times else None
+
+    @property
+    def finished(self) -> bool:
+        """True when nothing is left to wait for: no node is pending or alive."""
+        return not any(n.state in LIVE for n in self.nodes.values())
+
+    def by_state(self) -> Dict[State, List[str]]:
+        out: Dict[State, List[str]] = {}
+        for host, node in self.nodes.items():
+            out.setdefault(node.state, []).append(host)
+        return out

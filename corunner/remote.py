@@ -1,0 +1,334 @@
+"""The SSH shell around corunner: connect with checked host keys, run one
+quoted command per node per phase, stream bytes in and out.
+
+Fabric's ``Connection`` carries the settings; the data path is a raw Paramiko
+channel, because Invoke's ``in_stream`` reads one byte per 10 ms and SFTP costs
+a round trip per request. Every command runs under ``sh -c`` with every value
+quoted by :func:`shlex.quote`, and every answer we parse is prefixed with a
+marker, so noisy shell start-up files on the node cannot confuse us.
+
+Paramiko and socket errors become :class:`~corunner.errors.RemoteError`
+subclasses whose one-line message names the host and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shlex
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import IO, Callable, Iterable, Iterator, Optional, Tuple, TypeVar
+
+import fabric
+import paramiko
+
+from .errors import AuthError, ConnectError, HostKeyError, RemoteError
+from .inventory import Host
+
+T = TypeVar("T")
+
+#: Chunk size for streaming: large enough to amortise Python overhead per call.
+CHUNK = 1 << 18
+#: Prefer AES-GCM: it needs no separate MAC pass, which is most of Paramiko's CPU.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr")
+
+_known_hosts_lock = threading.Lock()
+_config = fabric.Config(lazy=True, overrides={"load_ssh_configs": False})
+
+
+class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
+    """Like OpenSSH's ``StrictHostKeyChecking accept-new``: record unknown keys.
+
+    A key that *differs* from a recorded one is still refused by Paramiko
+    (``BadHostKeyException``); only hosts never seen before are added.
+    """
+
+    def __init__(self, known_hosts: str):
+        self.known_hosts = known_hosts
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        entry = paramiko.hostkeys.HostKeyEntry([hostname], key).to_line()
+        with _known_hosts_lock:
+            os.makedirs(os.path.dirname(self.known_hosts) or ".", exist_ok=True)
+            with open(self.known_hosts, "a") as f:
+                f.write(entry)
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+def _known_hosts_name(host: Host) -> str:
+    return host.name if host.port == 22 else f"[{host.name}]:{host.port}"
+
+
+@contextlib.contextmanager
+def translated(host: Host) -> Iterator[None]:
+    """Turn Paramiko and socket errors into one-line ``RemoteError``s naming the host."""
+    who = host.id
+    try:
+        yield
+    except RemoteError:
+        raise
+    except paramiko.BadHostKeyException as exc:
+        raise HostKeyError(
+            who,
+            f"host key differs from the one in {host.known_hosts}: possible "
+            f"man-in-the-middle; if the host was reinstalled, run "
+            f"ssh-keygen -R {_known_hosts_name(host)} -f {host.known_hosts}",
+        ) from exc
+    except paramiko.AuthenticationException as exc:
+        key = host.key or "the SSH agent and default keys"
+        raise AuthError(
+            who, f"authentication failed for user {host.user} with {key}: {exc}"
+        ) from exc
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        raise ConnectError(
+            who, f"connection refused on port {host.port} (is sshd running?)"
+        ) from exc
+    except socket.gaierror as exc:
+        raise ConnectError(who, f"cannot resolve host name ({exc.strerror})") from exc
+    except (socket.timeout, TimeoutError) as exc:
+        raise ConnectError(
+            who, f"no answer within {host.connect_timeout:g}s (host down or port filtered)"
+        ) from exc
+    except paramiko.SSHException as exc:
+        text = str(exc)
+        if "not found in known_hosts" in text:
+            raise HostKeyError(
+                who,
+                f"host key not in {host.known_hosts} (add it with ssh-keyscan -p "
+                f"{host.port} {host.name} >> {host.known_hosts}, or pass --accept-new-host-keys)",
+            ) from exc
+        if "banner" in text or "No existing session" in text:
+            raise ConnectError(
+                who,
+                f"no SSH answer within {host.connect_timeout:g}s (host hung or not an SSH server)",
+            ) from exc
+        raise ConnectError(who, f"SSH error: {text}") from exc
+    except EOFError as exc:
+        raise ConnectError(who, "connection closed by the host during the handshake") from exc
+    except OSError as exc:
+        raise ConnectError(who, exc.strerror or str(exc)) from exc
+
+
+def connect(host: Host, accept_new_host_keys: bool = False) -> fabric.Connection:
+    """Open an SSH connection whose host key is checked against ``host.known_hosts``."""
+    key_given = bool(host.key)
+    conn = fabric.Connection(
+        host.name,
+        user=host.user,
+        port=host.port,
+        config=_config,
+        connect_kwargs={
+            "key_filename": host.key if key_given else None,
+            "look_for_keys": not key_given,
+            "allow_agent": not key_given,
+            "timeout": host.connect_timeout,
+            "banner_timeout": host.connect_timeout,
+            "auth_timeout": host.connect_timeout,
+            "channel_timeout": host.connect_timeout,
+        },
+    )
+    client: paramiko.SSHClient = conn.client
+    known = host.known_hosts
+    if known and os.path.exists(known):
+        client.load_host_keys(known)
+    if accept_new_host_keys and known:
+        client.set_missing_host_key_policy(AcceptNewPolicy(known))
+    else:
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    if key_given and not os.path.exists(host.key or ""):
+        raise AuthError(
+            host.id, f"key file {host.key} does not exist (check key: in the inventory)"
+        )
+    with translated(host):
+        conn.open()
+        transport = conn.client.get_transport()
+        transport.set_keepalive(15)
+    return conn
+
+
+def _prefer_fast_ciphers() -> None:
+    preferred = [c for c in PREFERRED_CIPHERS if c in paramiko.Transport._preferred_ciphers]
+    rest = [c for c in paramiko.Transport._preferred_ciphers if c not in preferred]
+    paramiko.Transport._preferred_ciphers = tuple(preferred + rest)
+
+
+_prefer_fast_ciphers()
+
+
+@dataclass
+class Completed:
+    """The outcome of one remote command."""
+
+    status: int
+    stdout: bytes
+    stderr: bytes
+
+    def marked(self, marker: str) -> Optional[str]:
+        """The text after the last line starting with ``marker``, ignoring shell noise."""
+        return find_marked(self.stdout, marker)
+
+    def error_line(self) -> str:
+        """The most useful line of stderr, for a one-line error."""
+        return last_line(self.stderr) or f"exit status {self.status}"
+
+
+def find_marked(output: bytes, marker: str) -> Optional[str]:
+    """The rest of the last line that starts with ``marker + ' '``."""
+    prefix = (marker + " ").encode()
+    found = None
+    for line in output.splitlines():
+        if line.startswith(prefix):
+            found = line[len(prefix) :].decode("utf-8", "replace")
+    return found
+
+
+def last_line(data: bytes) -> str:
+    """The last non-blank line, with our own error marker preferred."""
+    lines = [ln.strip() for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if line.startswith("CORUNNER-ERROR "):
+            return line[len("CORUNNER-ERROR ") :]
+    return lines[-1] if lines else ""
+
+
+def sh(script: str, *args: str) -> str:
+    """A command line that runs ``script`` under POSIX ``sh`` with ``$1..$n`` = ``args``.
+
+    Whatever the user's login shell, the script sees its arguments literally.
+    """
+    return " ".join(shlex.quote(p) for p in ("sh", "-c", script, "corunner", *args))
+
+
+def execute(
+    conn: fabric.Connection,
+    host: Host,
+    command: str,
+    stdin: Optional[Iterable[bytes]] = None,
+    timeout: Optional[float] = None,
+) -> Completed:
+    """Run ``command`` on one open connection, streaming ``stdin`` chunks to it.
+
+    If the node stops reading (its command failed), sending stops and the
+    command's own error is returned rather than a broken-pipe error.
+    """
+    with translated(host):
+        chan = conn.client.get_transport().open_session(timeout=host.connect_timeout)
+        try:
+            chan.exec_command(command)
+            if stdin is not None:
+                with contextlib.suppress(OSError, EOFError):
+                    for chunk in stdin:
+                        chan.sendall(chunk)
+            with contextlib.suppress(OSError, EOFError):
+                chan.shutdown_write()
+            out, err = drain(chan, timeout)
+            return Completed(chan.recv_exit_status(), out, err)
+        finally:
+            chan.close()
+
+
+def drain(chan: paramiko.Channel, timeout: Optional[float] = None) -> Tuple[bytes, bytes]:
+    """Read stdout and stderr until the channel ends, without busy-waiting.
+
+    Both streams share one flow-control window, so both are read as they come.
+    Raises ``socket.timeout`` after ``timeout`` seconds.
+    """
+    out, err = [], []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        while chan.recv_stderr_ready():
+            err.append(chan.recv_stderr(CHUNK))
+        if chan.recv_ready():
+            out.append(chan.recv(CHUNK))
+            continue
+        if chan.eof_received or chan.closed:
+            while chan.recv_stderr_ready():
+                err.append(chan.recv_stderr(CHUNK))
+            return b"".join(out), b"".join(err)
+        wait = None if deadline is None else deadline - time.monotonic()
+        if wait is not None and wait <= 0:
+            raise socket.timeout("remote command timed out")
+        select.select([chan], [], [], min(wait, 1.0) if wait is not None else 1.0)
+
+
+class MarkedStream:
+    """A read-only file over a channel's stdout, starting after a marker line.
+
+    Shell start-up files may print anything before our command runs; the data
+    we want begins right after the first line equal to ``marker``.
+    """
+
+    def __init__(self, chan: paramiko.Channel, marker: bytes):
+        self.chan = chan
+        self.marker = marker + b"\n"
+        self.buffer = b""
+        self.found = False
+
+    def _fill(self) -> bool:
+        data = self.chan.recv(CHUNK)
+        self.buffer += data
+        return bool(data)
+
+    def _find_marker(self) -> None:
+        while not self.found:
+            at = self.buffer.find(self.marker)
+            if at >= 0 and (at == 0 or self.buffer[at - 1 : at] == b"\n"):
+                self.buffer = self.buffer[at + len(self.marker) :]
+                self.found = True
+                return
+            if len(self.buffer) > 1 << 20:  # keep the tail only: noise is not data
+                self.buffer = self.buffer[-len(self.marker) :]
+            if not self._fill():
+                return
+
+    def read(self, size: int = -1) -> bytes:
+        self._find_marker()
+        if not self.found:
+            return b""
+        while size < 0 or len(self.buffer) < size:
+            if not self._fill():
+                break
+        if size < 0:
+            data, self.buffer = self.buffer, b""
+        else:
+            data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+
+def stream_from(
+    conn: fabric.Connection,
+    host: Host,
+    command: str,
+    marker: str,
+    consume: Callable[[IO[bytes]], T],
+    timeout: Optional[float] = None,
+) -> Tuple[T, Completed]:
+    """Run ``command`` and hand its stdout after ``marker`` to ``consume``.
+
+    Returns what ``consume`` returned and the command's status and stderr.
+    """
+    with translated(host):
+        chan = conn.client.get_transport().open_session(timeout=host.connect_timeout)
+        try:
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            chan.shutdown_write()
+            stream = MarkedStream(chan, marker.encode())
+            result = consume(stream)  # type: ignore[arg-type]
+            while chan.recv(CHUNK):  # drain what the consumer left
+                pass
+            err = b""
+            while True:
+                part = chan.recv_stderr(CHUNK)
+                if not part:
+                    break
+                err += part
+            return result, Completed(chan.recv_exit_status(), b"", err)
+        finally:
+            chan.close()

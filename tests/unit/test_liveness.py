@@ -1,0 +1,131 @@
+"""Liveness rules, driven with explicit times: no clock, no sockets."""
+
+from corunner.liveness import Fleet, State
+
+DEAD_AFTER = 5.0
+
+
+def fleet(*hosts: str) -> Fleet:
+    return Fleet.of(hosts or ("n1",), DEAD_AFTER, now=0.0)
+
+
+def test_started_node_is_pending_until_first_heartbeat():
+    f = fleet()
+    f.started("n1", 1.0)
+    assert f.nodes["n1"].state is State.PENDING
+    [change] = f.heartbeat("n1", 1.5)
+    assert (change.old, change.new, change.reason) == (State.PENDING, State.ALIVE, "heartbeat")
+
+
+def test_node_that_never_reports_turns_dead_after_dead_after_from_start():
+    f = fleet()
+    f.started("n1", 10.0)
+    assert f.tick(14.9) == []
+    [change] = f.tick(15.0)
+    assert change.new is State.DEAD
+
+
+def test_node_not_yet_started_is_never_dead_by_silence():
+    f = fleet()
+    assert f.tick(1000.0) == []
+    assert f.nodes["n1"].state is State.PENDING
+
+
+def test_silent_node_turns_dead_then_alive_when_it_reports_again():
+    f = fleet()
+    f.started("n1", 0.0)
+    f.heartbeat("n1", 1.0)
+    assert f.tick(5.9) == []
+    [dead] = f.tick(6.0)
+    assert dead.new is State.DEAD and dead.reason.startswith("silent for 5.0")
+    [back] = f.heartbeat("n1", 9.0)
+    assert (back.old, back.new, back.reason) == (State.DEAD, State.ALIVE, "reported again")
+    [done] = f.exited("n1", 10.0, 0, None)
+    assert done.new is State.SUCCEEDED
+    assert [c.new for c in f.changes] == [State.ALIVE, State.DEAD, State.ALIVE, State.SUCCEEDED]
+
+
+def test_heartbeats_keep_a_node_alive():
+    f = fleet()
+    f.started("n1", 0.0)
+    for t in range(1, 100):
+        f.heartbeat("n1", float(t))
+        assert f.tick(t + 0.9) == []
+    assert f.nodes["n1"].state is State.ALIVE
+
+
+def test_exit_codes_and_signals_decide_success():
+    f = fleet("a", "b", "c")
+    for h in "abc":
+        f.started(h, 0.0)
+    f.exited("a", 1.0, 0, None)
+    f.exited("b", 1.0, 3, None)
+    f.exited("c", 1.0, None, 9)
+    assert f.nodes["a"].state is State.SUCCEEDED
+    assert (f.nodes["b"].state, f.nodes["b"].exit_code) == (State.FAILED, 3)
+    assert (f.nodes["c"].state, f.nodes["c"].signal) == (State.FAILED, 9)
+    assert f.changes[-1].reason == "signal 9"
+
+
+def test_dead_node_can_still_report_its_exit():
+    f = fleet()
+    f.started("n1", 0.0)
+    f.tick(6.0)
+    f.exited("n1", 7.0, 0, None)
+    assert f.nodes["n1"].state is State.SUCCEEDED
+
+
+def test_final_states_are_final():
+    f = fleet()
+    f.started("n1", 0.0)
+    f.exited("n1", 1.0, 0, None)
+    assert f.heartbeat("n1", 2.0) == []
+    assert f.exited("n1", 2.0, 1, None) == []
+    assert f.tick(100.0) == [] and f.expire(100.0) == []
+    assert f.nodes["n1"].state is State.SUCCEEDED
+
+
+def test_unreachable_node_is_finished_with_its_error():
+    f = fleet("a", "b")
+    [change] = f.unreachable("a", 0.5, "connection refused")
+    assert change.new is State.UNREACHABLE and f.nodes["a"].error == "connection refused"
+    assert not f.finished
+    f.started("b", 0.5)
+    f.exited("b", 1.0, 0, None)
+    assert f.finished
+
+
+def test_run_is_finished_when_only_dead_nodes_remain():
+    f = fleet("a", "b")
+    f.started("a", 0.0)
+    f.started("b", 0.0)
+    f.heartbeat("a", 1.0)
+    f.exited("b", 2.0, 0, None)
+    assert not f.finished
+    f.tick(6.0)
+    assert f.nodes["a"].state is State.DEAD and f.finished
+
+
+def test_deadline_times_out_live_nodes_but_not_dead_or_finished_ones():
+    f = fleet("live", "dead", "done")
+    for h in ("live", "dead", "done"):
+        f.started(h, 0.0)
+    f.heartbeat("live", 4.0)
+    f.exited("done", 1.0, 0, None)
+    f.tick(5.0)
+    changes = f.expire(6.0)
+    assert [(c.host, c.new) for c in changes] == [("live", State.TIMEOUT)]
+    assert f.by_state() == {
+        State.TIMEOUT: ["live"],
+        State.DEAD: ["dead"],
+        State.SUCCEEDED: ["done"],
+    }
+
+
+def test_next_check_is_the_earliest_silence_deadline():
+    f = fleet("a", "b")
+    assert f.next_check() is None
+    f.started("a", 0.0)
+    f.started("b", 2.0)
+    f.heartbeat("a", 3.0)
+    assert f.next_check() == 7.0
