@@ -1,0 +1,532 @@
+"""Orchestration of a run: dispatch the executor, watch heartbeats, decide, record.
+
+The controller's main thread runs one loop: it polls the heartbeat listener
+(or, with heartbeats off, the open SSH channels), feeds what arrives into the
+pure liveness state machine, and checks silence and the deadline. A bounded
+pool of workers connects to the nodes and starts the executor; each posts its
+outcome to the loop through a queue. Nothing here prints: changes go to the
+``on_change`` callback and the outcome is returned as a :class:`RunReport`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import os
+import queue
+import secrets
+import selectors
+import shlex
+import socket
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import fabric
+import paramiko
+
+from . import executor as executor_module
+from . import remote
+from .errors import EXIT_FAILED, EXIT_LOST, EXIT_OK, RemoteError, StartError, UsageError
+from .fanout import DEFAULT_PARALLEL
+from .inventory import Host
+from .liveness import Change, Fleet, State
+from .listener import Listener
+from .record import RunRecord, new_run_id
+
+EXECUTOR_SOURCE = executor_module.__file__
+
+#: Upload and start in one command: the payload tar arrives on stdin.
+#: $1 = run directory, $2 = python, $3 = "bg" (detached, heartbeats) or "fg".
+START_SCRIPT = r"""
+dir=$1 py=$2
+command -v "$py" >/dev/null 2>&1 || {
+  echo "CORUNNER-ERROR python interpreter '$py' not found on the node (set python: in the inventory)" >&2
+  exit 97; }
+(umask 077 && mkdir -p -- "$dir") || exit 98
+cd -- "$dir" || exit 98
+tar -xpf - --no-same-owner || exit 99
+if [ "$3" = fg ]; then exec "$py" .corunner/executor.py run --foreground .corunner/config.json; fi
+setsid "$py" .corunner/executor.py run .corunner/config.json </dev/null >.corunner/executor.log 2>&1 &
+echo "CORUNNER-STARTED $!"
+"""
+
+#: Ask the executor on the node about a run: $1 = run directory, $2 = python, $3 = verb.
+ASK_SCRIPT = r"""
+dir=$1 py=$2
+if [ ! -f "$dir/.corunner/executor.py" ]; then
+  echo "CORUNNER-PROBE {\"state\": \"missing\"}"; exit 0; fi
+exec "$py" "$dir/.corunner/executor.py" "$3" "$dir"
+"""
+
+
+@dataclass(frozen=True)
+class Program:
+    """What to run: a local script (uploaded) with arguments, or a command line."""
+
+    script: Optional[str] = None
+    args: Tuple[str, ...] = ()
+    cmd: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if (self.script is None) == (self.cmd is None):
+            raise UsageError("give exactly one of --script FILE or --cmd COMMAND")
+        if self.script is not None and not os.path.isfile(self.script):
+            raise UsageError(f"no such script: {self.script}")
+
+    @property
+    def has_shebang(self) -> bool:
+        if self.script is None:
+            return False
+        with open(self.script, "rb") as f:
+            return f.read(2) == b"#!"
+
+    def config_for(self, host: Host) -> Dict[str, Any]:
+        """The ``argv``/``shell`` part of the executor's config on ``host``."""
+        if self.cmd is not None:
+            return {"argv": None, "shell": self.cmd}
+        name = os.path.basename(self.script or "")
+        argv = ["./" + name] if self.has_shebang else [host.python, name]
+        return {"argv": argv + list(self.args), "shell": None}
+
+    def describe(self) -> str:
+        if self.cmd is not None:
+            return self.cmd
+        return " ".join(shlex.quote(p) for p in (self.script or "", *self.args))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything about a run but the hosts. Times in seconds."""
+
+    program: Program
+    files: Tuple[str, ...] = ()
+    interval: float = 1.0
+    dead_after: Optional[float] = None  # default: 5 intervals
+    deadline: Optional[float] = None  # from the start of the run
+    heartbeat: bool = True
+    listen: Optional[Tuple[str, int]] = None
+    parallel: int = DEFAULT_PARALLEL
+    accept_new_host_keys: bool = False
+    linger: float = 60.0
+
+    @property
+    def silence_limit(self) -> float:
+        return self.dead_after if self.dead_after is not None else 5 * self.interval
+
+
+@dataclass
+class HostReport:
+    """The outcome of one host, as printed and recorded."""
+
+    host: str
+    state: State
+    exit_code: Optional[int] = None
+    signal: Optional[int] = None
+    error: Optional[str] = None
+    seconds: Optional[float] = None  # program run time as seen by the controller
+    last_seen_age: Optional[float] = None  # seconds since the last heartbeat, at the end
+    pid: Optional[int] = None
+    remote_dir: str = ""
+
+    def to_json(self) -> Dict[str, Any]:
+        out = dict(self.__dict__)
+        out["state"] = self.state.value
+        return out
+
+
+@dataclass
+class RunReport:
+    """What a run ended with; ``exit_code`` follows the documented codes."""
+
+    run_id: str
+    hosts: List[HostReport]
+    started_at: float
+    ended_at: float
+    interrupted: bool = False
+    rejected: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        states = {h.state for h in self.hosts}
+        if states & {State.DEAD, State.UNREACHABLE, State.TIMEOUT, State.PENDING, State.ALIVE}:
+            return EXIT_LOST
+        if State.FAILED in states:
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def by_state(self) -> Dict[State, List[str]]:
+        out: Dict[State, List[str]] = {}
+        for h in self.hosts:
+            out.setdefault(h.state, []).append(h.host)
+        return out
+
+
+def _tar_member(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+    tar.addfile(info, io.BytesIO(data))
+
+
+class Payload:
+    """The tar sent to every node: the user's files and the executor, built once,
+    then a per-host tail holding that host's config (and secret, mode 0600)."""
+
+    def __init__(self, program: Program, files: Sequence[str], workdir: str):
+        fd, self.path = tempfile.mkstemp(prefix="corunner-payload-", suffix=".tar", dir=workdir)
+        with os.fdopen(fd, "wb") as f:
+            tar = tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT)
+            dir_info = tarfile.TarInfo(".corunner")
+            dir_info.type, dir_info.mode = tarfile.DIRTYPE, 0o700
+            tar.addfile(dir_info)
+            with open(EXECUTOR_SOURCE, "rb") as src:
+                _tar_member(tar, ".corunner/executor.py", src.read(), 0o600)
+            if program.script:
+                with open(program.script, "rb") as src:
+                    mode = 0o755 if program.has_shebang else 0o644
+                    _tar_member(tar, os.path.basename(program.script), src.read(), mode)
+            for path in files:
+                if not os.path.lexists(path):
+                    raise UsageError(f"no such file to upload: {path}")
+                tar.add(path, arcname=os.path.basename(os.path.abspath(path)))
+            f.flush()  # not closed: each host's tail ends the archive
+
+    def chunks(self, config: Dict[str, Any]) -> Iterator[bytes]:
+        with open(self.path, "rb") as f:
+            while True:
+                chunk = f.read(remote.CHUNK)
+                if not chunk:
+                    break
+                yield chunk
+        tail = io.BytesIO()
+        with tarfile.open(fileobj=tail, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            _tar_member(tar, ".corunner/config.json", json.dumps(config).encode(), 0o600)
+        yield tail.getvalue()
+
+    def remove(self) -> None:
+        os.unlink(self.path)
+
+
+def run_dir(host: Host, run_id: str) -> str:
+    return f"{host.remote_dir.rstrip('/')}/{run_id}"
+
+
+@dataclass
+class _Started:
+    host: str
+    pid: Optional[int] = None
+    error: Optional[str] = None
+    channel: Optional[paramiko.Channel] = None
+    connection: Optional[fabric.Connection] = None
+
+
+class ChannelWatcher:
+    """With heartbeats off: waits on the nodes' open SSH sessions in one selector."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.waker_r, self.waker_w = socket.socketpair()
+        self.waker_r.setblocking(False)
+        self.selector.register(self.waker_r, selectors.EVENT_READ, None)
+        self.output: Dict[str, bytes] = {}
+        self.open: Dict[str, Tuple[paramiko.Channel, fabric.Connection]] = {}
+
+    def watch(self, host: str, chan: paramiko.Channel, conn: fabric.Connection) -> None:
+        self.output[host] = b""
+        self.open[host] = (chan, conn)
+        self.selector.register(chan, selectors.EVENT_READ, host)
+
+    def wakeup(self) -> None:
+        try:
+            self.waker_w.send(b"x")
+        except OSError:
+            pass
+
+    def poll(self, timeout: float) -> List[Tuple[str, Optional[Dict[str, Any]]]]:
+        """Hosts whose session ended, with the status the executor printed (or None)."""
+        ended = []
+        for key, _ in self.selector.select(timeout):
+            if key.data is None:
+                try:
+                    self.waker_r.recv(4096)
+                except OSError:
+                    pass
+                continue
+            host, chan = key.data, key.fileobj
+            while chan.recv_ready():
+                self.output[host] += chan.recv(remote.CHUNK)[-65536:]
+            while chan.recv_stderr_ready():
+                chan.recv_stderr(remote.CHUNK)
+            if chan.eof_received or chan.closed:
+                status = remote.find_marked(self.output[host], "CORUNNER-STATUS")
+                ended.append((host, json.loads(status) if status else None))
+                self.forget(host)
+        return ended
+
+    def forget(self, host: str) -> None:
+        chan, conn = self.open.pop(host)
+        self.selector.unregister(chan)
+        chan.close()
+        conn.close()
+
+    def close(self) -> None:
+        for host in list(self.open):
+            self.forget(host)
+        self.selector.close()
+        self.waker_r.close()
+        self.waker_w.close()
+
+
+class Run:
+    """One run over a set of hosts; call :meth:`execute` once."""
+
+    def __init__(
+        self,
+        hosts: Sequence[Host],
+        spec: RunSpec,
+        meta: Optional[Dict[str, Any]] = None,
+        on_change: Optional[Callable[[Change, Fleet], None]] = None,
+        records: Optional[str] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if not hosts:
+            raise UsageError("no hosts selected")
+        self.hosts = {h.id: h for h in hosts}
+        self.spec = spec
+        self.meta = meta or {}
+        self.on_change = on_change
+        self.clock = clock
+        self.run_id = new_run_id()
+        self.secret = secrets.token_bytes(32)
+        self.record = RunRecord(self.run_id, records)
+        self.events: "queue.SimpleQueue[_Started]" = queue.SimpleQueue()
+        self.pids: Dict[str, int] = {}
+        self.wall0, self.mono0 = time.time(), clock()
+        self.fleet = Fleet.of(self.hosts, spec.silence_limit, self.mono0)
+        self.listener: Optional[Listener] = None
+        self.watcher: Optional[ChannelWatcher] = None
+
+    # -- dispatch (worker threads) -------------------------------------------
+    def _controller_addresses(self, conn: fabric.Connection) -> List[List[Any]]:
+        assert self.listener is not None
+        if self.spec.listen:
+            host, port = self.spec.listen
+            return [[host, port]]
+        local = conn.client.get_transport().sock.getsockname()[0]
+        host, port = self.listener.bind(local)
+        return [[host, port], ["", port]]  # "": the client address in $SSH_CONNECTION
+
+    def _dispatch(self, host: Host, payload: Payload) -> None:
+        started = _Started(host.id)
+        conn = None
+        keep_open = False
+        try:
+            conn = remote.connect(host, self.spec.accept_new_host_keys)
+            config = {
+                "run_id": self.run_id,
+                "host": host.id,
+                "interval": self.spec.interval,
+                "secret": self.secret.hex(),
+                "heartbeat": self.spec.heartbeat,
+                "linger": self.spec.linger,
+                "controller": self._controller_addresses(conn) if self.spec.heartbeat else [],
+                **self.spec.program.config_for(host),
+            }
+            mode = "bg" if self.spec.heartbeat else "fg"
+            command = remote.sh(START_SCRIPT, run_dir(host, self.run_id), host.python, mode)
+            if self.spec.heartbeat:
+                done = remote.execute(conn, host, command, stdin=payload.chunks(config))
+                pid = done.marked("CORUNNER-STARTED")
+                if done.status != 0 or not pid or not pid.strip().isdigit():
+                    raise StartError(host.id, f"could not start the executor: {done.error_line()}")
+                started.pid = int(pid)
+            else:
+                started.channel = self._start_foreground(conn, host, command, payload, config)
+                started.connection = conn
+                keep_open = True
+        except RemoteError as exc:
+            started.error = exc.cause
+        finally:
+            if conn is not None and not keep_open:
+                conn.close()
+        self.events.put(started)
+        self._wakeup()
+
+    def _start_foreground(
+        self,
+        conn: fabric.Connection,
+        host: Host,
+        command: str,
+        payload: Payload,
+        config: Dict[str, Any],
+    ) -> paramiko.Channel:
+        with remote.translated(host):
+            chan = conn.client.get_transport().open_session(timeout=host.connect_timeout)
+            chan.exec_command(command)
+            try:
+                for chunk in payload.chunks(config):
+                    chan.sendall(chunk)
+                chan.shutdown_write()
+            except OSError:
+                pass  # the node's command ended early; its status tells why
+            return chan
+
+    def _wakeup(self) -> None:
+        if self.listener:
+            self.listener.wakeup()
+        if self.watcher:
+            self.watcher.wakeup()
+
+    # -- the loop (main thread) ----------------------------------------------
+    def _changes(self, changes: List[Change]) -> None:
+        for change in changes:
+            self.record.event(
+                run_id=self.run_id,
+                host=change.host,
+                old=change.old.value,
+                new=change.new.value,
+                reason=change.reason,
+                at=round(self.wall0 + change.at - self.mono0, 3),
+            )
+            if self.on_change:
+                self.on_change(change, self.fleet)
+
+    def _take_started(self, pending: set) -> None:
+        while True:
+            try:
+                started = self.events.get_nowait()
+            except queue.Empty:
+                return
+            pending.discard(started.host)
+            now = self.clock()
+            if started.error is not None:
+                self._changes(self.fleet.unreachable(started.host, now, started.error))
+                continue
+            if started.pid:
+                self.pids[started.host] = started.pid
+            self.fleet.started(started.host, now)
+            if started.channel is not None and self.watcher is not None:
+                self.watcher.watch(started.host, started.channel, started.connection)
+
+    def _take_messages(self, timeout: float) -> None:
+        if self.listener is not None:
+            for message, at in self.listener.poll(timeout):
+                if message.final:
+                    changes = self.fleet.exited(message.host, at, message.exit_code, message.signal)
+                else:
+                    changes = self.fleet.heartbeat(message.host, at)
+                self._changes(changes)
+        elif self.watcher is not None:
+            for host, status in self.watcher.poll(timeout):
+                now = self.clock()
+                if status is None:
+                    self._changes(self.fleet.unreachable(host, now, "SSH session ended without a status"))
+                else:
+                    self._changes(
+                        self.fleet.exited(host, now, status.get("exit_code"), status.get("signal"))
+                    )
+
+    def execute(self) -> RunReport:
+        """Dispatch, watch until nothing is left to wait for, record. Returns the report."""
+        self.record.create()
+        self._save(final=False)
+        spec = self.spec
+        payload = Payload(spec.program, spec.files, tempfile.gettempdir())
+        if spec.heartbeat:
+            self.listener = Listener(self.run_id, self.secret, self.hosts)
+            if spec.listen:
+                self.listener.bind(*spec.listen)
+        else:
+            self.watcher = ChannelWatcher()
+        pending = set(self.hosts)
+        deadline = None if spec.deadline is None else self.mono0 + spec.deadline
+        pool = concurrent.futures.ThreadPoolExecutor(
+            max(1, min(spec.parallel, len(self.hosts))), thread_name_prefix="corunner-start"
+        )
+        interrupted = False
+        try:
+            for host in self.hosts.values():
+                pool.submit(self._dispatch, host, payload)
+            while pending or not self.fleet.finished:
+                now = self.clock()
+                if deadline is not None and now >= deadline:
+                    self._take_started(pending)
+                    self._changes(self.fleet.expire(now))
+                    for host in pending:  # never started before the deadline
+                        self._changes(
+                            self.fleet.unreachable(host, now, "not started before the deadline")
+                        )
+                    break
+                wait = 1.0 if spec.heartbeat else 0.5
+                for t in (self.fleet.next_check(), deadline):
+                    if t is not None:
+                        wait = min(wait, max(0.0, t - now))
+                self._take_messages(wait)
+                self._take_started(pending)
+                self._changes(self.fleet.tick(self.clock()))
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            report = self._report(interrupted)
+            self._save(final=True, report=report)
+            self.record.close()
+            if self.listener:
+                self.listener.close()
+            if self.watcher:
+                self.watcher.close()
+            payload.remove()
+        return report
+
+    # -- the outcome ---------------------------------------------------------
+    def _report(self, interrupted: bool) -> RunReport:
+        now = self.clock()
+        rows = []
+        for host_id, node in self.fleet.nodes.items():
+            end = node.ended_at if node.ended_at is not None else now
+            rows.append(
+                HostReport(
+                    host=host_id,
+                    state=node.state,
+                    exit_code=node.exit_code,
+                    signal=node.signal,
+                    error=node.error,
+                    seconds=None if node.started_at is None else round(end - node.started_at, 3),
+                    last_seen_age=None if node.last_seen is None else round(now - node.last_seen, 3),
+                    pid=self.pids.get(host_id),
+                    remote_dir=run_dir(self.hosts[host_id], self.run_id),
+                )
+            )
+        rejected = dict(self.listener.rejected) if self.listener else {}
+        return RunReport(
+            self.run_id, rows, self.wall0, self.wall0 + now - self.mono0, interrupted, rejected
+        )
+
+    def _save(self, final: bool, report: Optional[RunReport] = None) -> None:
+        data: Dict[str, Any] = {
+            "run_id": self.run_id,
+            "program": self.spec.program.describe(),
+            "interval": self.spec.interval,
+            "dead_after": self.spec.silence_limit,
+            "deadline": self.spec.deadline,
+            "heartbeat": self.spec.heartbeat,
+            "started_at": self.wall0,
+            "finished": final,
+            **self.meta,
+        }
+        if report is None:
+            data["hosts"] = {
+                h: {"state": "pending", "remote_dir": run_dir(self.hosts[h], self.run_id)}
+                for h in self.hosts
+            }
+        else:
+            data["hosts"] = {h.host: h.to_json() for h in report.hosts}
+            data["ended_at"] = report.ended_at
+            data["exit_code"] = report.exit_code
+            data["interrupted"] = report.interrupted
+            data["rejected"] = report.rejected
+        self.record.save(data)

@@ -1,0 +1,72 @@
+"""Do one thing on many hosts at once, with a bounded pool of workers.
+
+Fabric's ``ThreadingGroup`` starts one thread per host and joins them with no
+timeout; here at most ``parallel`` hosts are in flight, one host's failure
+never stops the others, and every host ends with a value or a ``RemoteError``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Generic, Iterable, Optional, TypeVar
+
+import fabric
+
+from . import remote
+from .errors import RemoteError
+from .inventory import Host
+
+T = TypeVar("T")
+
+DEFAULT_PARALLEL = 64
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """How one host ended: a value, or the error that stopped it."""
+
+    host: Host
+    value: Optional[T]
+    error: Optional[RemoteError]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def on_each(
+    hosts: Iterable[Host],
+    work: Callable[[fabric.Connection, Host], T],
+    parallel: int = DEFAULT_PARALLEL,
+    accept_new_host_keys: bool = False,
+    done: Optional[Callable[[Outcome[T]], None]] = None,
+) -> Dict[str, Outcome[T]]:
+    """Connect to every host and run ``work(conn, host)``, ``parallel`` at a time.
+
+    ``done`` is called (from a worker thread) as each host ends, for progress.
+    Returns outcomes keyed by host id, in the order of ``hosts``.
+    """
+    hosts = list(hosts)
+
+    def one(host: Host) -> Outcome[T]:
+        began = time.monotonic()
+        try:
+            conn = remote.connect(host, accept_new_host_keys)
+            try:
+                value = work(conn, host)
+            finally:
+                conn.close()
+            outcome: Outcome[T] = Outcome(host, value, None, time.monotonic() - began)
+        except RemoteError as exc:
+            outcome = Outcome(host, None, exc, time.monotonic() - began)
+        if done:
+            done(outcome)
+        return outcome
+
+    workers = max(1, min(parallel, len(hosts)))
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="corunner") as pool:
+        results = list(pool.map(one, hosts))
+    return {o.host.id: o for o in results}

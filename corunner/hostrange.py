@@ -1,0 +1,195 @@
+"""Expand and fold bracket host ranges: ``node[01-32]``, ``192.168.1.[101-200]``.
+
+ClusterShell's NodeSet does the expansion and folding, with group resolution
+switched off. NodeSet parses a whole set language, though: ``!``, ``&`` and
+``^`` are set operators, ``@x`` is a group, ``node[-1]`` is a negative number,
+``node[1-2-3]`` means -2..3 and Unicode digits count as digits. Each of these
+gives a silent surprise in an inventory, so every pattern is first checked here
+against the small syntax users mean, with an error that names the mistake.
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Iterable
+
+from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetParseError
+
+from .errors import HostRangeError
+
+#: More names than this in one pattern is a typo such as ``[1-100000000]``.
+MAX_NAMES = 100_000
+
+_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-:")
+_OPERATORS = {"!": "set difference", "&": "set intersection", "^": "symmetric difference"}
+_ELEMENT = re.compile(r"([0-9]+)(?:-([0-9]+)(?:/([0-9]+))?)?")
+_IPV4 = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+
+
+def split_patterns(sel: str) -> list[str]:
+    """Split a comma list where commas inside brackets do not split.
+
+    ``"lab,node[1-4,7],x"`` -> ``["lab", "node[1-4,7]", "x"]``; items are
+    stripped and a blank string gives ``[]``. Raises HostRangeError for an
+    empty item or unbalanced brackets.
+    """
+    if not sel.strip():
+        return []
+    items: list[str] = []
+    depth = start = 0
+    for i, ch in enumerate(sel):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise HostRangeError(sel, f"stray ']' at position {i + 1} (no '[' before it)")
+        elif ch == "," and depth == 0:
+            items.append(sel[start:i].strip())
+            start = i + 1
+    if depth > 0:
+        raise HostRangeError(sel, "unclosed '[' (missing ']')")
+    items.append(sel[start:].strip())
+    if not all(items):
+        raise HostRangeError(sel, "empty item in the comma list")
+    return items
+
+
+def expand(pattern: str) -> list[str]:
+    """Expand one pattern, or a comma list of them, to host names.
+
+    ``"node[01-03]"`` -> ``["node01", "node02", "node03"]``. Names inside one
+    pattern come in NodeSet's sorted order; comma items keep their order and
+    duplicates are dropped. Raises HostRangeError with the reason: reversed
+    range, unclosed bracket, stray ``]``, padding mismatch, empty pattern,
+    set operators or other characters that are not part of a host name.
+    """
+    items = split_patterns(pattern)
+    if not items:
+        raise HostRangeError(pattern, "empty pattern")
+    names: list[str] = []
+    seen: set[str] = set()
+    total = 0
+    for item in items:
+        total += _check_pattern(item)
+        if total > MAX_NAMES:
+            raise HostRangeError(pattern, f"expands to more than {MAX_NAMES} names")
+        try:
+            expanded = list(NodeSet(item, resolver=RESOLVER_NOGROUP))
+        except NodeSetParseError as exc:  # _check_pattern should have caught it first
+            raise HostRangeError(item, str(exc)) from exc
+        for name in expanded:
+            if name not in seen:
+                seen.add(name)
+                names.append(name)
+    for name in names:
+        if _IPV4.fullmatch(name) and any(int(octet) > 255 for octet in name.split(".")):
+            raise HostRangeError(pattern, f"{name} is not an IPv4 address (an octet is over 255)")
+    return names
+
+
+def fold(names: Iterable[str]) -> str:
+    """Fold host names into the shortest bracket form: ``127.0.1.[1-8]``.
+
+    The inverse of :func:`expand`, for display. Output is sorted by NodeSet;
+    no names give ``""``. Raises HostRangeError for a name that is itself a
+    pattern (brackets, commas) or holds characters a host name cannot.
+    """
+    listed = list(names)
+    for name in listed:
+        if not name:
+            raise HostRangeError(name, "empty host name")
+        for ch in name:
+            _check_char(name, ch)
+    return str(NodeSet.fromlist(listed, resolver=RESOLVER_NOGROUP))
+
+
+def _check_pattern(pattern: str) -> int:
+    """Check one comma-free pattern; return an upper bound of its name count."""
+    if pattern.startswith("@"):
+        raise HostRangeError(
+            pattern, "'@group' syntax is not supported: write the group name without '@'"
+        )
+    count = 1
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                raise HostRangeError(pattern, "unclosed '[' (missing ']')")
+            body = pattern[i + 1 : end]
+            if "[" in body:
+                raise HostRangeError(pattern, "nested '[' inside a range")
+            count *= _check_range(pattern, body)
+            i = end + 1
+        elif ch == "]":
+            raise HostRangeError(pattern, f"stray ']' at position {i + 1} (no '[' before it)")
+        else:
+            _check_char(pattern, ch)
+            i += 1
+    return count
+
+
+def _check_char(pattern: str, ch: str) -> None:
+    """Reject a character outside brackets that cannot be part of a host name."""
+    if ch in _NAME_CHARS:
+        return
+    if ch in _OPERATORS:
+        reason = (
+            f"{ch!r} is a NodeSet operator ({_OPERATORS[ch]}), not part of a host name;"
+            " select several hosts with a comma list"
+        )
+    elif ch.isspace():
+        reason = "whitespace is not allowed in a host name"
+    elif ch == "@":
+        reason = "'@' is not part of a host name (user@ belongs in inventory host entries)"
+    else:
+        reason = (
+            f"character {ch!r} is not allowed in a host name"
+            " (use letters, digits, '.', '-', '_', ':' and [ranges])"
+        )
+    raise HostRangeError(pattern, reason)
+
+
+def _check_range(pattern: str, body: str) -> int:
+    """Check the inside of one ``[...]``; return its number of values."""
+    if not body:
+        raise HostRangeError(pattern, "empty range '[]'")
+    count = 0
+    for element in body.split(","):
+        if not element:
+            raise HostRangeError(pattern, f"empty item in range [{body}]")
+        match = _ELEMENT.fullmatch(element)
+        if not match:
+            raise HostRangeError(
+                pattern,
+                f"bad range item {element!r} in [{body}]: expected N, N-M or N-M/STEP"
+                " with digits 0-9",
+            )
+        first, last, step = match.groups()
+        if last is None:
+            count += 1
+            continue
+        if int(first) > int(last):
+            raise HostRangeError(
+                pattern, f"reversed range [{element}]: start is after end (write [{last}-{first}])"
+            )
+        if (_padded(first) or _padded(last)) and len(first) != len(last):
+            width = max(len(first), len(last))
+            raise HostRangeError(
+                pattern,
+                f"padding mismatch in [{element}]: zero-padded ends need the same width,"
+                f" as in [{first.zfill(width)}-{last.zfill(width)}]",
+            )
+        stride = int(step or 1)
+        if stride < 1:
+            raise HostRangeError(pattern, f"step must be at least 1 in [{element}]")
+        count += (int(last) - int(first)) // stride + 1
+    return count
+
+
+def _padded(number: str) -> bool:
+    return len(number) > 1 and number.startswith("0")

@@ -1,0 +1,379 @@
+"""The inventory: a plain dict (as read from ``hosts.yaml``) in, frozen hosts out.
+
+Pure: no files, no YAML, no network. The loader passes a ``lines`` map from
+key paths to line numbers so every validation error can name the file and the
+line; without it errors name the dotted key path instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import getpass
+import math
+import os
+import posixpath
+import re
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional
+
+from .errors import HostRangeError, InventoryError
+from .hostrange import expand, split_patterns
+
+DEFAULT_PORT = 22
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+DEFAULT_REMOTE_DIR = "/tmp/corunner"
+DEFAULT_PYTHON = "python3"
+DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds
+
+SETTINGS = ("user", "port", "key", "known_hosts", "remote_dir", "python", "connect_timeout")
+TOP_KEYS = ("defaults", "groups")
+GROUP_KEYS = ("hosts",) + SETTINGS
+
+# A group name must survive split_patterns and never read as a host pattern.
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# A selection word that can only be meant as a group: no digits, dots, brackets, colons.
+_GROUP_LIKE = re.compile(r"[A-Za-z_-]+")
+
+KeyPath = tuple
+
+
+@dataclass(frozen=True)
+class Host:
+    """One SSH target with every setting resolved; paths are expanded."""
+
+    name: str
+    user: str
+    port: int
+    key: Optional[str]  # None: the SSH agent and the default keys
+    known_hosts: Optional[str]
+    remote_dir: str
+    python: str
+    connect_timeout: float  # seconds
+    groups: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        """The unique key of this host: the name, plus ``:port`` when not 22."""
+        return self.name if self.port == DEFAULT_PORT else f"{self.name}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Hosts in file order, groups as host ids, and the file name for messages."""
+
+    hosts: tuple[Host, ...]
+    groups: Mapping[str, tuple[str, ...]] = field(hash=False)
+    source: str = "<inventory>"
+
+    def select(self, selection: Optional[str]) -> list[Host]:
+        """Hosts picked by a ``--hosts`` comma list of group names and host patterns.
+
+        None or blank selects every host. A pattern picks the hosts whose name
+        or id it expands to. The result is in inventory order, without
+        duplicates. Raises InventoryError for an unknown group or a pattern
+        that matches no host, and HostRangeError for a malformed pattern.
+        """
+        if selection is None or not selection.strip():
+            return list(self.hosts)
+        wanted: set[str] = set()
+        for item in split_patterns(selection):
+            if item in self.groups:
+                wanted.update(self.groups[item])
+                continue
+            names = set(expand(item))
+            matched = [h.id for h in self.hosts if h.name in names or h.id in names]
+            if not matched:
+                if _GROUP_LIKE.fullmatch(item):
+                    raise self._unknown_group(item)
+                raise InventoryError(f"{item!r} matches no host in {self.source}")
+            wanted.update(matched)
+        return [h for h in self.hosts if h.id in wanted]
+
+    def host(self, host_id: str) -> Host:
+        """The host with this id (``name`` or ``name:port``); InventoryError if none."""
+        for h in self.hosts:
+            if h.id == host_id:
+                return h
+        raise InventoryError(f"no host {host_id!r} in {self.source}")
+
+    def _unknown_group(self, name: str) -> InventoryError:
+        known = ", ".join(self.groups) or "none"
+        return InventoryError(f"unknown group {name!r} (groups: {known})")
+
+
+def inventory_from_dict(
+    data: object,
+    source: str = "<inventory>",
+    base_dir: str = ".",
+    lines: Optional[Mapping[KeyPath, int]] = None,
+    local_user: Optional[str] = None,
+) -> Inventory:
+    """Validate an inventory dict and resolve every host's settings.
+
+    Precedence: built-in < ``defaults`` < group < the entry's ``user@``/``:port``.
+    ``key`` and ``known_hosts`` get ``~`` expanded and relative paths resolved
+    against ``base_dir`` (the inventory file's directory). A host in two
+    groups is one Host with the first group's settings. ``local_user``
+    replaces ``getpass.getuser()`` as the built-in user (tests). Raises
+    InventoryError naming ``source`` and the closest line in ``lines`` (else
+    the dotted key path).
+    """
+    return _Builder(source, base_dir, lines or {}, local_user).build(data)
+
+
+class _Builder:
+    """Walks the dict once, keeping what every error message needs."""
+
+    def __init__(
+        self, source: str, base_dir: str, lines: Mapping[KeyPath, int], local_user: Optional[str]
+    ):
+        self.source, self.base_dir, self.lines, self.local_user = (
+            source,
+            base_dir,
+            lines,
+            local_user,
+        )
+
+    def error(self, msg: str, path: KeyPath) -> InventoryError:
+        """An InventoryError at the closest known line of ``path``."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(tuple(path[:end]))
+            if line is not None:
+                return InventoryError(msg, self.source, f"line {line}")
+        return InventoryError(msg, self.source, _dotted(path) or None)
+
+    def build(self, data: object) -> Inventory:
+        if data is None:
+            raise self.error("empty inventory: add a 'groups:' mapping with hosts", ())
+        if not isinstance(data, dict):
+            raise self.error(
+                f"the inventory must be a mapping with 'groups:', not {_kind(data)}", ()
+            )
+        self.check_keys(data, TOP_KEYS, ())
+        settings = self.builtin_settings()
+        defaults = data.get("defaults")
+        if defaults is not None:
+            if not isinstance(defaults, dict):
+                raise self.error(
+                    f"defaults must be a mapping, not {_kind(defaults)}", ("defaults",)
+                )
+            self.check_keys(defaults, SETTINGS, ("defaults",))
+            settings.update(self.settings(defaults, ("defaults",)))
+        if "groups" not in data:
+            raise self.error("missing 'groups:' (each group lists its hosts)", ())
+        groups = data["groups"]
+        if not isinstance(groups, dict):
+            raise self.error(
+                f"groups must be a mapping of group names, not {_kind(groups)}", ("groups",)
+            )
+        if not groups:
+            raise self.error("empty inventory: 'groups:' has no group", ("groups",))
+
+        hosts: dict[str, Host] = {}  # id -> Host, in file order
+        members: dict[str, list[str]] = {}
+        for name, group in groups.items():
+            path: KeyPath = ("groups", name)
+            if not isinstance(name, str) or not _GROUP_NAME.fullmatch(name):
+                raise self.error(
+                    f"bad group name {name!r}: use letters, digits, '_', '-' and '.'", path
+                )
+            ids = members[name] = []
+            for host in self.group_hosts(name, group, settings, path):
+                if host.id in ids:
+                    continue
+                ids.append(host.id)
+                known = hosts.get(host.id)
+                # The first group that lists a host decides its settings.
+                hosts[host.id] = host if known is None else _with_group(known, name)
+        if not hosts:
+            raise self.error("empty inventory: no group lists any host", ("groups",))
+        for name in members:
+            if any(name in (h.name, h.id) for h in hosts.values()):
+                raise self.error(
+                    f"group {name!r} has the same name as a host; rename one", ("groups", name)
+                )
+        return Inventory(
+            hosts=tuple(hosts.values()),
+            groups=MappingProxyType({g: tuple(ids) for g, ids in members.items()}),
+            source=self.source,
+        )
+
+    def group_hosts(
+        self, name: str, group: object, inherited: dict[str, Any], path: KeyPath
+    ) -> list[Host]:
+        if not isinstance(group, dict):
+            raise self.error(
+                f"group {name!r} must be a mapping with 'hosts:', not {_kind(group)}", path
+            )
+        self.check_keys(group, GROUP_KEYS, path)
+        if "hosts" not in group:
+            raise self.error(f"group {name!r} has no 'hosts:' list", path)
+        entries = group["hosts"]
+        if not isinstance(entries, list):
+            raise self.error(
+                f"hosts of group {name!r} must be a list, not {_kind(entries)}",
+                path + ("hosts",),
+            )
+        settings = dict(inherited)
+        settings.update(self.settings(group, path))
+        hosts = []
+        for index, entry in enumerate(entries):
+            hosts.extend(self.entry_hosts(name, entry, settings, path + ("hosts", index)))
+        return hosts
+
+    def entry_hosts(
+        self, group: str, entry: object, settings: dict[str, Any], path: KeyPath
+    ) -> list[Host]:
+        """Hosts of one ``[user@]pattern[:port]`` entry."""
+        if not isinstance(entry, str):
+            raise self.error(f"a host entry must be a string, not {_kind(entry)}", path)
+        resolved = dict(settings)
+        pattern = entry.strip()
+        if "@" in pattern:
+            user, _, pattern = pattern.partition("@")
+            if not user:
+                raise self.error(f"empty user before '@' in host entry {entry!r}", path)
+            resolved["user"] = user
+        if pattern.count(":") == 1:  # more than one colon: an IPv6 address, no port
+            pattern, _, port = pattern.partition(":")
+            resolved["port"] = self.port(port, path, f"in host entry {entry!r}")
+        if not pattern:
+            raise self.error(f"no host name in host entry {entry!r}", path)
+        try:
+            names = expand(pattern)
+        except HostRangeError as exc:
+            raise self.error(exc.msg, path) from exc
+        self.require_user(resolved, path)
+        return [Host(name=n, groups=(group,), **resolved) for n in names]
+
+    def settings(self, mapping: dict[Any, Any], path: KeyPath) -> dict[str, Any]:
+        """Validated settings present in ``mapping`` (a defaults or group block)."""
+        checks: dict[str, Callable[[object, KeyPath], Any]] = {
+            "user": self.user,
+            "port": lambda v, p: self.port(v, p, ""),
+            "key": self.key,
+            "known_hosts": self.known_hosts,
+            "remote_dir": self.remote_dir,
+            "python": self.python,
+            "connect_timeout": self.connect_timeout,
+        }
+        return {k: checks[k](mapping[k], path + (k,)) for k in SETTINGS if k in mapping}
+
+    def builtin_settings(self) -> dict[str, Any]:
+        return {
+            "user": self.local_user,  # filled from getpass only if nothing sets it
+            "port": DEFAULT_PORT,
+            "key": None,
+            "known_hosts": self.path(DEFAULT_KNOWN_HOSTS),
+            "remote_dir": DEFAULT_REMOTE_DIR,
+            "python": DEFAULT_PYTHON,
+            "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+        }
+
+    def require_user(self, settings: dict[str, Any], path: KeyPath) -> None:
+        if settings["user"] is not None:
+            return
+        try:
+            self.local_user = getpass.getuser()
+        except (OSError, KeyError, ImportError) as exc:  # no USER, no passwd entry
+            raise self.error(
+                "cannot tell the local user name: set 'user:' under defaults", path
+            ) from exc
+        settings["user"] = self.local_user
+
+    def check_keys(self, mapping: dict[Any, Any], allowed: tuple[str, ...], path: KeyPath) -> None:
+        for key in mapping:
+            if key in allowed:
+                continue
+            where = _dotted(path) or "the top level"
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            suggestion = (
+                f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(allowed)})"
+            )
+            raise self.error(f"unknown key {key!r} in {where}{suggestion}", path + (key,))
+
+    # One validator per setting: value and key path in, clean value out.
+
+    def user(self, value: object, path: KeyPath) -> str:
+        if not isinstance(value, str) or not value.strip() or "@" in value:
+            raise self.error(f"user must be a user name, not {_kind(value)}", path)
+        return value.strip()
+
+    def port(self, value: object, path: KeyPath, context: str) -> int:
+        text = f" {context}" if context else ""
+        if isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(
+                f"port{text} must be a number from 1 to 65535, not {_kind(value)}", path
+            )
+        if not 1 <= value <= 65535:
+            raise self.error(f"port{text} must be from 1 to 65535, not {value}", path)
+        return value
+
+    def key(self, value: object, path: KeyPath) -> Optional[str]:
+        if value is None:
+            return None  # explicit null: back to the agent and default keys
+        return self.path_setting("key", value, path)
+
+    def known_hosts(self, value: object, path: KeyPath) -> str:
+        return self.path_setting("known_hosts", value, path)
+
+    def path_setting(self, name: str, value: object, path: KeyPath) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(f"{name} must be a file path, not {_kind(value)}", path)
+        return self.path(value.strip())
+
+    def path(self, value: str) -> str:
+        expanded = os.path.expanduser(value)
+        if not os.path.isabs(expanded):
+            expanded = os.path.join(self.base_dir, expanded)
+        return os.path.normpath(expanded)
+
+    def remote_dir(self, value: object, path: KeyPath) -> str:
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise self.error(
+                f"remote_dir must be an absolute path on the nodes, not {_kind(value)}", path
+            )
+        clean = posixpath.normpath(value)
+        if clean in ("/", "//"):
+            raise self.error("remote_dir must not be '/': corunner writes and cleans in it", path)
+        return clean
+
+    def python(self, value: object, path: KeyPath) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(f"python must be a command such as python3, not {_kind(value)}", path)
+        return value.strip()
+
+    def connect_timeout(self, value: object, path: KeyPath) -> float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type]
+            raise self.error(
+                f"connect_timeout must be a positive number of seconds, not {_kind(value)}", path
+            )
+        return float(value)  # type: ignore[arg-type]
+
+
+def _with_group(host: Host, group: str) -> Host:
+    if group in host.groups:
+        return host
+    return replace(host, groups=host.groups + (group,))
+
+
+def _dotted(path: KeyPath) -> str:
+    """``("groups", "web", "hosts", 2)`` -> ``groups.web.hosts[2]``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _kind(value: object) -> str:
+    """A short description of a wrong value for messages: ``'abc'``, ``a list``."""
+    if value is None:
+        return "empty (null)"
+    if isinstance(value, (str, int, float)):
+        return repr(value)
+    names = {dict: "a mapping", list: "a list"}
+    return names.get(type(value), f"a {type(value).__name__}")

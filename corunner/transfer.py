@@ -1,0 +1,159 @@
+"""Copy files and trees to and from nodes as tar streams over one SSH command.
+
+One command per node per copy: the archive travels on the command's stdin
+(push) or stdout (pull), which is faster than SFTP's request round trips and
+keeps file modes. The archive is built once and sent to every node.
+
+Destination rules (documented in README.md):
+
+* push ``SRC`` to ``DEST``: if ``DEST`` ends with ``/`` or is an existing
+  directory on the node, ``SRC`` lands inside it as ``DEST/<name of SRC>``;
+  otherwise ``SRC`` is copied *as* ``DEST``. A tree copied onto an existing
+  directory of the same name merges into it, as ``cp -r`` does. A single file
+  is replaced atomically, so readers never see half of it.
+* pull ``SRC`` into local ``DEST`` (always a directory): with ``divide``,
+  each host's copy lands in ``DEST/<host>/<name>``; without, in
+  ``DEST/<name>.<host>`` (as ``clush --rcopy`` does), so copies from different
+  hosts never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from typing import IO, Iterator, List, Optional
+
+import fabric
+
+from . import remote
+from .errors import TransferError, UsageError
+from .inventory import Host
+
+PAYLOAD = "payload"
+MARKER = "CORUNNER-TAR-7f3a9c"
+
+#: Push: extract into a temporary directory beside the target, then rename
+#: (files) or merge (an existing directory). $1 = dest, $2 = name of the source.
+PUSH_SCRIPT = r"""
+dest=$1 name=$2
+case $dest in */) mkdir -p -- "$dest" || exit 1 ;; esac
+if [ -d "$dest" ]; then target=${dest%/}/$name; else target=$dest; fi
+parent=$(dirname -- "$target")
+mkdir -p -- "$parent" || exit 1
+if [ -d "$target" ] && [ ! -L "$target" ]; then
+  tar -xpf - --no-same-owner --strip-components=1 -C "$target" || exit 1
+else
+  tmp=$(mktemp -d "$parent/.corunner-cp.XXXXXX") || exit 1
+  trap 'rm -rf -- "$tmp"' EXIT
+  tar -xpf - --no-same-owner -C "$tmp" || exit 1
+  mv -f -T -- "$tmp/payload" "$target" || exit 1
+fi
+echo CORUNNER-OK
+"""
+
+#: Pull: $1 = source path, $2 = a path to leave out (or ""), $3 = marker.
+PULL_SCRIPT = r"""
+src=$1
+if [ ! -e "$src" ] && [ ! -L "$src" ]; then
+  echo "CORUNNER-ERROR no such file or directory: $src" >&2; exit 66
+fi
+cd -- "$(dirname -- "$src")" || exit 1
+base=$(basename -- "$src")
+printf '%s\n' "$3"
+if [ -n "$2" ]; then exec tar -cf - --exclude="$base/$2" -- "$base"; fi
+exec tar -cf - -- "$base"
+"""
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A tar of one local file or tree, built once, sent to every node."""
+
+    path: str  # a spooled temporary file holding the archive
+    name: str  # the source's base name
+
+    def chunks(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as f:
+            while True:
+                chunk = f.read(remote.CHUNK)
+                if not chunk:
+                    return
+                yield chunk
+
+
+def build_archive(src: str, workdir: str) -> Archive:
+    """Archive ``src`` (file or tree, symlinks kept as links) with its top named ``payload``."""
+    src = os.path.abspath(src.rstrip("/") or "/")
+    if not os.path.lexists(src):
+        raise UsageError(f"no such local file or directory: {src}")
+    fd, path = tempfile.mkstemp(prefix="corunner-", suffix=".tar", dir=workdir)
+    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(src, arcname=PAYLOAD, recursive=True)
+    return Archive(path, os.path.basename(src))
+
+
+def push(conn: fabric.Connection, host: Host, archive: Archive, dest: str) -> None:
+    """Copy the archive's file or tree to ``dest`` on one node (rules above)."""
+    done = remote.execute(
+        conn, host, remote.sh(PUSH_SCRIPT, dest, archive.name), stdin=archive.chunks()
+    )
+    if done.status != 0 or b"CORUNNER-OK" not in done.stdout:
+        raise TransferError(host.id, f"copy to {dest} failed: {done.error_line()}")
+
+
+@dataclass
+class Pulled:
+    """What one pull brought back."""
+
+    files: int = 0
+    bytes: int = 0
+    skipped: List[str] = field(default_factory=list)  # unsafe members refused, with why
+
+
+def pull(
+    conn: fabric.Connection,
+    host: Host,
+    src: str,
+    dest: str,
+    divide: bool,
+    exclude: Optional[str] = None,
+) -> Pulled:
+    """Copy ``src`` from one node under local ``dest`` (rules above)."""
+    if divide:
+        into, rename = os.path.join(dest, host.id), None
+    else:
+        into, rename = dest, f"{os.path.basename(src.rstrip('/')) or 'root'}.{host.id}"
+    os.makedirs(into, exist_ok=True)
+    command = remote.sh(PULL_SCRIPT, src, exclude or "", MARKER)
+    pulled, done = remote.stream_from(
+        conn, host, command, MARKER, lambda stream: extract(stream, into, rename)
+    )
+    if done.status != 0:
+        raise TransferError(host.id, f"copy of {src} failed: {done.error_line()}")
+    return pulled
+
+
+def extract(stream: IO[bytes], into: str, rename_top: Optional[str] = None) -> Pulled:
+    """Extract a tar stream under ``into``, never writing outside it.
+
+    Members that would escape (absolute or ``..`` names, links pointing out of
+    the tree, device files) are refused one by one and listed in ``skipped``;
+    links that stay inside are kept as links, never followed.
+    """
+    pulled = Pulled()
+    with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+        for member in tar:
+            if rename_top:
+                top, sep, rest = member.name.partition("/")
+                member.name = rename_top + sep + rest
+            try:
+                tar.extract(member, into, filter="data")
+            except (tarfile.FilterError, OSError) as exc:
+                pulled.skipped.append(f"{member.name}: {exc}")
+                continue
+            if member.isfile():
+                pulled.files += 1
+                pulled.bytes += member.size
+    return pulled
