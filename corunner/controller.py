@@ -295,6 +295,7 @@ class Run:
         if not hosts:
             raise UsageError("no hosts selected")
         self.hosts = {h.id: h for h in hosts}
+        self.index = {host_id: i for i, host_id in enumerate(self.hosts)}
         self.spec = spec
         self.meta = meta or {}
         self.on_change = on_change
@@ -333,6 +334,12 @@ class Run:
                 "heartbeat": self.spec.heartbeat,
                 "linger": self.spec.linger,
                 "controller": self._controller_addresses(conn) if self.spec.heartbeat else [],
+                "env": {
+                    "CORUNNER_RUN_ID": self.run_id,
+                    "CORUNNER_HOST": host.id,
+                    "CORUNNER_NODE_INDEX": str(self.index[host.id]),
+                    "CORUNNER_NODE_COUNT": str(len(self.hosts)),
+                },
                 **self.spec.program.config_for(host),
             }
             mode = "bg" if self.spec.heartbeat else "fg"

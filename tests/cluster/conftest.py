@@ -1,0 +1,89 @@
+"""Helpers for tests on the real cluster: the CLI as a user runs it, and a
+plain SSH command to check what landed on a node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import paramiko
+import pytest
+
+from corunner.lab import Lab
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Cli:
+    """Runs ``python -m corunner`` in a work directory with the lab inventory."""
+
+    def __init__(self, lab: Lab, workdir: Path):
+        self.lab = lab
+        self.workdir = workdir
+        self.env = dict(os.environ)
+        self.env.update(
+            CORUNNER_INVENTORY=str(lab.inventory),
+            CORUNNER_RUNS=str(workdir / "runs"),
+            PYTHONPATH=str(REPO),
+        )
+
+    def __call__(self, *args: str, timeout: float = 120, env: Optional[Dict[str, str]] = None):
+        return subprocess.run(
+            [sys.executable, "-m", "corunner", *args],
+            cwd=self.workdir,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "corunner", *args],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def json(self, *args: str, **kwargs):
+        done = self(*args, "--json", **kwargs)
+        try:
+            return done, json.loads(done.stdout)
+        except ValueError:
+            raise AssertionError(f"no JSON on stdout:\n{done.stdout}\n{done.stderr}") from None
+
+
+@pytest.fixture
+def cli(lab: Lab, tmp_path: Path) -> Cli:
+    return Cli(lab, tmp_path)
+
+
+def node_sh(lab: Lab, node: int, command: str) -> str:
+    """Run ``command`` on a lab node over SSH (host key checked); return its stdout."""
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(lab.known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(
+        lab.node(node).address,
+        username="root",
+        key_filename=str(lab.key),
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+    )
+    try:
+        _, out, _ = client.exec_command(command, timeout=30)
+        return out.read().decode()
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def on_node(lab: Lab) -> Callable[[int, str], str]:
+    return lambda node, command: node_sh(lab, node, command)

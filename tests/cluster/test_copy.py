@@ -1,0 +1,102 @@
+"""Concurrent copy on the real cluster: push a tree, pull with and without
+--divide, and faults among good hosts."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from corunner.errors import EXIT_LOST
+
+
+def make_tree(root: Path) -> Path:
+    tree = root / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    (tree / "hello.txt").write_text("hello\n")
+    (tree / "sub" / "data.bin").write_bytes(bytes(range(256)) * 1000)
+    tool = tree / "sub" / "deeper" / "tool.sh"
+    tool.write_text("#!/bin/sh\necho tool\n")
+    tool.chmod(0o755)
+    (tree / "odd name $x;*'\"").write_text("odd\n")
+    return tree
+
+
+def test_push_tree_to_all_nodes_keeps_contents_and_modes(lab, cli, tmp_path, on_node):
+    tree = make_tree(tmp_path)
+    done = cli("cp", "--src", str(tree), "--dest", "/tmp/pushed/")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "ok (8): 127.0.1.[1-8]" in done.stdout
+    for node in lab.nodes:
+        listing = on_node(
+            node.index,
+            "cd /tmp/pushed/tree && find . -type f | sort && sha256sum sub/data.bin"
+            " && stat -c %a sub/deeper/tool.sh && sub/deeper/tool.sh && cat \"odd name \\$x;*'\\\"\"",
+        )
+        lines = listing.strip().splitlines()
+        assert lines[:4] == ["./hello.txt", "./odd name $x;*'\"", "./sub/data.bin", "./sub/deeper/tool.sh"]
+        import hashlib
+
+        digest = hashlib.sha256((tree / "sub" / "data.bin").read_bytes()).hexdigest()
+        assert lines[4].startswith(digest)
+        assert lines[5:] == ["755", "tool", "odd"]
+
+
+def test_push_file_as_new_name_then_into_existing_directory(lab, cli, tmp_path, on_node):
+    src = tmp_path / "conf.txt"
+    src.write_text("v1\n")
+    assert cli("cp", "--src", str(src), "--dest", "/tmp/renamed.txt", "--hosts", "127.0.1.1").returncode == 0
+    assert on_node(1, "cat /tmp/renamed.txt").strip() == "v1"
+    on_node(1, "mkdir -p /tmp/existing")
+    assert cli("cp", "--src", str(src), "--dest", "/tmp/existing", "--hosts", "127.0.1.1").returncode == 0
+    assert on_node(1, "cat /tmp/existing/conf.txt").strip() == "v1"
+
+
+def test_pull_divide_gives_one_directory_per_host(lab, cli, tmp_path, on_node):
+    for node in lab.nodes:
+        on_node(node.index, "mkdir -p /tmp/out/logs && hostname > /tmp/out/who && echo x > /tmp/out/logs/a")
+    done = cli("cp", "--pull", "--src", "/tmp/out", "--dest", str(tmp_path / "all"), "--divide")
+    assert done.returncode == 0, done.stderr + done.stdout
+    got = sorted(os.listdir(tmp_path / "all"))
+    assert got == [n.address for n in lab.nodes]
+    for node in lab.nodes:
+        here = tmp_path / "all" / node.address / "out"
+        assert (here / "who").read_text().strip() == node.hostname
+        assert (here / "logs" / "a").read_text() == "x\n"
+
+
+def test_pull_without_divide_never_overwrites(lab, cli, tmp_path, on_node):
+    for node in lab.nodes[:3]:
+        on_node(node.index, "hostname > /tmp/same-name.txt")
+    done = cli(
+        "cp", "--pull", "--src", "/tmp/same-name.txt", "--dest", str(tmp_path / "flat"),
+        "--hosts", "127.0.1.[1-3]",
+    )
+    assert done.returncode == 0, done.stderr
+    names = sorted(os.listdir(tmp_path / "flat"))
+    assert names == [f"same-name.txt.127.0.1.{i}" for i in (1, 2, 3)]
+    for i in (1, 2, 3):
+        assert (tmp_path / "flat" / f"same-name.txt.127.0.1.{i}").read_text().strip() == f"node{i}"
+
+
+def test_down_host_and_wrong_key_fail_alone(healthy_lab, cli, tmp_path, on_node):
+    lab = healthy_lab
+    lab.kill(3)
+    # A known_hosts in which node 5's key is replaced by node 6's.
+    lines = lab.known_hosts.read_text().splitlines()
+    key6 = next(ln for ln in lines if ln.startswith("127.0.1.6 ")).split(" ", 1)[1]
+    forged = [("127.0.1.5 " + key6) if ln.startswith("127.0.1.5 ") else ln for ln in lines]
+    known = tmp_path / "known_hosts"
+    known.write_text("\n".join(forged) + "\n")
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text(lab.inventory.read_text().replace(str(lab.known_hosts), str(known)))
+    src = tmp_path / "f.txt"
+    src.write_text("data\n")
+    done = cli("cp", "--src", str(src), "--dest", "/tmp/f.txt", "--inventory", str(inventory))
+    assert done.returncode == EXIT_LOST
+    assert "127.0.1.3: connection refused" in done.stdout
+    assert "127.0.1.5: host key differs" in done.stdout
+    assert "failed (2): 127.0.1.[3,5]" in done.stdout
+    for i in (1, 2, 4, 6, 7, 8):
+        assert on_node(i, "cat /tmp/f.txt").strip() == "data"
+    assert stat.S_ISREG(os.stat(src).st_mode)
