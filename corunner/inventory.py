@@ -14,6 +14,7 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
 
@@ -92,10 +93,15 @@ class Inventory:
 
     def host(self, host_id: str) -> Host:
         """The host with this id (``name`` or ``name:port``); InventoryError if none."""
-        for h in self.hosts:
-            if h.id == host_id:
-                return h
-        raise InventoryError(f"no host {host_id!r} in {self.source}")
+        try:
+            return self._by_id[host_id]
+        except KeyError:
+            raise InventoryError(f"no host {host_id!r} in {self.source}") from None
+
+    @cached_property
+    def _by_id(self) -> dict[str, Host]:
+        # cached_property writes the instance __dict__ directly, so it works on a frozen class.
+        return {h.id: h for h in self.hosts}
 
     def _unknown_group(self, name: str) -> InventoryError:
         known = ", ".join(self.groups) or "none"
@@ -128,12 +134,10 @@ class _Builder:
     def __init__(
         self, source: str, base_dir: str, lines: Mapping[KeyPath, int], local_user: Optional[str]
     ):
-        self.source, self.base_dir, self.lines, self.local_user = (
-            source,
-            base_dir,
-            lines,
-            local_user,
-        )
+        self.source = source
+        self.base_dir = base_dir
+        self.lines = lines
+        self.local_user = local_user
 
     def error(self, msg: str, path: KeyPath) -> InventoryError:
         """An InventoryError at the closest known line of ``path``."""
@@ -178,18 +182,22 @@ class _Builder:
                 raise self.error(
                     f"bad group name {name!r}: use letters, digits, '_', '-' and '.'", path
                 )
-            ids = members[name] = []
+            ids: list[str] = []
+            ids_seen: set[str] = set()
+            members[name] = ids
             for host in self.group_hosts(name, group, settings, path):
-                if host.id in ids:
+                if host.id in ids_seen:
                     continue
+                ids_seen.add(host.id)
                 ids.append(host.id)
                 known = hosts.get(host.id)
                 # The first group that lists a host decides its settings.
                 hosts[host.id] = host if known is None else _with_group(known, name)
         if not hosts:
             raise self.error("empty inventory: no group lists any host", ("groups",))
+        host_names = {h.name for h in hosts.values()} | set(hosts)
         for name in members:
-            if any(name in (h.name, h.id) for h in hosts.values()):
+            if name in host_names:
                 raise self.error(
                     f"group {name!r} has the same name as a host; rename one", ("groups", name)
                 )
@@ -234,7 +242,7 @@ class _Builder:
             user, _, pattern = pattern.partition("@")
             if not user:
                 raise self.error(f"empty user before '@' in host entry {entry!r}", path)
-            resolved["user"] = user
+            resolved["user"] = self.user(user, path)
         if pattern.count(":") == 1:  # more than one colon: an IPv6 address, no port
             pattern, _, port = pattern.partition(":")
             resolved["port"] = self.port(port, path, f"in host entry {entry!r}")

@@ -1,0 +1,165 @@
+"""Read ``hosts.yaml`` into an Inventory: the only module here that opens the file.
+
+YAML is composed (safe: no Python tags) and the node tree is turned into plain
+values here, so every key path gets its line number for error messages, and a
+key given twice in one mapping is an error instead of YAML's silent "last one
+wins".
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+import yaml
+from yaml.constructor import SafeConstructor
+
+from .errors import InventoryError
+from .inventory import Inventory, inventory_from_dict
+
+ENV_VAR = "CORUNNER_INVENTORY"
+DEFAULT_PATH = "./hosts.yaml"
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def load_inventory(path: Optional[str] = None, env: Mapping[str, str] = os.environ) -> Inventory:
+    """Load the inventory from ``path``, else ``$CORUNNER_INVENTORY``, else ``./hosts.yaml``.
+
+    Relative ``key``/``known_hosts`` paths resolve against the file's
+    directory. Raises InventoryError for a missing or unreadable file, YAML
+    syntax errors and duplicate keys (with the line), and every validation
+    error of :func:`corunner.inventory.inventory_from_dict`.
+    """
+    if path:
+        chosen, origin = path, ""
+    elif env.get(ENV_VAR):
+        chosen, origin = env[ENV_VAR], f" (from {ENV_VAR})"
+    else:
+        chosen, origin = DEFAULT_PATH, ""
+    text = _read(chosen, origin)
+    data, lines = parse_yaml(text, chosen)
+    base_dir = os.path.dirname(os.path.abspath(chosen))
+    return inventory_from_dict(data, source=chosen, base_dir=base_dir, lines=lines)
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
+    """Parse YAML text into plain values and a map of key paths to 1-based lines.
+
+    Pure. Raises InventoryError for syntax errors, duplicate keys, recursive
+    aliases and tags other than YAML's standard scalar ones.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is None:
+            return None, {}
+        lines: dict[tuple, int] = {}
+        return _Walker(source, lines).value(root, ()), lines
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}" if mark else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.problem and problem.startswith("but "):
+            problem = f"{exc.context}, {problem}"  # "expected a single document, but found..."
+        elif exc.context and exc.problem and exc.context_mark and exc.context_mark is not mark:
+            problem += f" ({exc.context} on line {exc.context_mark.line + 1})"
+        raise InventoryError(f"YAML syntax error: {problem}", source, where) from exc
+    except yaml.YAMLError as exc:
+        raise InventoryError(f"YAML error: {exc}", source) from exc
+
+
+class _Walker:
+    """Builds plain values from YAML nodes, recording each key path's line."""
+
+    def __init__(self, source: str, lines: dict[tuple, int]):
+        self.source, self.lines = source, lines
+        self.constructor = SafeConstructor()
+        self.done: dict[int, Any] = {}  # aliases share one value, as in safe_load
+        self.active: set[int] = set()
+
+    def value(self, node: yaml.Node, path: tuple) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in self.done:
+            return self.done[id(node)]
+        if id(node) in self.active:
+            raise self.error("recursive YAML alias", node)
+        if isinstance(node, yaml.ScalarNode):
+            result = self.scalar(node)
+        elif isinstance(node, yaml.SequenceNode):
+            self.check_tag(node, _SEQ_TAG)
+            self.active.add(id(node))
+            result = [self.value(item, path + (i,)) for i, item in enumerate(node.value)]
+        else:
+            self.check_tag(node, _MAP_TAG)
+            self.active.add(id(node))
+            result = self.mapping(node, path)
+        self.active.discard(id(node))
+        self.done[id(node)] = result
+        return result
+
+    def mapping(self, node: yaml.MappingNode, path: tuple) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.key(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise self.error(
+                    f"duplicate key {key!r} (first on line {first_line[key]});"
+                    " YAML would silently keep only the last one",
+                    key_node,
+                )
+            first_line[key] = line
+        # `<<: *anchor` merge keys, as safe_load does them; own keys come last and win.
+        self.constructor.flatten_mapping(node)
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = self.key(key_node)
+            # The key's line, not the value's: a block value starts on the next line.
+            self.lines[path + (key,)] = key_node.start_mark.line + 1
+            result[key] = self.value(value_node, path + (key,))
+        return result
+
+    def key(self, node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.error("a mapping key must be a plain value, not a list or mapping", node)
+        return self.scalar(node)
+
+    def scalar(self, node: yaml.ScalarNode) -> Any:
+        """A string, number, bool, null or date, exactly as ``safe_load`` builds it."""
+        if node.tag not in SafeConstructor.yaml_constructors:
+            raise self.unsupported(node)
+        return self.constructor.construct_object(node, deep=True)
+
+    def check_tag(self, node: yaml.Node, expected: str) -> None:
+        if node.tag != expected:
+            raise self.unsupported(node)
+
+    def unsupported(self, node: yaml.Node) -> InventoryError:
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        return self.error(f"YAML tag {tag} is not supported in an inventory", node)
+
+    def error(self, msg: str, node: yaml.Node) -> InventoryError:
+        return InventoryError(msg, self.source, f"line {node.start_mark.line + 1}")
+
+
+def _read(path: str, origin: str) -> str:
+    """The file's text; InventoryError naming the file and the fix when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise InventoryError(
+            f"no inventory at {path}{origin}: pass --inventory FILE or set {ENV_VAR}"
+        ) from None
+    except IsADirectoryError:
+        raise InventoryError(f"{path}{origin} is a directory, not an inventory file") from None
+    except OSError as exc:
+        raise InventoryError(f"cannot read inventory {path}{origin}: {exc.strerror}") from exc
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InventoryError(f"{path} is not UTF-8 text (byte {exc.start})") from exc
