@@ -90,3 +90,7 @@ class PartialFailure(CorunnerError):
     def __init__(self, summary: str, exit_code: int):
         self.exit_code = exit_code
         super().__init__(summary)
+
+
+class LabError(CorunnerError):
+    """The local test cluster (corunner.lab) cannot start or be used here; says how to fix it."""

@@ -1,0 +1,874 @@
+"""The lab: a local test cluster of real OpenSSH servers, one per "node".
+
+Each node is one ``sshd`` in its own mount, UTS and PID namespaces, started by
+``unshare`` as root. It listens on its own loopback address ``127.0.1.<i>:22``,
+answers ``hostname`` with ``node<i>``, has its own host key and a private tmpfs
+on ``/tmp``. The network namespace is shared with the host on purpose: a node
+reaches the controller's listener on ``127.0.0.1``. Everything else (``/root``,
+``/var``, installed programs) is the host's, so only ``/tmp`` is per node.
+
+Faults are simulated on the processes: :meth:`Lab.kill` is a dead machine (its
+sockets close, new connections are refused), :meth:`Lab.freeze` is a hung one
+(SIGSTOP: the kernel still completes TCP handshakes, but nothing answers).
+
+The state (keys, ``known_hosts``, ``hosts.yaml``, per-node sshd files and a
+``lab.json`` recording the ``unshare`` pids) lives in one state directory, so
+another process can :func:`load` the running lab or :func:`down` it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple, Union
+
+from .errors import LabError
+
+DEFAULT_STATE_DIR = Path(".corunner/lab")
+
+SSHD = Path("/usr/sbin/sshd")
+#: Where each node sees the state directory: a bind mount made inside the node's
+#: mount namespace before the tmpfs hides ``/tmp`` (the state dir may be under it).
+NODE_VIEW = Path("/run/corunner-lab")
+#: ``$0`` of the shell that becomes sshd: marks an ``unshare`` process as ours.
+MARKER = "corunner-lab-node"
+PORT = 22
+NETWORK = "127.0.1."
+STATE_FILE = "lab.json"
+STATE_VERSION = 1
+#: sshd refuses to start without its privilege separation directory.
+PRIVSEP_DIR = Path("/run/sshd")
+
+# Inside the node: hide nothing of the host but /tmp, then become sshd (PID 1).
+# Arguments: $1 state dir, $2 hostname, $3 sshd_config and $4 log, as seen inside.
+_NODE_SCRIPT = (
+    "set -e; "
+    f'mount --bind "$1" {NODE_VIEW}; '
+    "mount -t tmpfs -o mode=1777 tmpfs /tmp; "
+    'hostname "$2"; '
+    f'exec {SSHD} -D -f "$3" -E "$4"'
+)
+_UNSHARE = (
+    "unshare",
+    "--kill-child",
+    "--mount",
+    "--uts",
+    "--pid",
+    "--fork",
+    "--mount-proc",
+    "--propagation",
+    "private",
+)
+_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+#: ``unshare`` processes started by this Python process, kept to reap them.
+_children: Dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of the lab; ``pid`` is the host pid of its ``unshare`` process."""
+
+    index: int
+    address: str
+    hostname: str
+    pid: int
+
+
+@dataclass
+class Lab:
+    """A running lab and the files a client needs to reach it.
+
+    ``nodes`` is updated in place by :meth:`restart` (a restarted node has a new
+    pid). Methods taking ``i`` accept a node index, address or hostname.
+    """
+
+    state_dir: Path
+    nodes: List[Node]
+    key: Path = field(init=False)
+    known_hosts: Path = field(init=False)
+    inventory: Path = field(init=False)
+    ssh_config: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.state_dir = self.state_dir.resolve()
+        self.key = self.state_dir / "id_ed25519"
+        self.known_hosts = self.state_dir / "known_hosts"
+        self.inventory = self.state_dir / "hosts.yaml"
+        self.ssh_config = self.state_dir / "ssh_config"
+
+    def node(self, address_or_index: Union[int, str]) -> Node:
+        """The node with this index (``3``), address (``127.0.1.3``) or hostname (``node3``).
+
+        Raises LabError for a node this lab does not have.
+        """
+        for node in self.nodes:
+            if address_or_index in (node.index, node.address, node.hostname):
+                return node
+        raise LabError(
+            f"the lab in {self.state_dir} has no node {address_or_index!r} "
+            f"(it has {_host_pattern([n.index for n in self.nodes])})"
+        )
+
+    def kill(self, i: Union[int, str]) -> None:
+        """SIGKILL the node: its sshd and every process in it die, like a dead machine.
+
+        Returns once its port is closed (new connections are refused). A node
+        that is already dead is left alone. Raises LabError if it lingers.
+        """
+        node = self.node(i)
+        if _is_ours(node.pid, self.state_dir):
+            _kill_and_wait([node.pid])
+
+    def freeze(self, i: Union[int, str]) -> None:
+        """SIGSTOP every process of the node, like a hung machine.
+
+        Connections are still accepted by the kernel, but no banner or reply
+        comes until :meth:`thaw`. Raises LabError if the node is not running.
+        """
+        node = self._running(i)
+        init = _child_of(node.pid)
+        seen: Set[int] = set()
+        # Stop PID 1 (the listening sshd) first so it cannot fork more, then
+        # rescan until no new process shows up.
+        for _ in range(10):
+            pids = [p for p in _pids_in_namespace_of(init) if p not in seen]
+            if not pids:
+                return
+            pids.sort(key=lambda p: p != init)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            seen.update(pids)
+
+    def thaw(self, i: Union[int, str]) -> None:
+        """SIGCONT every process of the node: it carries on where it stopped."""
+        node = self._running(i)
+        for pid in _pids_in_namespace_of(_child_of(node.pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def restart(self, i: Union[int, str], timeout: float = 30.0) -> None:
+        """Start the node again with the same address, host key and hostname (a reboot).
+
+        A node still running is killed first. Its ``/tmp`` is empty again.
+        Returns once it answers with an SSH banner; raises LabError if it does
+        not within ``timeout`` seconds.
+        """
+        old = self.node(i)
+        with _locked(self.state_dir):
+            self.kill(old.index)
+            new = replace(old, pid=_spawn(self.state_dir, old.index))
+            self.nodes[self.nodes.index(old)] = new
+            _write_state(self.state_dir, self.nodes, _read_owner(self.state_dir))
+            try:
+                _wait_for_banners([new], self.state_dir, time.monotonic() + timeout)
+            except BaseException:
+                self.kill(new.index)  # a node half up would confuse the next test
+                raise
+
+    def is_running(self, i: Union[int, str]) -> bool:
+        """Whether the node's processes are alive (frozen counts as running)."""
+        return _is_ours(self.node(i).pid, self.state_dir)
+
+    def is_frozen(self, i: Union[int, str]) -> bool:
+        """Whether the node's sshd is stopped by :meth:`freeze`."""
+        node = self.node(i)
+        if not _is_ours(node.pid, self.state_dir):
+            return False
+        init = _child_of(node.pid)
+        return init is not None and _proc_state(init) == "T"
+
+    def _running(self, i: Union[int, str]) -> Node:
+        node = self.node(i)
+        if not _is_ours(node.pid, self.state_dir):
+            raise LabError(f"{node.hostname} ({node.address}) is not running: restart it first")
+        return node
+
+
+def check_environment() -> None:
+    """Check that this machine can run the lab; raise LabError saying how to fix it if not.
+
+    Checks root, the tools (unshare, sshd, ssh-keygen, hostname), that
+    namespaces can be created here, and that no server bound to all addresses
+    on port 22 (typically the system sshd) keeps the nodes from binding theirs.
+    """
+    if os.geteuid() != 0:
+        raise LabError(
+            "the lab needs root (namespaces, mounts, port 22): run as root, "
+            "e.g. `sudo -E python3 -m pytest`"
+        )
+    if not os.access(SSHD, os.X_OK):
+        raise LabError(f"{SSHD} not found: apt-get install openssh-server")
+    for tool, package in (
+        ("ssh-keygen", "openssh-client"),
+        ("unshare", "util-linux"),
+        ("hostname", "hostname"),
+        ("mount", "mount"),
+    ):
+        if shutil.which(tool, path=_ENV["PATH"]) is None:
+            raise LabError(f"{tool} not found: apt-get install {package}")
+    probe = subprocess.run(
+        [*_UNSHARE, "true"], capture_output=True, text=True, env=_ENV, check=False
+    )
+    if probe.returncode != 0:
+        why = probe.stderr.strip().splitlines()[-1:] or [f"exit {probe.returncode}"]
+        raise LabError(
+            f"cannot create namespaces ({why[0]}): run on a machine, or in a "
+            "container with CAP_SYS_ADMIN (e.g. docker run --privileged)"
+        )
+    _check_wildcard_port()
+
+
+def up(
+    nodes: int = 8,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    first: int = 1,
+    *,
+    timeout: Optional[float] = None,
+    ephemeral: bool = False,
+) -> Lab:
+    """Start ``nodes`` nodes at ``127.0.1.<first>`` and up, and return the lab.
+
+    A lab already running in ``state_dir`` is stopped first: ``up`` always
+    gives fresh nodes (empty ``/tmp``), never a half-reused lab. Keys already
+    in ``state_dir`` are reused, so ``known_hosts`` stays valid across runs.
+    ``ephemeral`` ties the lab to the calling process (test sessions): once
+    that process is gone, a later ``up`` in any state dir may reclaim its
+    addresses. Stale nodes whose state dir no longer records them are
+    reclaimed too; nodes of another live lab are not (LabError names it).
+
+    Returns once every node answers with an SSH banner; raises LabError naming
+    the node that did not within ``timeout`` seconds (default 30 + 0.5 per
+    node), after stopping every node it started.
+    """
+    if nodes < 1 or first < 1 or first + nodes - 1 > 254:
+        raise LabError(
+            f"cannot place {nodes} nodes from {NETWORK}{first}: "
+            f"addresses must stay within {NETWORK}1-254"
+        )
+    if timeout is None:
+        timeout = 30.0 + 0.5 * nodes
+    check_environment()
+    state_dir = Path(state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    indices = list(range(first, first + nodes))
+    with _locked(state_dir):
+        _down(state_dir)
+        _reclaim(indices, state_dir)
+        _check_addresses_free(indices)
+        PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
+        NODE_VIEW.mkdir(mode=0o755, parents=True, exist_ok=True)
+        _write_files(state_dir, indices)
+        owner = _process_identity(os.getpid()) if ephemeral else None
+        started: List[Node] = []
+        try:
+            for i in indices:
+                started.append(Node(i, _address(i), _hostname(i), _spawn(state_dir, i)))
+            # Recorded before waiting: a crash from here on leaves pids to clean up.
+            _write_state(state_dir, started, owner)
+            _wait_for_banners(started, state_dir, time.monotonic() + timeout)
+        except BaseException:
+            _kill_and_wait([n.pid for n in started if _is_ours(n.pid, state_dir)])
+            _state_path(state_dir).unlink(missing_ok=True)
+            raise
+    return Lab(state_dir, started)
+
+
+def load(state_dir: Path = DEFAULT_STATE_DIR) -> Lab:
+    """The lab running in ``state_dir``, from its state file.
+
+    Raises LabError if there is none, or if none of its nodes is alive (stale
+    state left by a crash or a reboot).
+    """
+    state_dir = Path(state_dir).resolve()
+    nodes = _read_nodes(state_dir)
+    if nodes is None:
+        raise LabError(f"no lab in {state_dir}: start one with `inv lab.up`")
+    if not any(_is_ours(n.pid, state_dir) for n in nodes):
+        raise LabError(
+            f"the lab in {state_dir} is not running (stale state from a crash or "
+            "reboot?): start it again with `inv lab.up`"
+        )
+    return Lab(state_dir, nodes)
+
+
+def down(state_dir: Path = DEFAULT_STATE_DIR) -> int:
+    """Kill every node of the lab in ``state_dir``; return how many were running.
+
+    Also finds nodes the state file lost track of (by their command line, even
+    if the state dir was deleted), and never signals a recorded pid that is not
+    one of our ``unshare`` processes.
+    """
+    state_dir = Path(state_dir).resolve()
+    if not state_dir.is_dir():
+        return _down(state_dir)
+    with _locked(state_dir):
+        return _down(state_dir)
+
+
+def read_banner(address: str, timeout: float = 1.0, port: int = PORT) -> str:
+    """The SSH identification line a server sends first, e.g. ``SSH-2.0-OpenSSH_9.2``.
+
+    Cheaper than a login and independent of keys: proof that sshd runs and is
+    not frozen. Raises OSError: ConnectionRefusedError when nothing listens,
+    TimeoutError (``socket.timeout``) when nothing answers within ``timeout``
+    seconds.
+    """
+    deadline = time.monotonic() + timeout
+    with socket.create_connection((address, port), timeout=timeout) as sock:
+        data = b""
+        while b"\n" not in data and len(data) < 256:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            chunk = sock.recv(256)
+            if not chunk:
+                raise ConnectionResetError(f"{address}:{port} closed before its banner")
+            data += chunk
+        # Identify ourselves so sshd logs a quiet disconnect, not an error.
+        with contextlib.suppress(OSError):
+            sock.sendall(b"SSH-2.0-corunner-lab-probe\r\n")
+    return data.split(b"\n", 1)[0].decode("ascii", "replace").rstrip("\r")
+
+
+# --- names and files ------------------------------------------------------------------
+
+
+def _address(i: int) -> str:
+    return f"{NETWORK}{i}"
+
+
+def _hostname(i: int) -> str:
+    return f"node{i}"
+
+
+def _host_pattern(indices: List[int]) -> str:
+    lo, hi = min(indices), max(indices)
+    return f"{NETWORK}{lo}" if lo == hi else f"{NETWORK}[{lo}-{hi}]"
+
+
+def _node_dir(state_dir: Path, i: int) -> Path:
+    return state_dir / "nodes" / _hostname(i)
+
+
+def _state_path(state_dir: Path) -> Path:
+    return state_dir / STATE_FILE
+
+
+def _inventory_text(state_dir: Path, indices: List[int]) -> str:
+    return (
+        "# written by `inv lab.up`: the local test cluster\n"
+        "defaults:\n"
+        "  user: root\n"
+        f"  port: {PORT}\n"
+        f"  key: {state_dir / 'id_ed25519'}\n"
+        f"  known_hosts: {state_dir / 'known_hosts'}\n"
+        "  remote_dir: /tmp/corunner\n"
+        "  python: python3\n"
+        "  connect_timeout: 5\n"
+        "groups:\n"
+        "  lab:\n"
+        f'    hosts: ["{_host_pattern(indices)}"]\n'
+    )
+
+
+def _ssh_config_text(state_dir: Path) -> str:
+    return (
+        "# written by corunner.lab: ssh -F <this file> 127.0.1.1\n"
+        f"Host {NETWORK}*\n"
+        "  User root\n"
+        f"  IdentityFile {state_dir / 'id_ed25519'}\n"
+        "  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {state_dir / 'known_hosts'}\n"
+        "  StrictHostKeyChecking yes\n"
+    )
+
+
+def _sshd_config_text(i: int, version: Tuple[int, int]) -> str:
+    inside = NODE_VIEW / "nodes" / _hostname(i)
+    lines = [
+        f"# written by corunner.lab for {_hostname(i)}; paths as the node sees them",
+        f"ListenAddress {_address(i)}:{PORT}",
+        f"HostKey {inside / 'ssh_host_ed25519_key'}",
+        f"AuthorizedKeysFile {NODE_VIEW / 'id_ed25519.pub'}",
+        "PermitRootLogin prohibit-password",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM no",
+        "StrictModes no",
+        "MaxStartups 200:30:400",
+        "MaxSessions 50",
+        "Subsystem sftp internal-sftp",
+        "PidFile none",
+        "LogLevel ERROR",
+        "PrintMotd no",
+        "UseDNS no",
+    ]
+    if version >= (9, 8):
+        # It penalises sources whose connections fail or end before login; every
+        # test connects from 127.0.0.1, so faults injected on purpose would lock
+        # all later tests out for a while.
+        lines.append("PerSourcePenalties no")
+    return "\n".join(lines) + "\n"
+
+
+def _sshd_version() -> Tuple[int, int]:
+    out = subprocess.run([str(SSHD), "-V"], capture_output=True, text=True, check=False)
+    match = re.search(r"OpenSSH_(\d+)\.(\d+)", out.stderr + out.stdout)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def _ensure_keys(paths: Iterable[Tuple[Path, str]]) -> None:
+    """Generate the ed25519 keys that are missing, concurrently (one ssh-keygen each).
+
+    Keys already there are kept (and made private again: ssh and sshd refuse
+    keys others can read).
+    """
+    jobs = []
+    for path, comment in paths:
+        if path.is_file() and path.with_suffix(".pub").is_file():
+            path.chmod(0o600)
+            continue
+        path.unlink(missing_ok=True)
+        path.with_suffix(".pub").unlink(missing_ok=True)
+        cmd = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
+        out = subprocess.PIPE
+        job = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=_ENV)
+        jobs.append((path, job))
+    for path, job in jobs:
+        _, err = job.communicate()
+        if job.returncode != 0:
+            raise LabError(f"ssh-keygen failed for {path}: {err.decode(errors='replace').strip()}")
+
+
+def _write_files(state_dir: Path, indices: List[int]) -> None:
+    """Keys, per-node sshd configs, known_hosts, hosts.yaml and ssh_config."""
+    keys = [(state_dir / "id_ed25519", "corunner-lab-client")]
+    for i in indices:
+        _node_dir(state_dir, i).mkdir(parents=True, exist_ok=True)
+        keys.append((_node_dir(state_dir, i) / "ssh_host_ed25519_key", _hostname(i)))
+    _ensure_keys(keys)
+    known = []
+    version = _sshd_version()
+    for i in indices:
+        _write_text(_node_dir(state_dir, i) / "sshd_config", _sshd_config_text(i, version))
+        kind, blob = (_node_dir(state_dir, i) / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        known.append(f"{_address(i)} {kind} {blob}\n")
+    _write_text(state_dir / "known_hosts", "".join(known))
+    _write_text(state_dir / "hosts.yaml", _inventory_text(state_dir, indices))
+    _write_text(state_dir / "ssh_config", _ssh_config_text(state_dir))
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --- state file -----------------------------------------------------------------------
+
+
+def _write_state(state_dir: Path, nodes: List[Node], owner: Optional[List[int]]) -> None:
+    state = {
+        "version": STATE_VERSION,
+        "state_dir": str(state_dir),
+        "owner": owner,
+        "nodes": [
+            {"index": n.index, "address": n.address, "hostname": n.hostname, "pid": n.pid}
+            for n in nodes
+        ],
+    }
+    _write_text(_state_path(state_dir), json.dumps(state, indent=2) + "\n")
+
+
+def _read_state(state_dir: Path) -> Optional[dict]:
+    try:
+        state = json.loads(_state_path(state_dir).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise LabError(
+            f"{_state_path(state_dir)}: unreadable lab state ({exc}): "
+            "delete it and run `inv lab.up`"
+        ) from exc
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise LabError(
+            f"{_state_path(state_dir)}: unknown lab state format: delete it and run `inv lab.up`"
+        )
+    return state
+
+
+def _read_nodes(state_dir: Path) -> Optional[List[Node]]:
+    state = _read_state(state_dir)
+    if state is None:
+        return None
+    try:
+        return [
+            Node(int(n["index"]), str(n["address"]), str(n["hostname"]), int(n["pid"]))
+            for n in state["nodes"]
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LabError(
+            f"{_state_path(state_dir)}: malformed node entry ({exc!r}): "
+            "delete it and run `inv lab.up`"
+        ) from exc
+
+
+def _read_owner(state_dir: Path) -> Optional[List[int]]:
+    state = _read_state(state_dir)
+    return state.get("owner") if state else None
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """Serialise up/down/restart on one state dir across processes (re-entrant per process)."""
+    key = str(state_dir)
+    if key in _held_locks:
+        yield
+        return
+    with open(state_dir / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        _held_locks.add(key)
+        try:
+            yield
+        finally:
+            _held_locks.discard(key)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_held_locks: Set[str] = set()
+
+
+def _busy(state_dir: Path) -> bool:
+    """Whether another process is inside up, down or restart on this state dir."""
+    if str(state_dir) in _held_locks:
+        return True
+    try:
+        f = open(state_dir / ".lock")
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+def _spawn(state_dir: Path, i: int) -> int:
+    """Start node ``i``'s unshare process (not waiting for sshd); return its pid."""
+    inside = NODE_VIEW / "nodes" / _hostname(i)
+    cmd = [
+        *_UNSHARE,
+        "sh",
+        "-c",
+        _NODE_SCRIPT,
+        MARKER,
+        str(state_dir),
+        _hostname(i),
+        str(inside / "sshd_config"),
+        str(inside / "sshd.log"),
+    ]
+    with open(_node_dir(state_dir, i) / "unshare.log", "wb") as out:
+        # A session of its own: a Ctrl-C meant for us does not reach the nodes.
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            cwd="/",
+            env=_ENV,
+            start_new_session=True,
+        )
+    _children[proc.pid] = proc
+    return proc.pid
+
+
+def _cmdline(pid: int) -> List[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
+def _lab_process(pid: int) -> Optional[Tuple[Path, int]]:
+    """(state dir, node index) if ``pid`` is a live unshare process of some lab."""
+    argv = _cmdline(pid)
+    if not argv or os.path.basename(argv[0]) != "unshare" or MARKER not in argv:
+        return None
+    at = argv.index(MARKER)
+    match = re.fullmatch(r"node(\d+)", argv[at + 2]) if len(argv) > at + 2 else None
+    if match is None or _proc_state(pid) in (None, "Z", "X"):
+        return None
+    return Path(argv[at + 1]), int(match.group(1))
+
+
+def _is_ours(pid: int, state_dir: Path) -> bool:
+    found = _lab_process(pid)
+    return found is not None and found[0] == state_dir
+
+
+def _all_lab_processes() -> Iterator[Tuple[int, Path, int]]:
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            found = _lab_process(int(entry.name))
+            if found:
+                yield int(entry.name), found[0], found[1]
+
+
+def _proc_stat(pid: int) -> Optional[List[str]]:
+    """Fields of /proc/<pid>/stat after the command name (index 0 is the state)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def _proc_state(pid: int) -> Optional[str]:
+    fields = _proc_stat(pid)
+    return fields[0] if fields else None
+
+
+def _process_identity(pid: int) -> Optional[List[int]]:
+    """[pid, start time]: names a process even after its pid is reused."""
+    fields = _proc_stat(pid)
+    return [pid, int(fields[19])] if fields else None
+
+
+def _child_of(pid: int) -> Optional[int]:
+    """The one child of an unshare process: PID 1 of the node's namespace."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = [
+            e.name
+            for e in os.scandir("/proc")
+            if e.name.isdigit() and (_proc_stat(int(e.name)) or ["", ""])[1] == str(pid)
+        ]
+    return int(children[0]) if children else None
+
+
+def _pids_in_namespace_of(init: Optional[int]) -> List[int]:
+    if init is None:
+        return []
+    try:
+        ns = os.readlink(f"/proc/{init}/ns/pid")
+    except OSError:
+        return []
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry.name}/ns/pid") == ns:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _gone(pid: int) -> bool:
+    proc = _children.get(pid)
+    if proc is not None and proc.poll() is not None:
+        del _children[pid]
+        return True
+    return _proc_state(pid) in (None, "Z", "X")
+
+
+def _kill_and_wait(pids: List[int], timeout: float = 10.0) -> None:
+    """SIGKILL unshare processes (SIGTERM is blocked) and wait until their nodes are gone.
+
+    The caller has checked the pids are ours. ``--kill-child`` takes the node's
+    PID 1 along, and the kernel then kills the rest of its namespace.
+    """
+    inits = [c for c in (_child_of(p) for p in pids) if c is not None]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    waiting = list(pids) + inits
+    while waiting:
+        waiting = [p for p in waiting if not _gone(p)]
+        if waiting and time.monotonic() > deadline:
+            raise LabError(f"lab processes {waiting} still alive {timeout:.0f} s after SIGKILL")
+        if waiting:
+            time.sleep(0.01)
+
+
+def _down(state_dir: Path) -> int:
+    try:
+        nodes = _read_nodes(state_dir) or []
+    except LabError:
+        nodes = []  # a damaged state file: the command-line scan below still finds them
+    recorded = [n.pid for n in nodes if _is_ours(n.pid, state_dir)]
+    strays = [pid for pid, where, _ in _all_lab_processes() if where == state_dir]
+    pids = sorted(set(recorded) | set(strays))
+    _kill_and_wait(pids)
+    with contextlib.suppress(FileNotFoundError):
+        _state_path(state_dir).unlink()
+    return len(pids)
+
+
+def _abandoned(pid: int, state_dir: Path) -> bool:
+    """Whether a lab process is left over: its state dir forgot it, or its owner is gone."""
+    if _busy(state_dir):
+        return False  # its up/restart may not have recorded this pid yet
+    try:
+        state = _read_state(state_dir)
+    except LabError:
+        return True
+    if state is None or pid not in [n.get("pid") for n in state.get("nodes", [])]:
+        return True
+    owner = state.get("owner")
+    return bool(owner) and _process_identity(owner[0]) != owner
+
+
+def _reclaim(indices: List[int], state_dir: Path) -> None:
+    """Kill left-over nodes of other labs on our addresses; refuse to touch live labs."""
+    wanted = set(indices)
+    stale = []
+    for pid, where, i in _all_lab_processes():
+        if i not in wanted or where == state_dir:
+            continue
+        if not _abandoned(pid, where):
+            raise LabError(
+                f"{_address(i)} is used by the lab in {where}: stop it first "
+                f"(`inv lab.down` there, or corunner.lab.down(Path({str(where)!r})))"
+            )
+        stale.append(pid)
+    _kill_and_wait(stale)
+
+
+# --- sockets --------------------------------------------------------------------------
+
+
+def _listeners(port: int) -> List[Tuple[str, int]]:
+    """(address, socket inode) of every TCP socket listening on ``port``."""
+    found = []
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, st, inode = fields[1], fields[3], int(fields[9])
+            addr_hex, port_hex = local.split(":")
+            if st != "0A" or int(port_hex, 16) != port:
+                continue
+            raw = bytes.fromhex(addr_hex)
+            # The kernel prints each 32-bit word of the address as a host-order number.
+            words = struct.unpack(f">{len(raw) // 4}I", raw)
+            packed = struct.pack(f"={len(words)}I", *words)
+            family = socket.AF_INET6 if v6 else socket.AF_INET
+            found.append((socket.inet_ntop(family, packed), inode))
+    return found
+
+
+def _socket_owner(inode: int) -> str:
+    """'sshd (pid 123)' for the process holding a socket, for error messages."""
+    target = f"socket:[{inode}]"
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd.path) == target:
+                        comm = Path(f"/proc/{entry.name}/comm").read_text().strip()
+                        return f"{comm} (pid {entry.name})"
+    return "another process"
+
+
+def _check_wildcard_port() -> None:
+    """Raise LabError if a server on all addresses, port 22, keeps 127.0.1.x:22 from binding."""
+    taken = {addr for addr, _ in _listeners(PORT)}
+    free = next((_address(i) for i in range(254, 0, -1) if _address(i) not in taken), None)
+    if free is None:
+        return
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((free, PORT))
+            return
+        except OSError as exc:
+            error = exc
+    if error.errno != errno.EADDRINUSE:
+        raise LabError(
+            f"cannot bind {free}:{PORT} ({error.strerror}): the lab needs the loopback "
+            "interface to carry 127.0.0.0/8 (`ip addr add 127.0.0.1/8 dev lo`)"
+        ) from error
+    wildcard = sorted(
+        (a, inode) for a, inode in _listeners(PORT) if a in ("0.0.0.0", "::")
+    )  # 0.0.0.0 first: an IPv6-only [::] is not in the way
+    who = _socket_owner(wildcard[0][1]) if wildcard else "another process"
+    where = wildcard[0][0] if wildcard else "all addresses"
+    fix = (
+        "`systemctl stop ssh` or `service ssh stop`, or give it a specific ListenAddress "
+        "in /etc/ssh/sshd_config"
+        if who.startswith("sshd")
+        else "stop it, or bind it to a specific address"
+    )
+    raise LabError(
+        f"port {PORT} is taken on {where} by {who}, so lab nodes cannot bind "
+        f"{NETWORK}x:{PORT}: {fix}"
+    )
+
+
+def _check_addresses_free(indices: List[int]) -> None:
+    busy = {addr: inode for addr, inode in _listeners(PORT)}
+    for i in indices:
+        if _address(i) in busy:
+            raise LabError(
+                f"{_address(i)}:{PORT} is already in use by {_socket_owner(busy[_address(i)])}: "
+                f"stop it, or start the lab at other addresses (first=...)"
+            )
+
+
+def _wait_for_banners(nodes: List[Node], state_dir: Path, deadline: float) -> None:
+    """Wait until each node answers with an SSH banner; LabError naming the first that won't.
+
+    The nodes start concurrently, so waiting for them one after the other
+    costs no more than the slowest one.
+    """
+    for node in nodes:
+        while True:
+            try:
+                if read_banner(node.address, timeout=1.0).startswith("SSH-"):
+                    break
+            except OSError:
+                pass
+            if not _is_ours(node.pid, state_dir):
+                raise LabError(
+                    f"{node.hostname} ({node.address}) exited during start-up: "
+                    f"{_log_tail(state_dir, node.index)}"
+                )
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"{node.hostname} ({node.address}) did not answer with an SSH banner "
+                    f"in time: {_log_tail(state_dir, node.index)}"
+                )
+            time.sleep(0.02)
+
+
+def _log_tail(state_dir: Path, i: int) -> str:
+    lines: List[str] = []
+    for name in ("unshare.log", "sshd.log"):
+        with contextlib.suppress(OSError):
+            lines += (_node_dir(state_dir, i) / name).read_text(errors="replace").splitlines()
+    tail = " | ".join(line.strip() for line in lines[-3:] if line.strip())
+    return tail or f"no log output (see {_node_dir(state_dir, i)})"

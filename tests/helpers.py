@@ -1,0 +1,35 @@
+"""Helpers shared by all test suites (``from helpers import wait_until``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def wait_until(cond: Callable[[], T], timeout: float, interval: float = 0.05) -> T:
+    """Re-check ``cond`` until it returns a truthy value, and return that value.
+
+    Replaces bare sleeps: a test waits only as long as needed, up to ``timeout``
+    seconds, checking every ``interval`` seconds. ``cond`` may also raise
+    AssertionError to mean "not yet". The last check runs at the deadline.
+    Raises AssertionError naming the condition (and chaining its last
+    assertion) if it never held.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        last_error = None
+        try:
+            value = cond()
+        except AssertionError as exc:
+            last_error = exc
+        else:
+            if value:
+                return value
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            name = getattr(cond, "__qualname__", repr(cond))
+            detail = f": {last_error}" if last_error else f" (last value {value!r})"
+            raise AssertionError(f"{name} did not hold within {timeout} s{detail}") from last_error
+        time.sleep(min(interval, remaining))
