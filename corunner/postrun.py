@@ -122,6 +122,6 @@ def collect(
     def work(conn: Any, host: Host) -> transfer.Pulled:
         path = src or run_dir(host, run_id or "")
         exclude = None if src else ".corunner/config.json"
-        return transfer.pull(conn, host, path, dest, divide, exclude)
+        return transfer.pull(conn, host, path, dest, divide, exclude, contents=not src)
 
     return on_each(hosts, work, parallel, accept_new_host_keys)

@@ -119,10 +119,15 @@ def pull(
     dest: str,
     divide: bool,
     exclude: Optional[str] = None,
+    contents: bool = False,
 ) -> Pulled:
-    """Copy ``src`` from one node under local ``dest`` (rules above)."""
+    """Copy ``src`` from one node under local ``dest`` (rules above).
+
+    With ``contents`` and ``divide``, what is inside ``src`` lands directly in
+    ``dest/<host>/`` (used for run directories, whose name is the run id).
+    """
     if divide:
-        into, rename = os.path.join(dest, host.id), None
+        into, rename = os.path.join(dest, host.id), ("." if contents else None)
     else:
         into, rename = dest, f"{os.path.basename(src.rstrip('/')) or 'root'}.{host.id}"
     os.makedirs(into, exist_ok=True)
@@ -148,6 +153,8 @@ def extract(stream: IO[bytes], into: str, rename_top: Optional[str] = None) -> P
             if rename_top:
                 top, sep, rest = member.name.partition("/")
                 member.name = rename_top + sep + rest
+                if member.islnk() and member.linkname.partition("/")[0] == top:
+                    member.linkname = rename_top + member.linkname[len(top) :]
             try:
                 tar.extract(member, into, filter="data")
             except (tarfile.FilterError, OSError) as exc:

@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 from corunner.errors import EXIT_LOST
+from corunner.hostrange import fold
 
 
 def make_tree(root: Path) -> Path:
@@ -26,7 +27,7 @@ def test_push_tree_to_all_nodes_keeps_contents_and_modes(lab, cli, tmp_path, on_
     tree = make_tree(tmp_path)
     done = cli("cp", "--src", str(tree), "--dest", "/tmp/pushed/")
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "ok (8): 127.0.1.[1-8]" in done.stdout
+    assert f"ok (8): {fold(n.address for n in lab.nodes)}" in done.stdout
     for node in lab.nodes:
         listing = on_node(
             node.index,
@@ -45,10 +46,11 @@ def test_push_tree_to_all_nodes_keeps_contents_and_modes(lab, cli, tmp_path, on_
 def test_push_file_as_new_name_then_into_existing_directory(lab, cli, tmp_path, on_node):
     src = tmp_path / "conf.txt"
     src.write_text("v1\n")
-    assert cli("cp", "--src", str(src), "--dest", "/tmp/renamed.txt", "--hosts", "127.0.1.1").returncode == 0
+    first = lab.nodes[0].address
+    assert cli("cp", "--src", str(src), "--dest", "/tmp/renamed.txt", "--hosts", first).returncode == 0
     assert on_node(1, "cat /tmp/renamed.txt").strip() == "v1"
     on_node(1, "mkdir -p /tmp/existing")
-    assert cli("cp", "--src", str(src), "--dest", "/tmp/existing", "--hosts", "127.0.1.1").returncode == 0
+    assert cli("cp", "--src", str(src), "--dest", "/tmp/existing", "--hosts", first).returncode == 0
     assert on_node(1, "cat /tmp/existing/conf.txt").strip() == "v1"
 
 
@@ -68,24 +70,26 @@ def test_pull_divide_gives_one_directory_per_host(lab, cli, tmp_path, on_node):
 def test_pull_without_divide_never_overwrites(lab, cli, tmp_path, on_node):
     for node in lab.nodes[:3]:
         on_node(node.index, "hostname > /tmp/same-name.txt")
+    three = lab.nodes[:3]
     done = cli(
         "cp", "--pull", "--src", "/tmp/same-name.txt", "--dest", str(tmp_path / "flat"),
-        "--hosts", "127.0.1.[1-3]",
+        "--hosts", fold(n.address for n in three),
     )
     assert done.returncode == 0, done.stderr
     names = sorted(os.listdir(tmp_path / "flat"))
-    assert names == [f"same-name.txt.127.0.1.{i}" for i in (1, 2, 3)]
-    for i in (1, 2, 3):
-        assert (tmp_path / "flat" / f"same-name.txt.127.0.1.{i}").read_text().strip() == f"node{i}"
+    assert names == sorted(f"same-name.txt.{n.address}" for n in three)
+    for n in three:
+        assert (tmp_path / "flat" / f"same-name.txt.{n.address}").read_text().strip() == n.hostname
 
 
 def test_down_host_and_wrong_key_fail_alone(healthy_lab, cli, tmp_path, on_node):
     lab = healthy_lab
-    lab.kill(3)
-    # A known_hosts in which node 5's key is replaced by node 6's.
+    down, liar, other = lab.nodes[2], lab.nodes[4], lab.nodes[5]
+    lab.kill(down.index)
+    # A known_hosts in which one node's key is replaced by another's.
     lines = lab.known_hosts.read_text().splitlines()
-    key6 = next(ln for ln in lines if ln.startswith("127.0.1.6 ")).split(" ", 1)[1]
-    forged = [("127.0.1.5 " + key6) if ln.startswith("127.0.1.5 ") else ln for ln in lines]
+    key6 = next(ln for ln in lines if ln.startswith(other.address + " ")).split(" ", 1)[1]
+    forged = [(liar.address + " " + key6) if ln.startswith(liar.address + " ") else ln for ln in lines]
     known = tmp_path / "known_hosts"
     known.write_text("\n".join(forged) + "\n")
     inventory = tmp_path / "hosts.yaml"
@@ -94,9 +98,10 @@ def test_down_host_and_wrong_key_fail_alone(healthy_lab, cli, tmp_path, on_node)
     src.write_text("data\n")
     done = cli("cp", "--src", str(src), "--dest", "/tmp/f.txt", "--inventory", str(inventory))
     assert done.returncode == EXIT_LOST
-    assert "127.0.1.3: connection refused" in done.stdout
-    assert "127.0.1.5: host key differs" in done.stdout
-    assert "failed (2): 127.0.1.[3,5]" in done.stdout
-    for i in (1, 2, 4, 6, 7, 8):
-        assert on_node(i, "cat /tmp/f.txt").strip() == "data"
+    assert f"{down.address}: connection refused" in done.stdout
+    assert f"{liar.address}: host key differs" in done.stdout
+    assert f"failed (2): {fold([down.address, liar.address])}" in done.stdout
+    for node in lab.nodes:
+        if node not in (down, liar):
+            assert on_node(node.index, "cat /tmp/f.txt").strip() == "data"
     assert stat.S_ISREG(os.stat(src).st_mode)

@@ -1,0 +1,186 @@
+"""`inv run` end to end on the real cluster: heartbeats, liveness, faults, and
+everything collectable afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from helpers import wait_until
+
+from corunner.errors import EXIT_FAILED, EXIT_LOST, EXIT_OK
+from corunner.hostrange import fold
+
+FAST = ("--interval", "0.2", "--dead-after", "1.5")
+
+
+def latest_events(cli) -> list:
+    root = cli.workdir / "runs"
+    try:
+        run_id = json.loads((root / "latest.json").read_text())["run_id"]
+        lines = (root / run_id / "events.jsonl").read_text().splitlines()
+    except (OSError, ValueError):
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def states_now(cli) -> dict:
+    now = {}
+    for event in latest_events(cli):
+        now[event["host"]] = event["new"]
+    return now
+
+
+def all_alive(cli, count: int = 8) -> bool:
+    now = states_now(cli)
+    return len(now) == count and all(s == "alive" for s in now.values())
+
+
+def test_script_results_collect_into_one_directory_per_host(lab, cli, tmp_path):
+    script = tmp_path / "whoami.sh"
+    script.write_text('#!/bin/sh\nhostname > me.txt\necho "args: $*"\n')
+    done, doc = cli.json("run", "--script", str(script), "--args", "a 'b c'", *FAST)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert {h["state"] for h in doc["hosts"]} == {"succeeded"}
+    done = cli("collect", "--run", doc["run_id"], "--dest", str(tmp_path / "all"), "--divide")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(os.listdir(tmp_path / "all")) == [n.address for n in lab.nodes]
+    for node in lab.nodes:
+        here = tmp_path / "all" / node.address
+        assert (here / "me.txt").read_text().strip() == node.hostname
+        assert (here / "stdout").read_text() == "args: a b c\n"
+        status = json.loads((here / "status.json").read_text())
+        assert (status["state"], status["exit_code"], status["host"]) == ("exited", 0, node.address)
+        assert not (here / ".corunner" / "config.json").exists()  # the secret stays on the node
+
+
+def test_python_script_without_shebang_runs_with_inventory_python(lab, cli, tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text("import os, sys\nprint(os.environ['CORUNNER_NODE_INDEX'], sys.argv[1:])\n")
+    two = [n.address for n in lab.nodes[:2]]
+    done = cli("run", "--script", str(script), "--args", "x", "--hosts", ",".join(two), *FAST)
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    done = cli("collect", "--dest", str(tmp_path / "r"), "--divide")
+    assert (tmp_path / "r" / two[1] / "stdout").read_text() == "1 ['x']\n"
+
+
+def test_failures_report_exit_code_and_signal(lab, cli):
+    one, two, three = lab.nodes[:3]
+    cmd = f"case $(hostname) in {one.hostname}) exit 3;; {two.hostname}) kill -KILL $$;; *) true;; esac"
+    done, doc = cli.json("run", "--cmd", cmd, *FAST)
+    assert done.returncode == EXIT_FAILED, done.stderr
+    hosts = {h["host"]: h for h in doc["hosts"]}
+    assert (hosts[one.address]["state"], hosts[one.address]["exit_code"]) == ("failed", 3)
+    assert (hosts[two.address]["state"], hosts[two.address]["signal"]) == ("failed", 9)
+    assert hosts[three.address]["state"] == "succeeded"
+    assert doc["summary"]["failed"] == fold([one.address, two.address])
+
+
+def test_killed_node_turns_dead_and_the_run_does_not_wait_for_it(healthy_lab, cli):
+    lab = healthy_lab
+    proc = cli.popen("run", "--cmd", "sleep 4", "--json", *FAST)
+    wait_until(lambda: all_alive(cli), timeout=30)
+    victim = lab.nodes[3]
+    lab.kill(victim.index)
+    killed_at = time.time()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_LOST, err
+    doc = json.loads(out)
+    hosts = {h["host"]: h["state"] for h in doc["hosts"]}
+    assert hosts.pop(victim.address) == "dead"
+    assert set(hosts.values()) == {"succeeded"}
+    dead = [e for e in latest_events(cli) if e["host"] == victim.address and e["new"] == "dead"]
+    assert len(dead) == 1
+    # Marked dead within dead-after (1.5 s) plus one interval (0.2 s) of the kill, with
+    # a margin for this loaded 2-core machine: the event's time is the controller's.
+    assert dead[0]["at"] - killed_at <= 1.5 + 0.2 + 1.0
+
+
+def test_frozen_node_turns_dead_then_alive_then_succeeds(healthy_lab, cli):
+    lab = healthy_lab
+    proc = cli.popen("run", "--cmd", "sleep 6", "--json", *FAST)
+    wait_until(lambda: all_alive(cli), timeout=30)
+    frozen = lab.nodes[1]
+    lab.freeze(frozen.index)
+    wait_until(lambda: states_now(cli).get(frozen.address) == "dead", timeout=10)
+    lab.thaw(frozen.index)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_OK, err
+    changes = [(e["old"], e["new"]) for e in latest_events(cli) if e["host"] == frozen.address]
+    assert changes == [
+        ("pending", "alive"),
+        ("alive", "dead"),
+        ("dead", "alive"),
+        ("alive", "succeeded"),
+    ]
+
+
+def test_deadline_times_out_and_stop_ends_the_remote_programs(lab, cli, on_node):
+    done, doc = cli.json("run", "--cmd", "sleep 300", "--deadline", "2", *FAST)
+    assert done.returncode == EXIT_LOST
+    assert {h["state"] for h in doc["hosts"]} == {"timeout"}
+    run_id = doc["run_id"]
+    assert "sleep 300" in on_node(lab.nodes[0].index, "ps -eo args")
+    done = cli("stop", "--run", run_id)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(": stopped") == 8
+    for node in lab.nodes:
+        wait_until(lambda: "sleep 300" not in on_node(node.index, "ps -eo args"), timeout=10)
+    done, doc = cli.json("status", "--run", run_id, "--refresh")
+    assert {h["state"] for h in doc["hosts"].values()} == {"failed"}
+    assert {h["signal"] for h in doc["hosts"].values()} == {signal.SIGTERM}
+
+
+def test_controller_killed_midrun_loses_nothing(lab, cli, tmp_path):
+    proc = cli.popen("run", "--cmd", "sleep 2; hostname > out.txt; exit 5", *FAST)
+    wait_until(lambda: all_alive(cli), timeout=30)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def refreshed():
+        done, doc = cli.json("status", "--refresh")
+        return {h["state"] for h in doc["hosts"].values()} == {"failed"} and doc
+
+    doc = wait_until(refreshed, timeout=30, interval=0.5)
+    assert {h["exit_code"] for h in doc["hosts"].values()} == {5}
+    done = cli("collect", "--dest", str(tmp_path / "got"), "--divide")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for node in lab.nodes:
+        assert (tmp_path / "got" / node.address / "out.txt").read_text().strip() == node.hostname
+
+
+def test_no_heartbeat_gives_the_same_final_states(lab, cli):
+    one, two = lab.nodes[:2]
+    cmd = f"case $(hostname) in {one.hostname}) exit 3;; {two.hostname}) kill -TERM $$;; *) sleep 1;; esac"
+    beat, with_hb = cli.json("run", "--cmd", cmd, *FAST)
+    quiet, without = cli.json("run", "--cmd", cmd, "--no-heartbeat", *FAST)
+    assert beat.returncode == quiet.returncode == EXIT_FAILED
+
+    def outcome(doc):
+        return {h["host"]: (h["state"], h["exit_code"], h["signal"]) for h in doc["hosts"]}
+
+    assert outcome(with_hb) == outcome(without)
+    assert outcome(without)[two.address] == ("failed", None, signal.SIGTERM)
+
+
+def test_unreachable_node_is_reported_and_others_run(healthy_lab, cli):
+    victim = healthy_lab.nodes[6]
+    healthy_lab.kill(victim.index)
+    done, doc = cli.json("run", "--cmd", "true", *FAST)
+    assert done.returncode == EXIT_LOST
+    hosts = {h["host"]: h for h in doc["hosts"]}
+    assert hosts[victim.address]["state"] == "unreachable"
+    assert "connection refused" in hosts[victim.address]["error"]
+    assert sum(h["state"] == "succeeded" for h in doc["hosts"]) == 7
+
+
+def test_runs_leave_a_record_with_an_event_log(lab, cli):
+    first = lab.nodes[0].address
+    done, doc = cli.json("run", "--cmd", "sleep 0.5", "--hosts", first, *FAST)
+    record = Path(cli.workdir / "runs" / doc["run_id"])
+    data = json.loads((record / "run.json").read_text())
+    assert data["exit_code"] == 0 and data["hosts"][first]["state"] == "succeeded"
+    assert [e["new"] for e in latest_events(cli)] == ["alive", "succeeded"]
