@@ -34,8 +34,13 @@ CLUSTER_DIR = Path(__file__).parent / "cluster"
 SESSION_LOCK = Path("/run/corunner-lab-session.lock")
 #: Seconds a session waits for another one to release the lab.
 SESSION_LOCK_WAIT = float(os.environ.get("CORUNNER_LAB_WAIT", "900"))
-#: Nodes of the session lab: 127.0.1.1 .. 127.0.1.8, hostnames node1 .. node8.
+#: Nodes of the session lab.
 LAB_NODES = 8
+#: Index of the session lab's first node: it runs on 127.0.1.101 .. 127.0.1.108,
+#: hostnames node101 .. node108. Not on 127.0.1.1 and up, where ``inv lab.up``
+#: starts a user's own persistent lab (the README has newcomers start one before
+#: running the tests): the two must be able to run side by side.
+LAB_FIRST = 101
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
@@ -88,7 +93,12 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """The session's lab: 8 nodes started once, always torn down.
+    """The session's lab: 8 nodes at 127.0.1.101-108 (``LAB_FIRST``), started once,
+    always torn down.
+
+    Tests must not assume these addresses: use ``lab.nodes[k]`` (``.address``,
+    ``.hostname``, ``.index``). A user's own lab at the default 127.0.1.1 and up
+    (``inv lab.up``) is left alone and may run at the same time.
 
     Another test session on this machine holding the lab addresses is waited
     for (up to CORUNNER_LAB_WAIT seconds, 900 by default). Teardown runs on
@@ -113,7 +123,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        yield lab_module.up(LAB_NODES, state_dir, ephemeral=True)
+        yield lab_module.up(LAB_NODES, state_dir, first=LAB_FIRST, ephemeral=True)
     finally:
         try:
             stop()
