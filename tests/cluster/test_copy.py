@@ -48,10 +48,10 @@ def test_push_file_as_new_name_then_into_existing_directory(lab, cli, tmp_path, 
     src.write_text("v1\n")
     first = lab.nodes[0].address
     assert cli("cp", "--src", str(src), "--dest", "/tmp/renamed.txt", "--hosts", first).returncode == 0
-    assert on_node(1, "cat /tmp/renamed.txt").strip() == "v1"
-    on_node(1, "mkdir -p /tmp/existing")
+    assert on_node(lab.nodes[0].index, "cat /tmp/renamed.txt").strip() == "v1"
+    on_node(lab.nodes[0].index, "mkdir -p /tmp/existing")
     assert cli("cp", "--src", str(src), "--dest", "/tmp/existing", "--hosts", first).returncode == 0
-    assert on_node(1, "cat /tmp/existing/conf.txt").strip() == "v1"
+    assert on_node(lab.nodes[0].index, "cat /tmp/existing/conf.txt").strip() == "v1"
 
 
 def test_pull_divide_gives_one_directory_per_host(lab, cli, tmp_path, on_node):
