@@ -1,0 +1,906 @@
+"""The executor: shipped to every node to run the user's program, and the wire protocol.
+
+One stdlib-only file (Python 3.8+, no corunner imports) so it can be copied into
+the run directory and started as ``python3 .corunner/executor.py``; the
+controller imports the same file for :func:`encode` and :func:`decode`, so both
+sides share one definition of the protocol.
+
+Subcommands (each prints one marker line the controller searches for, since
+remote shells may print noise around it):
+
+- ``run [--foreground] CONFIG``: run the program, keep ``status.json`` and send
+  heartbeats to the controller until the final message is acknowledged.
+- ``probe RUN_DIR``: print ``CORUNNER-PROBE <json>``.
+- ``stop RUN_DIR [--grace S]``: stop the program's process group and print
+  ``CORUNNER-STOP <json>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import hashlib
+import hmac
+import json
+import os
+import random
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+# --------------------------------------------------------------------------
+# Wire protocol: pure functions, the one source of truth for both sides.
+# --------------------------------------------------------------------------
+
+PROTOCOL = "CR1"
+MAX_LINE = 512  # bytes, including the trailing newline
+
+STATE_RUNNING = "running"
+STATE_EXITED = "exited"
+
+_NAME = r"[A-Za-z0-9._:@-]{1,128}"
+# Everything before " <mac>", as text. Explicit ASCII classes only, and bounded
+# fields, so a match is pure ASCII and a valid line always fits MAX_LINE.
+_BODY_RE = re.compile(
+    r"CR1 (" + _NAME + r") (" + _NAME + r") ([1-9][0-9]{0,18}) (running|exited)"
+    r" (-|-?[0-9]{1,10}) (-|[0-9]{1,3}) ([0-9]{1,12}\.[0-9]{3})"
+)
+_NAME_RE = re.compile(_NAME)
+_VERSION_RE = re.compile(rb"CR[0-9]+ ")
+_MAC_LEN = 64  # hex digits of HMAC-SHA256
+
+
+class ProtocolError(ValueError):
+    """A line that is not a valid, authentic message; ``reason`` is one short word.
+
+    Reasons: ``malformed``, ``bad_mac``, ``oversize``, ``version``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """One message from an executor: the program's state at ``sent_at`` (unix seconds)."""
+
+    run_id: str
+    host: str
+    seq: int
+    state: str
+    exit_code: Optional[int]
+    signal: Optional[int]
+    sent_at: float
+
+    @property
+    def final(self) -> bool:
+        """True for the last message of a run (the program has ended)."""
+        return self.state == STATE_EXITED
+
+
+def _consistent(state: str, exit_code: str, sig: str) -> bool:
+    """Running carries no outcome; exited carries exactly one of exit code or signal."""
+    if state == STATE_RUNNING:
+        return exit_code == "-" and sig == "-"
+    return (exit_code == "-") != (sig == "-")
+
+
+def _mac(secret: bytes, body: bytes) -> bytes:
+    return hmac.digest(secret, body, "sha256").hex().encode("ascii")
+
+
+def encode(hb: Heartbeat, secret: bytes) -> bytes:
+    """Serialise and sign one message as a newline-terminated ASCII line.
+
+    Raises ProtocolError("malformed") if a field cannot be represented (bad
+    name characters, non-positive seq, inconsistent outcome).
+    """
+    code = "-" if hb.exit_code is None else str(hb.exit_code)
+    sig = "-" if hb.signal is None else str(hb.signal)
+    try:
+        if not isinstance(hb.seq, int):
+            raise TypeError("seq must be an int")
+        text = (
+            f"{PROTOCOL} {hb.run_id} {hb.host} {hb.seq:d} {hb.state} {code} {sig} {hb.sent_at:.3f}"
+        )
+    except (TypeError, ValueError):
+        raise ProtocolError("malformed") from None
+    m = _BODY_RE.fullmatch(text)
+    if m is None or not _consistent(m.group(4), m.group(5), m.group(6)):
+        raise ProtocolError("malformed")
+    body = text.encode("ascii")
+    return body + b" " + _mac(secret, body) + b"\n"
+
+
+# secret -> SHA-256 states after the inner and outer HMAC key blocks (RFC 2104).
+_pads: Dict[bytes, Tuple[Any, Any]] = {}
+
+
+def _keyed_mac(secret: bytes, body: bytes) -> bytes:
+    """The same value as _mac, from cached keyed states: decode is the listener's hot path.
+
+    hmac.digest() re-derives the key pads on every call, and an hmac.HMAC copy
+    adds four Python-level calls; this costs half as much. The tests pin it
+    to hmac.digest for keys of every length.
+    """
+    pads = _pads.get(secret)
+    if pads is None:
+        key = hashlib.sha256(secret).digest() if len(secret) > 64 else secret
+        key = key.ljust(64, b"\0")
+        if len(_pads) >= 64:
+            _pads.clear()
+        pads = _pads[secret] = (
+            hashlib.sha256(bytes(b ^ 0x36 for b in key)),
+            hashlib.sha256(bytes(b ^ 0x5C for b in key)),
+        )
+    inner = pads[0].copy()
+    inner.update(body)
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    return outer.hexdigest().encode("ascii")
+
+
+def decode(line: bytes, secret: bytes) -> Heartbeat:
+    """Parse and authenticate one line (with or without its newline).
+
+    The MAC is checked before any field is interpreted. Raises ProtocolError,
+    and nothing else, for any input that is not an authentic message.
+    """
+    if type(line) is not bytes:
+        if not isinstance(line, (bytes, bytearray, memoryview)):
+            raise ProtocolError("malformed")
+        line = bytes(line)
+    if len(line) > MAX_LINE:
+        raise ProtocolError("oversize")
+    if line[-1:] == b"\n":
+        line = line[:-1]
+    if not line.startswith(b"CR1 "):
+        raise ProtocolError("version" if _VERSION_RE.match(line) else "malformed")
+    body, _, mac = line.rpartition(b" ")
+    if len(mac) != _MAC_LEN or not body:
+        raise ProtocolError("malformed")
+    if type(secret) is not bytes:
+        secret = bytes(secret)
+    if not hmac.compare_digest(_keyed_mac(secret, body), mac):
+        raise ProtocolError("bad_mac")
+    m = _BODY_RE.fullmatch(body.decode("latin-1"))  # never fails; the pattern admits ASCII only
+    if m is None:
+        raise ProtocolError("malformed")
+    run_id, host, seq, state, code, sig, sent_at = m.groups()
+    if not _consistent(state, code, sig):
+        raise ProtocolError("malformed")
+    # Filling __dict__ directly skips the frozen dataclass's per-field
+    # object.__setattr__, halving the cost of the listener's busiest object.
+    hb = _new(Heartbeat)
+    hb.__dict__.update(
+        run_id=run_id,
+        host=host,
+        seq=int(seq),
+        state=state,
+        exit_code=None if code == "-" else int(code),
+        signal=None if sig == "-" else int(sig),
+        sent_at=float(sent_at),
+    )
+    return hb
+
+
+_new = object.__new__
+
+
+def ack_line(seq: int) -> bytes:
+    """The controller's reply to an accepted final message."""
+    return b"ACK %d\n" % seq
+
+
+def parse_ack(line: bytes) -> Optional[int]:
+    """The seq of an ``ACK <seq>`` line, or None for anything else."""
+    parts = line.strip().split(b" ")
+    if len(parts) == 2 and parts[0] == b"ACK" and parts[1].isdigit() and len(parts[1]) < 20:
+        return int(parts[1])
+    return None
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` can travel as a run id or host field."""
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
+
+
+# --------------------------------------------------------------------------
+# Configuration and status (pure, plus small file helpers).
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """The parsed ``config.json`` written by the controller."""
+
+    run_id: str
+    host: str
+    argv: Optional[List[str]]
+    shell: Optional[str]
+    controller: List[Tuple[str, int]]
+    interval: float
+    secret: bytes
+    heartbeat: bool
+    linger: float
+
+
+def parse_config(data: Any) -> Config:
+    """Validate the decoded JSON of config.json; raises ValueError naming the bad key."""
+    if not isinstance(data, dict):
+        raise ValueError("config must be a JSON object")
+    for key in ("run_id", "host"):
+        if not valid_name(data.get(key)):
+            raise ValueError(f"{key} must match [A-Za-z0-9._:@-]{{1,128}}")
+    argv, shell = data.get("argv"), data.get("shell")
+    if (argv is None) == (shell is None):
+        raise ValueError("exactly one of argv and shell must be set")
+    if argv is not None and (
+        not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv)
+    ):
+        raise ValueError("argv must be a non-empty list of strings")
+    if shell is not None and not isinstance(shell, str):
+        raise ValueError("shell must be a string")
+    addrs = []
+    for item in data.get("controller") or []:
+        if (
+            not isinstance(item, (list, tuple))
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not isinstance(item[1], int)
+            or not 0 < item[1] < 65536
+        ):
+            raise ValueError("controller must be a list of [host, port]")
+        addrs.append((item[0], item[1]))
+    try:
+        interval = float(data.get("interval", 1.0))
+        linger = float(data.get("linger", 60.0))
+        secret = bytes.fromhex(data.get("secret") or "")
+    except (TypeError, ValueError):
+        raise ValueError("interval, linger must be numbers and secret a hex string") from None
+    if not interval > 0 or not linger >= 0:
+        raise ValueError("interval must be > 0 and linger >= 0")
+    return Config(
+        run_id=data["run_id"],
+        host=data["host"],
+        argv=argv,
+        shell=shell,
+        controller=addrs,
+        interval=interval,
+        secret=secret,
+        heartbeat=bool(data.get("heartbeat", True)),
+        linger=linger,
+    )
+
+
+def new_status(cfg: Config, started_at: float) -> Dict[str, Any]:
+    """The status.json document before the program starts."""
+    return {
+        "run_id": cfg.run_id,
+        "host": cfg.host,
+        "hostname": socket.gethostname(),
+        "state": "running",
+        "pid": None,
+        "pgid": None,
+        "executor_pid": os.getpid(),
+        "exit_code": None,
+        "signal": None,
+        "started_at": started_at,
+        "ended_at": None,
+        "error": None,
+    }
+
+
+def outcome(returncode: int) -> Tuple[Optional[int], Optional[int]]:
+    """(exit_code, signal) from a Popen return code (negative means killed by a signal)."""
+    if returncode < 0:
+        return None, -returncode
+    return returncode, None
+
+
+def write_status(run_dir: str, status: Dict[str, Any]) -> None:
+    """Atomically replace RUN_DIR/status.json, so readers never see half a file."""
+    path = os.path.join(run_dir, "status.json")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(status, fh, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_status(run_dir: str) -> Optional[Dict[str, Any]]:
+    """RUN_DIR/status.json, or None if there is none; raises ValueError if unreadable."""
+    try:
+        with open(os.path.join(run_dir, "status.json")) as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError("status.json is not an object")
+    return data
+
+
+# --------------------------------------------------------------------------
+# Process inspection (Linux /proc when present; plain kill(0) otherwise).
+# --------------------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> Optional[Tuple[str, int]]:
+    """(state letter, pgrp) of a process from /proc, or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    fields = raw.rsplit(b")", 1)[-1].split()
+    try:
+        return fields[0].decode("ascii"), int(fields[2])
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def pid_alive(pid: Optional[int]) -> bool:
+    """Whether a process exists and is not a zombie (an unreaped corpse runs nothing)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    stat = _proc_stat(pid)
+    return stat is None or stat[0] not in "ZX"
+
+
+def group_alive(pgid: Optional[int]) -> bool:
+    """Whether any live (non-zombie) process remains in process group ``pgid``."""
+    if not pgid or pgid <= 0:
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if entry.isdigit():
+            stat = _proc_stat(int(entry))
+            if stat is not None and stat[1] == pgid and stat[0] not in "ZX":
+                return True
+    return False
+
+
+def executor_alive(pid: Optional[int]) -> bool:
+    """Whether ``pid`` is still an executor (guards against a recycled pid)."""
+    if not pid_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"executor.py" in fh.read()
+    except OSError:
+        return True
+
+
+# --------------------------------------------------------------------------
+# The link to the controller: one non-blocking TCP connection, never blocks.
+# --------------------------------------------------------------------------
+
+
+def resolve_controllers(
+    addrs: List[Tuple[str, int]], ssh_connection: Optional[str]
+) -> List[Tuple[str, int]]:
+    """Replace host "" by the SSH client's address (first field of $SSH_CONNECTION).
+
+    An empty host without $SSH_CONNECTION is dropped: there is nothing to try.
+    """
+    client = (ssh_connection or "").split()
+    out = []
+    for host, port in addrs:
+        if host == "":
+            if not client:
+                continue
+            host = client[0]
+        out.append((host, port))
+    return out
+
+
+class Link:
+    """A persistent connection to the first reachable controller address.
+
+    Connects without blocking (the run loop's selector watches the socket), and
+    after a failure waits with jittered exponential backoff, from ``interval`` up
+    to ``10 * interval``, so a dead controller never delays the program's wait.
+    """
+
+    def __init__(
+        self, addrs: List[Tuple[str, int]], interval: float, sel: selectors.BaseSelector
+    ) -> None:
+        self.addrs = addrs
+        self.interval = interval
+        self.sel = sel
+        self.backoff = interval
+        self.cap = 10 * interval
+        self.connect_timeout = min(5.0, max(1.0, 2 * interval))
+        self.sock: Optional[socket.socket] = None
+        self.connected = False
+        self.fresh = False  # set on connect; the run loop clears it after sending
+        self.index = 0
+        self.deadline = 0.0  # connect timeout while connecting
+        self.next_attempt = 0.0
+        self.out = bytearray()
+        self.inbuf = b""
+        self.acked = 0  # highest ACK seq received
+        self.last_error = ""
+
+    def wake_at(self) -> float:
+        """The monotonic time at which tick() has something to do."""
+        if self.sock is None:
+            return self.next_attempt
+        if not self.connected:
+            return self.deadline
+        return float("inf")
+
+    def tick(self, now: float) -> None:
+        """Start a connection attempt or give up on a slow one, as time dictates."""
+        if self.sock is None:
+            if now >= self.next_attempt:
+                self._attempt(now)
+        elif not self.connected and now >= self.deadline:
+            self._next_address(now, "connect timeout")
+
+    def _attempt(self, now: float) -> None:
+        while self.index < len(self.addrs):
+            host, port = self.addrs[self.index]
+            try:
+                family, kind, proto, _, sockaddr = socket.getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM
+                )[0]
+                sock = socket.socket(family, kind, proto)
+            except OSError as exc:
+                self._note(f"{host}:{port}: {exc}")
+                self.index += 1
+                continue
+            sock.setblocking(False)
+            err = sock.connect_ex(sockaddr)
+            if err in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
+                self.sock = sock
+                self.deadline = now + self.connect_timeout
+                self.sel.register(sock, selectors.EVENT_WRITE, self)
+                return
+            sock.close()
+            self._note(f"{host}:{port}: {os.strerror(err)}")
+            self.index += 1
+        self._schedule(now)
+
+    def _schedule(self, now: float) -> None:
+        """Every address failed: wait, then start again from the first."""
+        self.index = 0
+        self.next_attempt = now + self.backoff * random.uniform(0.75, 1.25)
+        self.backoff = min(self.backoff * 2, self.cap)
+
+    def _next_address(self, now: float, why: str) -> None:
+        host, port = self.addrs[self.index]
+        self._note(f"{host}:{port}: {why}")
+        self._close_socket()
+        self.index += 1
+        self._attempt(now)
+
+    def _note(self, msg: str) -> None:
+        if msg != self.last_error:
+            self.last_error = msg
+            _log(f"controller {msg}")
+
+    def _close_socket(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sel.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+            self.sock.close()
+        self.sock = None
+        self.connected = False
+        self.out = bytearray()
+        self.inbuf = b""
+
+    def drop(self, now: float, why: str) -> None:
+        """Abandon the current connection and reconnect after the backoff."""
+        if self.sock is not None and self.index < len(self.addrs):
+            host, port = self.addrs[self.index]
+            self._note(f"{host}:{port}: {why}")
+        self._close_socket()
+        self._schedule(now)
+
+    def close(self) -> None:
+        self._close_socket()
+
+    def on_event(self, mask: int, now: float) -> None:
+        """Handle readiness of our socket: connect completion, ACKs, pending output."""
+        sock = self.sock
+        if sock is None:
+            return
+        if not self.connected:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._next_address(now, os.strerror(err))
+                return
+            self.connected = True
+            self.fresh = True
+            self.backoff = self.interval
+            self.last_error = ""
+            _tune(sock, self.interval)
+            self._interest()
+            return
+        if mask & selectors.EVENT_READ:
+            try:
+                data = sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError as exc:
+                self.drop(now, str(exc))
+                return
+            if data is not None:
+                if not data:
+                    self.drop(now, "closed by controller")
+                    return
+                self._on_data(data)
+                if len(self.inbuf) > MAX_LINE:
+                    self.drop(now, "garbage from controller")
+                    return
+        if mask & selectors.EVENT_WRITE:
+            self._flush(now)
+
+    def _on_data(self, data: bytes) -> None:
+        *lines, self.inbuf = (self.inbuf + data).split(b"\n")
+        for line in lines:
+            seq = parse_ack(line)
+            if seq is not None and seq > self.acked:
+                self.acked = seq
+
+    def send(self, line: bytes, now: float) -> bool:
+        """Queue one line on the live connection; False if not connected or backed up."""
+        if not self.connected or len(self.out) > 4 * MAX_LINE:
+            return False
+        self.out += line
+        self._flush(now)
+        return True
+
+    def _flush(self, now: float) -> None:
+        if self.sock is None or not self.out:
+            return
+        try:
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.drop(now, str(exc))
+            return
+        del self.out[:sent]
+        self._interest()
+
+    def _interest(self) -> None:
+        if self.sock is not None:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
+            self.sel.modify(self.sock, events, self)
+
+
+def _tune(sock: socket.socket, interval: float) -> None:
+    """Small writes go out at once; a silently dead peer errors out instead of hanging."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if user_timeout is not None:
+            ms = int(max(10.0, 10 * interval) * 1000)
+            sock.setsockopt(socket.IPPROTO_TCP, user_timeout, ms)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------
+# run: the program's life, status.json and the messages.
+# --------------------------------------------------------------------------
+
+
+def _log(msg: str) -> None:
+    try:
+        sys.stderr.write(f"corunner-executor: {msg}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class Session:
+    """One run of the program on this node, driven by a single selector loop."""
+
+    def __init__(self, cfg: Config, run_dir: str, foreground: bool) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.sel = selectors.DefaultSelector()
+        # Seq starts from the wall clock in ms so that an executor restarted for
+        # the same run still sends seqs above the ones the listener has seen.
+        self.seq = max(1, int(time.time() * 1000))
+        self.link: Optional[Link] = None
+        addrs = resolve_controllers(cfg.controller, os.environ.get("SSH_CONNECTION"))
+        if cfg.heartbeat and not foreground and addrs:
+            self.link = Link(addrs, cfg.interval, self.sel)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, None)
+
+    def message(self, state: str, exit_code: Optional[int], sig: Optional[int]) -> bytes:
+        self.seq += 1
+        hb = Heartbeat(self.cfg.run_id, self.cfg.host, self.seq, state, exit_code, sig, time.time())
+        return encode(hb, self.cfg.secret)
+
+    def wait(self, timeout: float) -> None:
+        """Block until I/O, SIGCHLD or ``timeout`` seconds, and serve the link."""
+        for key, mask in self.sel.select(max(0.0, timeout)):
+            if key.data is None:
+                try:
+                    while os.read(self.wake_r, 512):
+                        pass
+                except (BlockingIOError, InterruptedError):
+                    pass
+            elif self.link is not None:
+                self.link.on_event(mask, time.monotonic())
+
+    def start(self) -> Tuple[Optional[subprocess.Popen], Dict[str, Any]]:
+        """Start the program in its own session; on failure the status says error."""
+        cfg = self.cfg
+        status = new_status(cfg, time.time())
+        env = dict(os.environ)
+        env.update(
+            CORUNNER_RUN_ID=cfg.run_id, CORUNNER_HOST=cfg.host, CORUNNER_RUN_DIR=self.run_dir
+        )
+        try:
+            out = open(os.path.join(self.run_dir, "stdout"), "wb")
+            err = open(os.path.join(self.run_dir, "stderr"), "wb")
+        except OSError as exc:
+            status.update(state="error", exit_code=127, ended_at=time.time(), error=str(exc))
+            return None, status
+        try:
+            with out, err:
+                proc = subprocess.Popen(
+                    cfg.argv if cfg.argv is not None else cfg.shell,  # type: ignore[arg-type]
+                    shell=cfg.argv is None,
+                    cwd=self.run_dir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            code = 126 if isinstance(exc, PermissionError) else 127
+            status.update(state="error", exit_code=code, ended_at=time.time(), error=str(exc))
+            return None, status
+        status.update(pid=proc.pid, pgid=proc.pid)
+        return proc, status
+
+    def watch(self, proc: subprocess.Popen) -> int:
+        """Wait for the program, sending a heartbeat every interval while it runs."""
+        link, interval = self.link, self.cfg.interval
+        next_beat = time.monotonic()
+        while True:
+            rc = proc.poll()
+            if rc is not None:
+                return rc
+            now = time.monotonic()
+            wake = now + 1.0  # safety net in case a SIGCHLD wakeup is ever missed
+            if link is not None:
+                link.tick(now)
+                if link.fresh:
+                    link.fresh = False
+                    next_beat = now
+                if now >= next_beat:
+                    if link.connected:
+                        link.send(self.message(STATE_RUNNING, None, None), now)
+                    next_beat = max(next_beat + interval, now)
+                wake = min(wake, next_beat, link.wake_at())
+            self.wait(wake - now)
+
+    def deliver_final(self, exit_code: Optional[int], sig: Optional[int]) -> bool:
+        """Send the final message until acknowledged or ``linger`` seconds pass.
+
+        Each attempt is a fresh connection with a fresh seq, so a lost ACK or a
+        half-dead connection never leaves the listener rejecting a replay.
+        """
+        link = self.link
+        if link is None:
+            return False
+        now = time.monotonic()
+        end = now + self.cfg.linger
+        ack_wait = max(2.0, 4 * self.cfg.interval)
+        first_seq: Optional[int] = None
+        sent_at: Optional[float] = None
+        pending = True  # the current connection has not carried the final message yet
+        while now < end:
+            link.tick(now)
+            if link.fresh:
+                link.fresh = False
+                pending = True
+            if pending and link.connected:
+                if link.send(self.message(STATE_EXITED, exit_code, sig), now):
+                    pending = False
+                    first_seq = self.seq if first_seq is None else first_seq
+                    sent_at = now
+            if first_seq is not None and link.acked >= first_seq:
+                link.close()
+                return True
+            if sent_at is not None and now - sent_at > ack_wait:
+                sent_at = None
+                if link.connected:
+                    link.drop(now, "no ACK for the final message")
+            wake = min(end, link.wake_at(), sent_at + ack_wait if sent_at is not None else end)
+            self.wait(wake - now)
+            now = time.monotonic()
+        link.close()
+        return False
+
+    def run(self, foreground: bool) -> Dict[str, Any]:
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        proc, status = self.start()
+        _try_write_status(self.run_dir, status)
+        if proc is not None:
+            rc = self.watch(proc)
+            exit_code, sig = outcome(rc)
+            status.update(state="exited", exit_code=exit_code, signal=sig, ended_at=time.time())
+            _try_write_status(self.run_dir, status)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if not foreground:
+            code, sig = status["exit_code"], status["signal"]
+            if self.deliver_final(code, sig):
+                _log("final message acknowledged")
+            elif self.link is not None:
+                _log(f"final message not acknowledged after {self.cfg.linger:.1f}s")
+        return status
+
+
+def _try_write_status(run_dir: str, status: Dict[str, Any]) -> None:
+    try:
+        write_status(run_dir, status)
+    except OSError as exc:
+        _log(f"cannot write status.json: {exc}")
+
+
+def run_dir_of(config_path: str) -> str:
+    """The run directory: the parent of the ``.corunner/`` folder holding the config."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(config_path)))
+
+
+def cmd_run(config_path: str, foreground: bool) -> int:
+    try:
+        with open(config_path) as fh:
+            cfg = parse_config(json.load(fh))
+    except (OSError, ValueError) as exc:
+        _log(f"bad config {config_path}: {exc}")
+        return 2
+    run_dir = run_dir_of(config_path)
+    os.chdir(run_dir)
+    # The program must outlive the SSH session: a hangup or a closed pipe is not a stop.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    status = Session(cfg, run_dir, foreground).run(foreground)
+    if foreground:
+        _emit("CORUNNER-STATUS", status)
+    return 0
+
+
+def _emit(marker: str, doc: Dict[str, Any]) -> None:
+    try:
+        sys.stdout.write(f"{marker} {json.dumps(doc, sort_keys=True)}\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass  # nobody is listening any more; status.json stays the truth
+
+
+# --------------------------------------------------------------------------
+# probe and stop
+# --------------------------------------------------------------------------
+
+
+def probe(run_dir: str) -> Dict[str, Any]:
+    """status.json plus liveness; "lost" if it says running but nothing runs."""
+    try:
+        status = read_status(run_dir)
+    except (OSError, ValueError) as exc:
+        return {
+            "state": "missing",
+            "error": f"unreadable status.json: {exc}",
+            "program_alive": False,
+            "executor_alive": False,
+        }
+    if status is None:
+        return {"state": "missing", "program_alive": False, "executor_alive": False}
+    running = status.get("state") == "running"
+    pid, pgid = status.get("pid"), status.get("pgid")
+    program = running and pid_alive(pid) and _pgid_of(pid) in (pgid, None)
+    executor = executor_alive(status.get("executor_pid"))
+    status["program_alive"] = bool(program)
+    status["executor_alive"] = executor
+    if running and not program and not executor:
+        status["state"] = "lost"
+    return status
+
+
+def _pgid_of(pid: int) -> Optional[int]:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _wait_for(cond: Any, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while True:
+        if cond():
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.05)
+
+
+def stop(run_dir: str, grace: float) -> Dict[str, Any]:
+    """SIGTERM the running program's group, SIGKILL it after ``grace`` seconds."""
+    before = probe(run_dir)
+    pgid = before.get("pgid")
+    stopped = False
+    # "lost" still says running on disk: the program's children may outlive it.
+    if before["state"] in ("running", "lost") and pgid and group_alive(pgid):
+        for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, signum)
+            except ProcessLookupError:
+                break
+            if _wait_for(lambda: not group_alive(pgid), wait):
+                break
+        stopped = not group_alive(pgid)
+        if executor_alive(before.get("executor_pid")):
+            # Let the executor record the outcome so the reported state is final.
+            _wait_for(lambda: probe(run_dir)["state"] != "running", 2.0)
+    return {"stopped": stopped, "pgid": pgid, "state": probe(run_dir)["state"]}
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="executor.py", description=(__doc__ or "").split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_run = sub.add_parser("run", help="run the program described by CONFIG")
+    p_run.add_argument("--foreground", action="store_true")
+    p_run.add_argument("config")
+    p_probe = sub.add_parser("probe", help="report the state of a run directory")
+    p_probe.add_argument("run_dir")
+    p_stop = sub.add_parser("stop", help="stop the program of a run directory")
+    p_stop.add_argument("run_dir")
+    p_stop.add_argument("--grace", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    if args.cmd == "run":
+        return cmd_run(args.config, args.foreground)
+    if args.cmd == "probe":
+        _emit("CORUNNER-PROBE", probe(args.run_dir))
+        return 0
+    _emit("CORUNNER-STOP", stop(args.run_dir, args.grace))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""The controller's heartbeat server: one selector loop for every node of a run.
+
+The controller drives the loop by calling :meth:`Listener.poll`, so there is no
+thread per node and no asyncio. Input from the network is never trusted: every
+line is decoded and authenticated by :func:`corunner.executor.decode`, and every
+rejected line or connection is counted in :attr:`Listener.rejected`, never
+raised. Memory per connection is bounded by ``Limits.max_line``; a flood of
+silent connections is shed by evicting the quietest one, so real nodes always
+get in.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Callable
+
+from corunner.executor import MAX_LINE, Heartbeat, ProtocolError, ack_line, decode
+
+#: Idle connections are looked for at most this often (seconds).
+SWEEP_INTERVAL = 1.0
+#: Bytes asked of the kernel per read: a whole backlog of lines in one call.
+CHUNK = 65536
+#: Connections accepted per readiness event, so a connect flood cannot starve reads.
+ACCEPT_BATCH = 256
+#: After running out of file descriptors, stop accepting for this long (seconds).
+ACCEPT_PAUSE = 0.2
+#: How long poll() keeps gathering after the first message arrived (seconds).
+BATCH_WINDOW = 0.01
+#: Connections allowed beyond one per known host, whatever Limits says.
+HOST_HEADROOM = 64
+
+_WAKE = "wake"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep a hostile or broken peer from exhausting the controller.
+
+    ``idle_timeout`` is the seconds a connection may go without a valid message.
+    A Listener raises ``max_connections`` to its number of hosts plus
+    HOST_HEADROOM, so that real nodes never evict each other.
+    """
+
+    max_line: int = MAX_LINE
+    max_connections: int = 4096
+    idle_timeout: float = 30.0
+
+
+class _Conn:
+    """One accepted connection: its socket, a partial line, and when it last made sense."""
+
+    __slots__ = ("sock", "fd", "buf", "last_valid", "talked")
+
+    def __init__(self, sock: socket.socket, now: float) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.buf = b""
+        self.last_valid = now  # clock() of the last accepted message, or of the accept
+        self.talked = False  # has sent at least one accepted message
+
+
+class _Listening:
+    """Selector tag for a listening socket."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+
+class Listener:
+    """Accepts authentic heartbeats of one run from its known hosts.
+
+    ``clock`` (seconds, monotonic) stamps received messages and drives idle
+    timeouts; inject a fake one to test timeouts without waiting. Only
+    :meth:`bind`, :meth:`wakeup` and :attr:`addresses` may be called from other
+    threads; :meth:`poll` belongs to the one thread that drives the loop.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        secret: bytes,
+        hosts: Iterable[str],
+        limits: Limits = Limits(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.run_id = run_id
+        self.limits = limits
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self._secret = bytes(secret)
+        self._clock = clock
+        # host -> last accepted seq; membership is the set of known hosts.
+        self._last_seq: dict[str, int] = dict.fromkeys(hosts, 0)
+        self._max_line = limits.max_line
+        self._max_connections = max(limits.max_connections, len(self._last_seq) + HOST_HEADROOM)
+        self._sel = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._bound: dict[str, tuple[str, int]] = {}
+        self._listening: list[socket.socket] = []
+        self._pending: list[socket.socket] = []
+        self._first_port = 0
+        self._accept_paused_until = 0.0
+        # Both ordered by last_valid, oldest first: eviction and idle sweeps pop the front.
+        self._silent: collections.OrderedDict[int, _Conn] = collections.OrderedDict()
+        self._talking: collections.OrderedDict[int, _Conn] = collections.OrderedDict()
+        self._next_sweep = clock() + SWEEP_INTERVAL
+        self._closed = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+
+    # -- binding ----------------------------------------------------------
+
+    def bind(self, host: str, port: int = 0) -> tuple[str, int]:
+        """Listen on ``host``; returns the bound (address, port).
+
+        Binding a host twice returns the first address. With ``port`` 0, a later
+        bind first tries the port of the first one, so every address of a run
+        tends to share one port. Raises OSError if the address cannot be bound.
+        """
+        with self._lock:
+            if self._closed:
+                raise OSError(errno.EBADF, "listener is closed")
+            if host in self._bound:
+                return self._bound[host]
+            if port:
+                sock = _listen(host, port)
+            elif self._first_port:
+                try:
+                    sock = _listen(host, self._first_port)
+                except OSError:
+                    sock = _listen(host, 0)
+            else:
+                sock = _listen(host, 0)
+            address = sock.getsockname()[:2]
+            self._bound[host] = address
+            self._first_port = self._first_port or address[1]
+            self._listening.append(sock)
+            self._pending.append(sock)
+        self.wakeup()
+        return address
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every bound (address, port), in bind order."""
+        with self._lock:
+            return list(self._bound.values())
+
+    def wakeup(self) -> None:
+        """Make a blocked :meth:`poll` return now; safe from any thread."""
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # buffer full means a wakeup is already pending; closed means no poll
+
+    # -- the loop -----------------------------------------------------------
+
+    def poll(self, timeout: float) -> list[tuple[Heartbeat, float]]:
+        """Serve I/O for up to ``timeout`` seconds; return accepted messages.
+
+        Returns at most BATCH_WINDOW seconds after the first message arrived
+        (gathering what else comes meanwhile, so thousands of nodes cost a
+        few hundred calls per second, not one call per message), at once on
+        :meth:`wakeup`, else at the timeout. Each message comes with its receive
+        time from ``clock``.
+        """
+        out: list[tuple[Heartbeat, float]] = []
+        if self._closed:
+            return out
+        end = batch_end = time.monotonic() + max(0.0, timeout)
+        while True:
+            self._resume_accepting()
+            wait = end - time.monotonic()
+            if out:
+                wait = min(wait, batch_end - time.monotonic())
+            if self._silent or self._talking:
+                wait = min(wait, SWEEP_INTERVAL)
+            if self._pending:
+                wait = min(wait, ACCEPT_PAUSE)
+            woken = False
+            before = len(out)
+            for key, _ in self._sel.select(max(0.0, wait)):
+                data = key.data
+                if data.__class__ is _Conn:
+                    self._read(data, out)
+                elif data is _WAKE:
+                    woken = True
+                    self._drain_wake()
+                else:
+                    self._accept(data.sock)
+            now = self._clock()
+            if now >= self._next_sweep:
+                self._sweep(now)
+            mono = time.monotonic()
+            if out and not before:
+                batch_end = mono + BATCH_WINDOW
+            if woken or mono >= end or (out and mono >= batch_end):
+                return out
+
+    def _resume_accepting(self) -> None:
+        if self._pending and time.monotonic() >= self._accept_paused_until:
+            with self._lock:
+                pending, self._pending = self._pending, []
+            for sock in pending:
+                self._sel.register(sock, selectors.EVENT_READ, _Listening(sock))
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def _accept(self, lsock: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _ = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    if self._evict():
+                        continue
+                    self._pause_accepting()
+                    return
+                continue  # e.g. ECONNABORTED: that peer is gone, try the next
+            if len(self._silent) + len(self._talking) >= self._max_connections:
+                self._evict()
+            sock.setblocking(False)
+            conn = _Conn(sock, self._clock())
+            self._silent[conn.fd] = conn
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _pause_accepting(self) -> None:
+        """Out of descriptors with nothing to evict: stop the accept busy loop awhile."""
+        self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+        for sock in self._listening:
+            try:
+                self._sel.unregister(sock)
+            except (KeyError, ValueError):
+                continue
+            with self._lock:
+                self._pending.append(sock)
+
+    def _evict(self) -> bool:
+        """Close the connection longest without a valid message, silent ones first."""
+        table = self._silent or self._talking
+        if not table:
+            return False
+        self._drop(next(iter(table.values())))
+        self.rejected["evicted"] += 1
+        return True
+
+    def _sweep(self, now: float) -> None:
+        """Close connections that sent nothing valid for ``idle_timeout`` seconds."""
+        self._next_sweep = now + SWEEP_INTERVAL
+        limit = now - self.limits.idle_timeout
+        for table in (self._silent, self._talking):
+            while table:
+                conn = next(iter(table.values()))
+                if conn.last_valid > limit:
+                    break
+                self._drop(conn)
+                self.rejected["idle"] += 1
+
+    def _drop(self, conn: _Conn) -> None:
+        (self._talking if conn.talked else self._silent).pop(conn.fd, None)
+        try:
+            self._sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def _read(self, conn: _Conn, out: list[tuple[Heartbeat, float]]) -> None:
+        try:
+            data = conn.sock.recv(CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not data:
+            self._drop(conn)  # a partial line at EOF is just dropped with the peer
+            return
+        if conn.buf:
+            data = conn.buf + data
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        max_line = self._max_line
+        if lines:
+            now = self._clock()
+            for line in lines:
+                if len(line) >= max_line:  # with its newline it exceeds max_line
+                    self._oversize(conn)
+                    return
+                self._handle(conn, line, now, out)
+        if len(rest) >= max_line:  # can no longer end within max_line
+            self._oversize(conn)
+            return
+        conn.buf = rest
+
+    def _oversize(self, conn: _Conn) -> None:
+        """A line too long to be ours: close rather than buffer it."""
+        self.rejected["oversize"] += 1
+        self._drop(conn)
+
+    def _handle(
+        self, conn: _Conn, line: bytes, now: float, out: list[tuple[Heartbeat, float]]
+    ) -> None:
+        try:
+            hb = decode(line, self._secret)
+        except ProtocolError as exc:
+            self.rejected[exc.reason] += 1
+            return
+        if hb.run_id != self.run_id:
+            self.rejected["wrong_run"] += 1
+            return
+        last = self._last_seq.get(hb.host)
+        if last is None:
+            self.rejected["unknown_host"] += 1
+            return
+        if hb.seq <= last:
+            self.rejected["replay"] += 1
+            return
+        self._last_seq[hb.host] = hb.seq
+        out.append((hb, now))
+        conn.last_valid = now
+        if conn.talked:
+            self._talking.move_to_end(conn.fd)
+        else:
+            conn.talked = True
+            del self._silent[conn.fd]
+            self._talking[conn.fd] = conn
+        if hb.state == "exited":
+            try:
+                conn.sock.send(ack_line(hb.seq))
+            except OSError:
+                pass  # the executor retries with a new seq until it gets an ACK
+
+    # -- teardown -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every socket; later polls return nothing. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            listening, self._listening, self._pending = self._listening, [], []
+        for table in (self._silent, self._talking):
+            for conn in list(table.values()):
+                self._drop(conn)
+        for sock in listening:
+            sock.close()
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A non-blocking listening TCP socket on (host, port); host "" means all addresses."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(4096)  # the kernel caps this at net.core.somaxconn
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,495 @@
+"""The executor as nodes run it: a subprocess under ``python -I`` in a run directory.
+
+A real Listener on 127.0.0.1 receives its heartbeats; intervals are 0.1 s so
+every test finishes in a few seconds. Processes are waited for with
+wait_until, never bare sleeps, and every process group is killed at teardown.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+from helpers import wait_until
+
+import corunner.executor
+from corunner.executor import Heartbeat
+from corunner.listener import Listener
+
+EXECUTOR = Path(corunner.executor.__file__)
+RUN_ID = "20260101-120000-exec"
+HOST = "127.0.1.3"
+SECRET = bytes.fromhex("c0ffee" * 10)
+INTERVAL = 0.1
+#: Waits for a program to begin waiting on the release file.
+WAIT_FOR_RELEASE = "while [ ! -e release ]; do sleep 0.02; done; echo out; echo err >&2; exit 3"
+STATUS_KEYS = {
+    "run_id",
+    "host",
+    "hostname",
+    "state",
+    "pid",
+    "pgid",
+    "executor_pid",
+    "exit_code",
+    "signal",
+    "started_at",
+    "ended_at",
+    "error",
+}
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
+class Inbox:
+    """Messages a Listener accepted, gathered while the test waits."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.messages: list[Heartbeat] = []
+
+    def wait_for(self, cond: Callable[[list[Heartbeat]], bool], timeout: float = 10) -> None:
+        def check() -> bool:
+            self.messages.extend(hb for hb, _ in self.listener.poll(0.05))
+            return cond(self.messages)
+
+        wait_until(check, timeout, interval=0)
+
+    def running(self) -> list[Heartbeat]:
+        return [m for m in self.messages if not m.final]
+
+    def finals(self) -> list[Heartbeat]:
+        return [m for m in self.messages if m.final]
+
+
+class Node:
+    """A run directory with the executor and its config, as the controller uploads it."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / RUN_ID
+        (self.dir / ".corunner").mkdir(parents=True)
+        shutil.copy(EXECUTOR, self.dir / ".corunner" / "executor.py")
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def configure(
+        self,
+        controller: list[list[Any]],
+        shell: Optional[str] = None,
+        argv: Optional[list[str]] = None,
+        heartbeat: bool = True,
+        linger: float = 20.0,
+    ) -> None:
+        config = {
+            "run_id": RUN_ID,
+            "host": HOST,
+            "argv": argv,
+            "shell": shell,
+            "controller": controller,
+            "interval": INTERVAL,
+            "secret": SECRET.hex(),
+            "heartbeat": heartbeat,
+            "linger": linger,
+        }
+        path = self.dir / ".corunner" / "config.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(config, fh)
+
+    def start(
+        self, env: Optional[dict[str, str]] = None, python: str = sys.executable
+    ) -> subprocess.Popen[bytes]:
+        """Start detached, as ``setsid python3 .corunner/executor.py run ... &`` does."""
+        with open(self.dir / ".corunner" / "executor.log", "wb") as log:
+            proc = subprocess.Popen(
+                [python, "-I", ".corunner/executor.py", "run", ".corunner/config.json"],
+                cwd=self.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def call(self, *args: str, python: str = sys.executable) -> subprocess.CompletedProcess[str]:
+        """Run an executor subcommand to completion in the SSH session's way."""
+        return subprocess.run(
+            [python, "-I", str(self.dir / ".corunner" / "executor.py"), *args],
+            cwd=self.dir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def marked(self, *args: str, marker: str) -> dict[str, Any]:
+        done = self.call(*args)
+        assert done.returncode == 0, done.stderr
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith(marker + " ")]
+        assert len(lines) == 1, done.stdout
+        return json.loads(lines[0][len(marker) + 1 :])
+
+    def probe(self) -> dict[str, Any]:
+        return self.marked("probe", str(self.dir), marker="CORUNNER-PROBE")
+
+    def status(self) -> Optional[dict[str, Any]]:
+        try:
+            return json.loads((self.dir / "status.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def wait_state(self, state: str, timeout: float = 10) -> dict[str, Any]:
+        def check() -> Optional[dict[str, Any]]:
+            status = self.status()
+            return status if status and status["state"] == state else None
+
+        return wait_until(check, timeout)
+
+    def log(self) -> str:
+        path = self.dir / ".corunner" / "executor.log"
+        return path.read_text() if path.exists() else ""
+
+    def cleanup(self) -> None:
+        status = self.status()
+        if status and status.get("pgid"):
+            try:
+                os.killpg(status["pgid"], signal.SIGKILL)
+            except OSError:
+                pass
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    the_node = Node(tmp_path)
+    yield the_node
+    the_node.cleanup()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    with Listener(RUN_ID, SECRET, [HOST]) as lst:
+        lst.bind("127.0.0.1")
+        yield lst
+
+
+def _controller(listener: Listener) -> list[list[Any]]:
+    return [list(addr) for addr in listener.addresses]
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with Listener(RUN_ID, SECRET, [HOST]) as probe_listener:
+        return probe_listener.bind("127.0.0.1")[1]
+
+
+def test_heartbeats_flow_while_running_and_final_reports_exit_code(
+    node: Node, listener: Listener
+) -> None:
+    node.configure(_controller(listener), shell=WAIT_FOR_RELEASE)
+    proc = node.start()
+    inbox = Inbox(listener)
+    inbox.wait_for(lambda msgs: len(msgs) >= 3)
+
+    start = node.wait_state("running")
+    assert set(start) == STATUS_KEYS
+    assert start["run_id"] == RUN_ID and start["host"] == HOST
+    assert start["executor_pid"] == proc.pid
+    assert start["pid"] == start["pgid"] and _alive(start["pid"])
+    assert os.getpgid(start["pid"]) == start["pgid"] != os.getpgid(proc.pid)
+    assert start["exit_code"] is None and start["signal"] is None and start["error"] is None
+    assert start["ended_at"] is None and start["started_at"] > 0
+    with open(f"/proc/{proc.pid}/cmdline", "rb") as fh:
+        assert SECRET.hex().encode() not in fh.read()  # the secret never hits a command line
+
+    running = inbox.running()
+    assert all(m.run_id == RUN_ID and m.host == HOST for m in running)
+    assert [m.seq for m in running] == sorted({m.seq for m in running})
+    (node.dir / "release").touch()
+    inbox.wait_for(lambda msgs: any(m.final for m in msgs))
+    final = inbox.finals()[0]
+    assert (final.state, final.exit_code, final.signal) == ("exited", 3, None)
+    assert final.seq > running[-1].seq
+    assert proc.wait(10) == 0  # acknowledged, so the executor leaves at once
+    assert "final message acknowledged" in node.log()
+
+    end = node.status()
+    assert end is not None and set(end) == STATUS_KEYS
+    assert (end["state"], end["exit_code"], end["signal"]) == ("exited", 3, None)
+    assert end["started_at"] <= end["ended_at"]
+    assert {k: end[k] for k in ("pid", "pgid", "started_at")} == {
+        k: start[k] for k in ("pid", "pgid", "started_at")
+    }
+    assert (node.dir / "stdout").read_text() == "out\n"
+    assert (node.dir / "stderr").read_text() == "err\n"
+
+
+def test_program_killed_by_sigkill_reports_signal_9(node: Node, listener: Listener) -> None:
+    node.configure(_controller(listener), shell="exec sleep 60")
+    proc = node.start()
+    status = node.wait_state("running")
+    inbox = Inbox(listener)
+    inbox.wait_for(lambda msgs: len(msgs) >= 1)
+    os.kill(status["pid"], signal.SIGKILL)
+    inbox.wait_for(lambda msgs: any(m.final for m in msgs))
+    final = inbox.finals()[0]
+    assert (final.exit_code, final.signal) == (None, 9)
+    assert proc.wait(10) == 0
+    end = node.status()
+    assert end is not None
+    assert (end["state"], end["exit_code"], end["signal"]) == ("exited", None, 9)
+
+
+def test_foreground_prints_the_status_detached_writes(tmp_path: Path, listener: Listener) -> None:
+    detached, foreground = Node(tmp_path / "bg"), Node(tmp_path / "fg")
+    try:
+        detached.configure(_controller(listener), shell="exit 3")
+        foreground.configure(_controller(listener), shell="echo noise; exit 3")
+        detached.start()
+        inbox = Inbox(listener)
+        inbox.wait_for(lambda msgs: any(m.final for m in msgs))
+        printed = foreground.marked(
+            "run", "--foreground", ".corunner/config.json", marker="CORUNNER-STATUS"
+        )
+        assert printed == foreground.status()
+        bg = detached.wait_state("exited")
+        assert set(printed) == set(bg) == STATUS_KEYS
+        for key in ("run_id", "host", "hostname", "state", "exit_code", "signal", "error"):
+            assert printed[key] == bg[key], key
+        assert (foreground.dir / "stdout").read_text() == "noise\n"
+        inbox.wait_for(lambda msgs: True)
+        assert len(inbox.messages) == 1  # the foreground run sent nothing
+    finally:
+        detached.cleanup()
+        foreground.cleanup()
+
+
+def test_probe_reports_running_finished_lost_and_missing(
+    tmp_path: Path, node: Node, listener: Listener
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = node.marked("probe", str(empty), marker="CORUNNER-PROBE")
+    assert missing["state"] == "missing"
+
+    node.configure(_controller(listener), shell=WAIT_FOR_RELEASE)
+    proc = node.start()
+    node.wait_state("running")
+    running = node.probe()
+    assert running["state"] == "running"
+    assert running["program_alive"] and running["executor_alive"]
+
+    (node.dir / "release").touch()
+    Inbox(listener).wait_for(lambda msgs: any(m.final for m in msgs))
+    assert proc.wait(10) == 0
+    finished = node.probe()
+    assert (finished["state"], finished["exit_code"]) == ("exited", 3)
+    assert not finished["program_alive"] and not finished["executor_alive"]
+
+
+def test_probe_reports_lost_when_executor_and_program_died(node: Node, listener: Listener) -> None:
+    node.configure(_controller(listener), shell="exec sleep 60")
+    proc = node.start()
+    status = node.wait_state("running")
+    proc.kill()
+    proc.wait(10)
+    alive_program = node.probe()
+    assert alive_program["state"] == "running"
+    assert alive_program["program_alive"] and not alive_program["executor_alive"]
+    os.kill(status["pid"], signal.SIGKILL)
+    wait_until(lambda: not _alive(status["pid"]), 10)
+    lost = node.probe()
+    assert lost["state"] == "lost"
+    assert not lost["program_alive"] and not lost["executor_alive"]
+
+
+def test_stop_kills_the_whole_group_including_a_forked_child(
+    node: Node, listener: Listener
+) -> None:
+    node.configure(_controller(listener), shell="sleep 100 & echo $! > child.pid; sleep 100")
+    proc = node.start()
+    status = node.wait_state("running")
+    child = int(wait_until(lambda: (node.dir / "child.pid").read_text().strip(), 10))
+    assert os.getpgid(child) == status["pgid"]
+
+    stopped = node.marked("stop", str(node.dir), "--grace", "5", marker="CORUNNER-STOP")
+    assert stopped == {"stopped": True, "pgid": status["pgid"], "state": "exited"}
+    assert not _alive(status["pid"]) and not _alive(child)
+    inbox = Inbox(listener)
+    inbox.wait_for(lambda msgs: any(m.final for m in msgs))
+    assert inbox.finals()[0].signal == signal.SIGTERM
+    assert proc.wait(10) == 0
+    end = node.status()
+    assert end is not None and (end["state"], end["signal"]) == ("exited", signal.SIGTERM)
+
+    again = node.marked("stop", str(node.dir), marker="CORUNNER-STOP")
+    assert again == {"stopped": False, "pgid": status["pgid"], "state": "exited"}
+
+
+def test_stop_escalates_to_sigkill_after_the_grace(node: Node, listener: Listener) -> None:
+    node.configure(
+        _controller(listener),
+        shell="trap '' TERM; echo ready > ready; while :; do sleep 0.05; done",
+    )
+    node.start()
+    status = node.wait_state("running")
+    wait_until(lambda: (node.dir / "ready").exists(), 10)
+    stopped = node.marked("stop", str(node.dir), "--grace", "0.3", marker="CORUNNER-STOP")
+    assert stopped["stopped"] and stopped["state"] == "exited"
+    end = node.wait_state("exited")
+    assert end["signal"] == signal.SIGKILL and not _alive(status["pid"])
+
+
+def test_final_message_gets_through_once_the_controller_appears(node: Node) -> None:
+    port = _closed_port()
+    node.configure([["127.0.0.1", port]], shell="exit 3", linger=30)
+    proc = node.start()
+    end = node.wait_state("exited")  # the program never waited for the controller
+    assert (end["exit_code"], end["signal"]) == (3, None)
+    assert proc.poll() is None  # still trying to deliver the final message
+    with Listener(RUN_ID, SECRET, [HOST]) as late:
+        late.bind("127.0.0.1", port)
+        inbox = Inbox(late)
+        inbox.wait_for(lambda msgs: any(m.final for m in msgs), timeout=15)
+        assert inbox.finals()[0].exit_code == 3
+        assert proc.wait(10) == 0
+    assert "Connection refused" in node.log()
+
+
+def test_heartbeats_start_when_the_controller_comes_up(node: Node) -> None:
+    port = _closed_port()
+    node.configure([["127.0.0.1", port]], shell=WAIT_FOR_RELEASE)
+    node.start()
+    node.wait_state("running")
+    wait_until(lambda: "Connection refused" in node.log(), 10)
+    with Listener(RUN_ID, SECRET, [HOST]) as late:
+        late.bind("127.0.0.1", port)
+        inbox = Inbox(late)
+        inbox.wait_for(lambda msgs: len(msgs) >= 2, timeout=15)
+        assert node.probe()["state"] == "running"
+        (node.dir / "release").touch()
+        inbox.wait_for(lambda msgs: any(m.final for m in msgs))
+
+
+def test_addresses_are_tried_in_order_and_empty_host_means_ssh_client(
+    node: Node, listener: Listener
+) -> None:
+    port = listener.addresses[0][1]
+    env = dict(os.environ, SSH_CONNECTION="127.0.0.1 50022 127.0.0.1 22")
+    node.configure([["127.0.0.1", _closed_port()], ["", port]], shell=WAIT_FOR_RELEASE)
+    node.start(env=env)
+    inbox = Inbox(listener)
+    inbox.wait_for(lambda msgs: len(msgs) >= 2)
+    (node.dir / "release").touch()
+    inbox.wait_for(lambda msgs: any(m.final for m in msgs))
+
+
+def test_executor_gives_up_after_linger_and_exits_0(node: Node) -> None:
+    node.configure([["127.0.0.1", _closed_port()]], shell="exit 0", linger=0.5)
+    proc = node.start()
+    assert proc.wait(10) == 0
+    end = node.status()
+    assert end is not None and (end["state"], end["exit_code"]) == ("exited", 0)
+    assert "not acknowledged" in node.log()
+
+
+def test_program_not_found_is_state_error(node: Node, listener: Listener) -> None:
+    node.configure(_controller(listener), argv=["./no-such-program", "x"])
+    proc = node.start()
+    inbox = Inbox(listener)
+    inbox.wait_for(lambda msgs: any(m.final for m in msgs))
+    assert (inbox.finals()[0].exit_code, inbox.finals()[0].signal) == (127, None)
+    assert proc.wait(10) == 0
+    status = node.status()
+    assert status is not None and set(status) == STATUS_KEYS
+    assert (status["state"], status["exit_code"], status["pid"]) == ("error", 127, None)
+    assert "no-such-program" in status["error"]
+    assert node.probe()["state"] == "error"
+
+
+def test_argv_program_gets_its_arguments_in_the_run_directory(
+    node: Node, listener: Listener
+) -> None:
+    script = 'printf "%s|" "$@" > args.txt; pwd > cwd.txt; echo "$CORUNNER_HOST" > host.txt'
+    node.configure(_controller(listener), argv=["sh", "-c", script, "sh", "a b", "*", ""])
+    proc = node.start()
+    Inbox(listener).wait_for(lambda msgs: any(m.final for m in msgs))
+    assert proc.wait(10) == 0
+    assert (node.dir / "args.txt").read_text() == "a b|*||"
+    assert Path((node.dir / "cwd.txt").read_text().strip()).resolve() == node.dir.resolve()
+    assert (node.dir / "host.txt").read_text() == HOST + "\n"
+
+
+def test_no_heartbeat_config_sends_nothing(node: Node, listener: Listener) -> None:
+    node.configure(_controller(listener), shell="exit 5", heartbeat=False)
+    proc = node.start()
+    assert proc.wait(10) == 0
+    assert node.wait_state("exited")["exit_code"] == 5
+    inbox = Inbox(listener)
+    inbox.wait_for(lambda msgs: True)
+    assert inbox.messages == []
+
+
+def test_bad_config_exits_2_without_running_anything(node: Node) -> None:
+    node.configure([], shell="touch ran", argv=["touch", "ran"])
+    done = node.call("run", "--foreground", ".corunner/config.json")
+    assert done.returncode == 2
+    assert "exactly one of argv and shell" in done.stderr
+    assert not (node.dir / "ran").exists() and node.status() is None
+
+
+def _python38() -> Optional[str]:
+    candidates = [shutil.which("python3.8") or ""]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python3.8")))
+    for path in candidates:
+        if not path:
+            continue
+        try:
+            done = subprocess.run(
+                [path, "-c", "import sys; print(sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except OSError:
+            continue
+        if done.returncode == 0 and done.stdout.strip() == "(3, 8)":
+            return path
+    return None
+
+
+def test_executor_runs_on_python_3_8(node: Node, listener: Listener) -> None:
+    python = _python38()
+    if python is None:
+        pytest.skip("no Python 3.8 interpreter here")
+    node.configure(_controller(listener), shell="exit 3")
+    proc = node.start(python=python)
+    inbox = Inbox(listener)
+    inbox.wait_for(lambda msgs: any(m.final for m in msgs))
+    assert inbox.finals()[0].exit_code == 3
+    assert proc.wait(10) == 0, node.log()
+    done = node.call("run", "--foreground", ".corunner/config.json", python=python)
+    assert done.returncode == 0, done.stderr
+    assert "CORUNNER-STATUS " in done.stdout
+    probe = node.call("probe", str(node.dir), python=python)
+    assert '"state": "exited"' in probe.stdout
