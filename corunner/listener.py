@@ -60,7 +60,7 @@ class _Conn:
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
-        self.fd = sock.fileno()
+        self.fd = sock.fileno()  # -1 once dropped
         self.buf = b""
         self.last_valid = now  # clock() of the last accepted message, or of the accept
         self.talked = False  # has sent at least one accepted message
@@ -273,14 +273,17 @@ class Listener:
                 self.rejected["idle"] += 1
 
     def _drop(self, conn: _Conn) -> None:
+        """Close a connection once; its fd may be reused by the next accept."""
+        if conn.fd < 0:
+            return
         (self._talking if conn.talked else self._silent).pop(conn.fd, None)
-        try:
-            self._sel.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
+        self._sel.unregister(conn.sock)
         conn.sock.close()
+        conn.fd = -1
 
     def _read(self, conn: _Conn, out: list[tuple[Heartbeat, float]]) -> None:
+        if conn.fd < 0:
+            return  # dropped earlier in this batch of events (evicted by an accept)
         try:
             data = conn.sock.recv(CHUNK)
         except (BlockingIOError, InterruptedError):

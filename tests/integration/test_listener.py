@@ -6,7 +6,11 @@ valid heartbeats made with encode(), next to garbage, floods and forgeries.
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -208,33 +212,108 @@ def test_thousand_silent_connections_never_lock_a_node_out() -> None:
     assert lst.rejected == {"evicted": 802}
 
 
+def _line(host: str, seq: int) -> bytes:
+    return encode(Heartbeat(RUN_ID, host, seq, "running", None, None, time.time()), SECRET)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.settimeout(5)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
 def test_eviction_prefers_silent_connections_then_the_quietest() -> None:
-    with Listener(RUN_ID, SECRET, HOSTS, limits=Limits(max_connections=3)) as lst:
+    with Listener(RUN_ID, SECRET, HOSTS, limits=Limits(max_connections=1)) as lst:
+        cap = len(HOSTS) + 64  # max_connections never goes below one per host + headroom
         addr = lst.bind("127.0.0.1")
         quiet, busy = Node(addr, "node1"), Node(addr, "node2")
         quiet.beat()
         busy.beat()
         got: list[Heartbeat] = []
         collect(lst, got, 2)
-        busy.beat()
-        collect(lst, got, 3)
-        newcomers = [_connect(addr), _connect(addr)]  # the second evicts the first
+        fillers = [_connect(addr) for _ in range(cap - 2)]
+        settle(lst, lambda: len(lst._silent) == cap - 2)
+        extra = _connect(addr)  # table full: the oldest silent connection goes
         settle(lst, lambda: lst.rejected["evicted"] == 1)
-        newcomers[0].settimeout(5)
-        assert newcomers[0].recv(1) == b""
-        third = Node(addr, "127.0.1.3")  # evicts the remaining silent newcomer
-        third.beat()
-        collect(lst, got, 4)
-        assert lst.rejected["evicted"] == 2
-        extra = _connect(addr)  # a table full of talkers: the quietest one goes
-        settle(lst, lambda: lst.rejected["evicted"] == 3)
-        quiet.sock.settimeout(5)
-        assert quiet.sock.recv(1) == b""
+        assert _closed_by_peer(fillers[0])
+
+        talkers = fillers[1:] + [extra]  # now everyone talks, the quiet node longest ago
+        for seq, sock in enumerate(talkers, start=1):
+            sock.sendall(_line("127.0.1.3", seq))
+        collect(lst, got, 2 + len(talkers))
         busy.beat()
-        collect(lst, got, 5)
+        collect(lst, got, 3 + len(talkers))
+        last = _connect(addr)
+        settle(lst, lambda: lst.rejected["evicted"] == 2)
+        assert _closed_by_peer(quiet.sock)
+        busy.beat()
+        collect(lst, got, 4 + len(talkers))
         assert got[-1].host == "node2"
-        extra.close()
-        third.close()
+        assert lst.rejected == {"evicted": 2}
+        for sock in [*fillers, extra, last]:
+            sock.close()
+
+
+def test_evicting_a_connection_with_pending_input_in_the_same_batch() -> None:
+    """The evicted socket's fd is reused by the newcomer: its stale event must not hit it."""
+    hosts = ["node1", "node2"]
+    with Listener(RUN_ID, SECRET, hosts, limits=Limits(max_connections=1)) as lst:
+        addr = lst.bind("127.0.0.1")
+        cap = len(hosts) + 64  # one per host plus the headroom every Listener keeps
+        silent = [_connect(addr) for _ in range(cap)]
+        settle(lst, lambda: len(lst._silent) == cap)
+        # The listening socket becomes ready first, then every connection, the
+        # oldest first: the second newcomer gets the fd of the first evicted one.
+        newcomers = [Node(addr, "node1"), Node(addr, "node2")]
+        for sock in silent:
+            sock.sendall(b"x")
+        settle(lst, lambda: lst.rejected["evicted"] == 2)
+        got: list[Heartbeat] = []
+        for newcomer in newcomers:
+            newcomer.beat()
+            collect(lst, got, 1 + len(got))
+        assert [hb.seq for hb in got] == [1, 1]
+        assert lst.rejected == {"evicted": 2}
+        assert len(lst._silent) + len(lst._talking) == cap
+        for sock in silent:
+            sock.close()
+
+
+CONNECTOR = """
+import socket, sys, time
+host, port, count, line = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+sys.stdin.readline()
+socks = [socket.create_connection((host, port)) for _ in range(count)]
+socks[-1].sendall(bytes.fromhex(line))
+sys.stdin.readline()
+"""
+
+
+def test_out_of_file_descriptors_evicts_silent_connections(listener: Listener) -> None:
+    """At the process's descriptor limit, accept() fails: room is made by eviction."""
+    host, port = listener.addresses[0]
+    line = _line("node1", 1).hex()
+    connector = subprocess.Popen(
+        [sys.executable, "-I", "-c", CONNECTOR, host, str(port), "40", line],
+        stdin=subprocess.PIPE,
+        text=True,
+    )
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert connector.stdin is not None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+        connector.stdin.write("go\n")
+        connector.stdin.flush()
+        got: list[Heartbeat] = []
+        collect(listener, got, 1, timeout=10)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        connector.stdin.close()
+        connector.wait(10)
+    assert [hb.host for hb in got] == ["node1"]
+    assert listener.rejected["evicted"] >= 20  # 40 connections through about 8 free fds
 
 
 def test_idle_connections_are_closed_but_a_talking_node_is_kept() -> None:
