@@ -78,6 +78,12 @@ class _Listening:
 class Listener:
     """Accepts authentic heartbeats of one run from its known hosts.
 
+    A message is accepted when it decodes, carries this run id and a known
+    host, and its seq is above the last one accepted for that host. An accepted
+    final message is answered with ``ack_line(seq)`` on its connection; the
+    executor resends the final message (with a new seq) until it gets one, so
+    the controller may see more than one final message per host.
+
     ``clock`` (seconds, monotonic) stamps received messages and drives idle
     timeouts; inject a fake one to test timeouts without waiting. Only
     :meth:`bind`, :meth:`wakeup` and :attr:`addresses` may be called from other
