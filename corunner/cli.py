@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from invoke import Collection, Exit, Program, task
 
-from . import __version__, lab as lab_module, postrun, render, transfer
+from . import __version__, postrun, render, transfer
+from . import lab as lab_module
 from .controller import Program as RunProgram
 from .controller import Run, RunReport, RunSpec
 from .errors import (
@@ -34,7 +35,7 @@ from .errors import (
 )
 from .fanout import DEFAULT_PARALLEL, Outcome, on_each
 from .hostrange import fold
-from .inventory import Host, Inventory
+from .inventory import Host
 from .liveness import Change, Fleet
 from .loader import load_inventory
 from .record import find_run
@@ -113,7 +114,13 @@ def _outcome_json(o: Outcome) -> Dict[str, Any]:
 
 
 # -- hosts ---------------------------------------------------------------------
-@task(help={"hosts": COMMON_HELP["hosts"], "inventory": COMMON_HELP["inventory"], "json": COMMON_HELP["json"]})
+@task(
+    help={
+        "hosts": COMMON_HELP["hosts"],
+        "inventory": COMMON_HELP["inventory"],
+        "json": COMMON_HELP["json"],
+    }
+)
 @reported
 def hosts(c, hosts=None, inventory=None, json=False):
     """List the selected hosts with their user and port, their count and folded form."""
@@ -126,7 +133,13 @@ def hosts(c, hosts=None, inventory=None, json=False):
                 "count": len(selected),
                 "folded": fold(h.id for h in selected),
                 "hosts": [
-                    {"id": h.id, "name": h.name, "user": h.user, "port": h.port, "groups": list(h.groups)}
+                    {
+                        "id": h.id,
+                        "name": h.name,
+                        "user": h.user,
+                        "port": h.port,
+                        "groups": list(h.groups),
+                    }
                     for h in selected
                 ],
             }
@@ -150,8 +163,16 @@ def hosts(c, hosts=None, inventory=None, json=False):
 )
 @reported
 def cp(
-    c, src, dest, pull=False, divide=False, hosts=None, inventory=None, parallel=DEFAULT_PARALLEL,
-    json=False, accept_new_host_keys=False,
+    c,
+    src,
+    dest,
+    pull=False,
+    divide=False,
+    hosts=None,
+    inventory=None,
+    parallel=DEFAULT_PARALLEL,
+    json=False,
+    accept_new_host_keys=False,
 ):
     """Copy a file or tree to every node at once, or (--pull) from every node."""
     _, selected = _select(inventory, hosts)
@@ -178,7 +199,9 @@ def cp(
     _finish_transfer(outcomes, out, "pull" if pull else "push", src, dest, began)
 
 
-def _finish_transfer(outcomes: Dict[str, Outcome], out: Out, kind: str, src: str, dest: str, began: float) -> None:
+def _finish_transfer(
+    outcomes: Dict[str, Outcome], out: Out, kind: str, src: str, dest: str, began: float
+) -> None:
     for o in outcomes.values():
         if o.ok and isinstance(o.value, transfer.Pulled):
             for skipped in o.value.skipped:
@@ -187,8 +210,13 @@ def _finish_transfer(outcomes: Dict[str, Outcome], out: Out, kind: str, src: str
     out.line(f"{kind} {src} -> {dest}: {len(outcomes)} hosts in {time.monotonic() - began:.1f}s")
     if out.as_json:
         out.document(
-            {"direction": kind, "src": src, "dest": dest, "exit_code": code,
-             "hosts": [_outcome_json(o) for o in outcomes.values()]}
+            {
+                "direction": kind,
+                "src": src,
+                "dest": dest,
+                "exit_code": code,
+                "hosts": [_outcome_json(o) for o in outcomes.values()],
+            }
         )
     if code:
         raise Exit(code=code)
@@ -228,6 +256,8 @@ def print_report(report: RunReport, out: Out) -> None:
     ]
     for line in render.table(rows, ("HOST", "STATE", "RESULT", "TIME", "LAST HB", "ERROR")):
         out.line(line)
+    for line in render.errors((h.host, h.error) for h in report.hosts if h.error):
+        out.line(line)
     for line in render.folded_by_state(report.by_state()):
         out.line(line)
 
@@ -261,8 +291,20 @@ def report_json(report: RunReport) -> Dict[str, Any]:
 )
 @reported
 def run(
-    c, script=None, cmd=None, args="", files="", hosts=None, inventory=None, parallel=DEFAULT_PARALLEL,
-    interval=1.0, dead_after=None, deadline=None, heartbeat=True, listen=None, json=False,
+    c,
+    script=None,
+    cmd=None,
+    args="",
+    files="",
+    hosts=None,
+    inventory=None,
+    parallel=DEFAULT_PARALLEL,
+    interval=1.0,
+    dead_after=None,
+    deadline=None,
+    heartbeat=True,
+    listen=None,
+    json=False,
     accept_new_host_keys=False,
 ):
     """Run a script or command on every selected node at once and watch it to the end."""
@@ -287,8 +329,10 @@ def run(
         meta={"inventory": inv.source, "selection": hosts},
         on_change=_print_change(out),
     )
-    out.line(f"run {the_run.run_id}: {spec.program.describe()} on {len(selected)} hosts: "
-             f"{fold(h.id for h in selected)}")
+    out.line(
+        f"run {the_run.run_id}: {spec.program.describe()} on {len(selected)} hosts: "
+        f"{fold(h.id for h in selected)}"
+    )
     try:
         report = the_run.execute()
     except KeyboardInterrupt:
@@ -358,8 +402,14 @@ def status(c, run=None, refresh=False, inventory=None, json=False):
         out.document(data)
 
 
-@task(help={"run": "run id (default: the latest run)", "hosts": COMMON_HELP["hosts"],
-            "inventory": COMMON_HELP["inventory"], "json": COMMON_HELP["json"]})
+@task(
+    help={
+        "run": "run id (default: the latest run)",
+        "hosts": COMMON_HELP["hosts"],
+        "inventory": COMMON_HELP["inventory"],
+        "json": COMMON_HELP["json"],
+    }
+)
 @reported
 def stop(c, run=None, hosts=None, inventory=None, json=False):
     """Terminate a run's program (its whole process group) on every node still running it."""
@@ -375,8 +425,13 @@ def stop(c, run=None, hosts=None, inventory=None, json=False):
             out.line(f"{o.host.id}: {state}")
     code = _failures(outcomes, out)
     if json:
-        out.document({"run_id": record.run_id, "exit_code": code,
-                      "hosts": [{**_outcome_json(o), "node": o.value} for o in outcomes.values()]})
+        out.document(
+            {
+                "run_id": record.run_id,
+                "exit_code": code,
+                "hosts": [{**_outcome_json(o), "node": o.value} for o in outcomes.values()],
+            }
+        )
     if code:
         raise Exit(code=code)
 
@@ -392,8 +447,16 @@ def stop(c, run=None, hosts=None, inventory=None, json=False):
 )
 @reported
 def collect(
-    c, run=None, src=None, dest=None, divide=False, hosts=None, inventory=None,
-    parallel=DEFAULT_PARALLEL, json=False, accept_new_host_keys=False,
+    c,
+    run=None,
+    src=None,
+    dest=None,
+    divide=False,
+    hosts=None,
+    inventory=None,
+    parallel=DEFAULT_PARALLEL,
+    json=False,
+    accept_new_host_keys=False,
 ):
     """Pull a run's directory (or --src) from every node that ran it."""
     out = Out(json)
@@ -409,7 +472,9 @@ def collect(
         selected = postrun.record_hosts(data, inv, only)
     dest = dest or os.path.join("results", run_id or "pulled")
     began = time.monotonic()
-    outcomes = postrun.collect(selected, src, dest, divide, run_id, int(parallel), accept_new_host_keys)
+    outcomes = postrun.collect(
+        selected, src, dest, divide, run_id, int(parallel), accept_new_host_keys
+    )
     _finish_transfer(outcomes, out, "collect", src or f"<remote_dir>/{run_id}", dest, began)
 
 
@@ -420,8 +485,10 @@ def lab_up(c, nodes=8, state_dir=str(lab_module.DEFAULT_STATE_DIR)):
     """Start the local test cluster: one real sshd per node on 127.0.1.<i>."""
     began = time.monotonic()
     the_lab = lab_module.up(int(nodes), lab_module.Path(state_dir))
-    print(f"{len(the_lab.nodes)} nodes up in {time.monotonic() - began:.1f}s: "
-          f"{fold(n.address for n in the_lab.nodes)}")
+    print(
+        f"{len(the_lab.nodes)} nodes up in {time.monotonic() - began:.1f}s: "
+        f"{fold(n.address for n in the_lab.nodes)}"
+    )
     print(f"inventory: {the_lab.inventory}")
 
 
@@ -433,7 +500,9 @@ def lab_down(c, state_dir=str(lab_module.DEFAULT_STATE_DIR)):
 
 
 def _lab_fault(action: str) -> Callable[..., None]:
-    @task(name=action, help={"node": "node index or address", "state_dir": "where keys and state go"})
+    @task(
+        name=action, help={"node": "node index or address", "state_dir": "where keys and state go"}
+    )
     @reported
     def fault(c, node, state_dir=str(lab_module.DEFAULT_STATE_DIR)):
         the_lab = lab_module.load(lab_module.Path(state_dir))

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import queue
+import resource
 import secrets
 import selectors
 import shlex
@@ -33,8 +34,8 @@ from . import remote
 from .errors import EXIT_FAILED, EXIT_LOST, EXIT_OK, RemoteError, StartError, UsageError
 from .fanout import DEFAULT_PARALLEL
 from .inventory import Host
-from .liveness import Change, Fleet, State
 from .listener import Listener
+from .liveness import Change, Fleet, State
 from .record import RunRecord, new_run_id
 
 EXECUTOR_SOURCE = executor_module.__file__
@@ -210,6 +211,14 @@ class Payload:
         os.unlink(self.path)
 
 
+def raise_open_files_limit(wanted: int) -> None:
+    """One socket per node reporting: lift the soft limit (often 1024) toward ``wanted``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
 def run_dir(host: Host, run_id: str) -> str:
     return f"{host.remote_dir.rstrip('/')}/{run_id}"
 
@@ -303,7 +312,7 @@ class Run:
         self.run_id = new_run_id()
         self.secret = secrets.token_bytes(32)
         self.record = RunRecord(self.run_id, records)
-        self.events: "queue.SimpleQueue[_Started]" = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[_Started] = queue.SimpleQueue()
         self.pids: Dict[str, int] = {}
         self.wall0, self.mono0 = time.time(), clock()
         self.fleet = Fleet.of(self.hosts, spec.silence_limit, self.mono0)
@@ -430,7 +439,9 @@ class Run:
             for host, status in self.watcher.poll(timeout):
                 now = self.clock()
                 if status is None:
-                    self._changes(self.fleet.unreachable(host, now, "SSH session ended without a status"))
+                    self._changes(
+                        self.fleet.unreachable(host, now, "SSH session ended without a status")
+                    )
                 else:
                     self._changes(
                         self.fleet.exited(host, now, status.get("exit_code"), status.get("signal"))
@@ -438,6 +449,7 @@ class Run:
 
     def execute(self) -> RunReport:
         """Dispatch, watch until nothing is left to wait for, record. Returns the report."""
+        raise_open_files_limit(len(self.hosts) + 256)
         self.record.create()
         self._save(final=False)
         spec = self.spec
@@ -503,7 +515,9 @@ class Run:
                     signal=node.signal,
                     error=node.error,
                     seconds=None if node.started_at is None else round(end - node.started_at, 3),
-                    last_seen_age=None if node.last_seen is None else round(now - node.last_seen, 3),
+                    last_seen_age=None
+                    if node.last_seen is None
+                    else round(now - node.last_seen, 3),
                     pid=self.pids.get(host_id),
                     remote_dir=run_dir(self.hosts[host_id], self.run_id),
                 )

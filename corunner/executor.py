@@ -230,6 +230,7 @@ class Config:
     secret: bytes
     heartbeat: bool
     linger: float
+    env: Dict[str, str]
 
 
 def parse_config(data: Any) -> Config:
@@ -267,6 +268,11 @@ def parse_config(data: Any) -> Config:
         raise ValueError("interval, linger must be numbers and secret a hex string") from None
     if not interval > 0 or not linger >= 0:
         raise ValueError("interval must be > 0 and linger >= 0")
+    env = data.get("env") or {}
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise ValueError("env must map strings to strings")
     return Config(
         run_id=data["run_id"],
         host=data["host"],
@@ -277,6 +283,7 @@ def parse_config(data: Any) -> Config:
         secret=secret,
         heartbeat=bool(data.get("heartbeat", True)),
         linger=linger,
+        env=dict(env),
     )
 
 
@@ -382,6 +389,36 @@ def group_alive(pgid: Optional[int]) -> bool:
             if stat is not None and stat[1] == pgid and stat[0] not in "ZX":
                 return True
     return False
+
+
+def run_members(pgid: Optional[int], run_id: Optional[str]) -> List[int]:
+    """Live processes of group ``pgid`` that carry ``CORUNNER_RUN_ID=run_id``.
+
+    After the program exits, children it left behind keep its process group;
+    the run id in their environment proves the group is still ours and not a
+    recycled number.
+    """
+    if not pgid or pgid <= 0 or not run_id:
+        return []
+    marker = ("CORUNNER_RUN_ID=" + run_id).encode()
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        stat = _proc_stat(int(entry))
+        if stat is None or stat[1] != pgid or stat[0] in "ZX":
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if marker in fh.read().split(b"\0"):
+                    members.append(int(entry))
+        except OSError:
+            continue
+    return members
 
 
 def executor_alive(pid: Optional[int]) -> bool:
@@ -663,6 +700,7 @@ class Session:
         cfg = self.cfg
         status = new_status(cfg, time.time())
         env = dict(os.environ)
+        env.update(cfg.env)
         env.update(
             CORUNNER_RUN_ID=cfg.run_id, CORUNNER_HOST=cfg.host, CORUNNER_RUN_DIR=self.run_dir
         )
@@ -861,7 +899,9 @@ def stop(run_dir: str, grace: float) -> Dict[str, Any]:
     pgid = before.get("pgid")
     stopped = False
     # "lost" still says running on disk: the program's children may outlive it.
-    if before["state"] in ("running", "lost") and pgid and group_alive(pgid):
+    # After an exit, only a group whose members carry our run id is ours to kill.
+    ours = before["state"] in ("running", "lost") or bool(run_members(pgid, before.get("run_id")))
+    if ours and pgid and group_alive(pgid):
         for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(pgid, signum)

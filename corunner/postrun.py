@@ -35,7 +35,7 @@ class NodeStatus:
     detail: Dict[str, Any]
 
     @classmethod
-    def from_probe(cls, host: str, probe: Dict[str, Any]) -> "NodeStatus":
+    def from_probe(cls, host: str, probe: Dict[str, Any]) -> NodeStatus:
         raw = probe.get("state", "missing")
         if raw == "exited":
             ok = probe.get("exit_code") == 0 and probe.get("signal") is None
@@ -45,7 +45,9 @@ class NodeStatus:
         return cls(host, state, probe.get("exit_code"), probe.get("signal"), probe)
 
 
-def record_hosts(data: Dict[str, Any], inventory: Inventory, only: Optional[List[str]] = None) -> List[Host]:
+def record_hosts(
+    data: Dict[str, Any], inventory: Inventory, only: Optional[List[str]] = None
+) -> List[Host]:
     """The inventory's hosts that took part in a recorded run (optionally a subset)."""
     hosts = []
     for host_id in data.get("hosts", {}):
@@ -97,7 +99,9 @@ def refresh(
     return outcomes
 
 
-def stop(record: RunRecord, hosts: List[Host], parallel: int = DEFAULT_PARALLEL) -> Dict[str, Outcome]:
+def stop(
+    record: RunRecord, hosts: List[Host], parallel: int = DEFAULT_PARALLEL
+) -> Dict[str, Outcome]:
     """Terminate the run's program (its whole process group) on every node."""
     outcomes = on_each(hosts, _ask(record.run_id, "stop", "CORUNNER-STOP"), parallel)
     data = record.load()

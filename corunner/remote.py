@@ -188,9 +188,17 @@ def find_marked(output: bytes, marker: str) -> Optional[str]:
     return found
 
 
+#: Lines that only say that an earlier line told the real error.
+_TRAILERS = ("Exiting with failure status due to previous errors",)
+
+
 def last_line(data: bytes) -> str:
     """The last non-blank line, with our own error marker preferred."""
-    lines = [ln.strip() for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
+    lines = [
+        ln.strip()
+        for ln in data.decode("utf-8", "replace").splitlines()
+        if ln.strip() and not any(trailer in ln for trailer in _TRAILERS)
+    ]
     for line in reversed(lines):
         if line.startswith("CORUNNER-ERROR "):
             return line[len("CORUNNER-ERROR ") :]

@@ -35,19 +35,27 @@ PAYLOAD = "payload"
 MARKER = "CORUNNER-TAR-7f3a9c"
 
 #: Push: extract into a temporary directory beside the target, then rename
-#: (files) or merge (an existing directory). $1 = dest, $2 = name of the source.
+#: (files) or merge (an existing directory). $1 = dest, $2 = name of the
+#: source, $3 = archive size in KiB (to name a full disk as the cause).
 PUSH_SCRIPT = r"""
-dest=$1 name=$2
+dest=$1 name=$2 need=$3
+no_space() {
+  free=$(df -Pk -- "$1" 2>/dev/null | awk 'NR==2 {print $4}')
+  if [ -n "$free" ] && [ "$free" -lt "$need" ]; then
+    echo "CORUNNER-ERROR not enough space in $1: ${free} KiB free, ${need} KiB needed" >&2
+  fi
+  exit 1
+}
 case $dest in */) mkdir -p -- "$dest" || exit 1 ;; esac
 if [ -d "$dest" ]; then target=${dest%/}/$name; else target=$dest; fi
 parent=$(dirname -- "$target")
 mkdir -p -- "$parent" || exit 1
 if [ -d "$target" ] && [ ! -L "$target" ]; then
-  tar -xpf - --no-same-owner --strip-components=1 -C "$target" || exit 1
+  tar -xpf - --no-same-owner --strip-components=1 -C "$target" || no_space "$target"
 else
   tmp=$(mktemp -d "$parent/.corunner-cp.XXXXXX") || exit 1
   trap 'rm -rf -- "$tmp"' EXIT
-  tar -xpf - --no-same-owner -C "$tmp" || exit 1
+  tar -xpf - --no-same-owner -C "$tmp" || no_space "$parent"
   mv -f -T -- "$tmp/payload" "$target" || exit 1
 fi
 echo CORUNNER-OK
@@ -89,15 +97,19 @@ def build_archive(src: str, workdir: str) -> Archive:
     if not os.path.lexists(src):
         raise UsageError(f"no such local file or directory: {src}")
     fd, path = tempfile.mkstemp(prefix="corunner-", suffix=".tar", dir=workdir)
-    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with (
+        os.fdopen(fd, "wb") as f,
+        tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         tar.add(src, arcname=PAYLOAD, recursive=True)
     return Archive(path, os.path.basename(src))
 
 
 def push(conn: fabric.Connection, host: Host, archive: Archive, dest: str) -> None:
     """Copy the archive's file or tree to ``dest`` on one node (rules above)."""
+    need_kib = str(os.path.getsize(archive.path) // 1024 + 1)
     done = remote.execute(
-        conn, host, remote.sh(PUSH_SCRIPT, dest, archive.name), stdin=archive.chunks()
+        conn, host, remote.sh(PUSH_SCRIPT, dest, archive.name, need_kib), stdin=archive.chunks()
     )
     if done.status != 0 or b"CORUNNER-OK" not in done.stdout:
         raise TransferError(host.id, f"copy to {dest} failed: {done.error_line()}")

@@ -32,10 +32,15 @@ def test_push_tree_to_all_nodes_keeps_contents_and_modes(lab, cli, tmp_path, on_
         listing = on_node(
             node.index,
             "cd /tmp/pushed/tree && find . -type f | sort && sha256sum sub/data.bin"
-            " && stat -c %a sub/deeper/tool.sh && sub/deeper/tool.sh && cat \"odd name \\$x;*'\\\"\"",
+            ' && stat -c %a sub/deeper/tool.sh && sub/deeper/tool.sh && cat "odd name \\$x;*\'\\""',
         )
         lines = listing.strip().splitlines()
-        assert lines[:4] == ["./hello.txt", "./odd name $x;*'\"", "./sub/data.bin", "./sub/deeper/tool.sh"]
+        assert lines[:4] == [
+            "./hello.txt",
+            "./odd name $x;*'\"",
+            "./sub/data.bin",
+            "./sub/deeper/tool.sh",
+        ]
         import hashlib
 
         digest = hashlib.sha256((tree / "sub" / "data.bin").read_bytes()).hexdigest()
@@ -47,7 +52,9 @@ def test_push_file_as_new_name_then_into_existing_directory(lab, cli, tmp_path, 
     src = tmp_path / "conf.txt"
     src.write_text("v1\n")
     first = lab.nodes[0].address
-    assert cli("cp", "--src", str(src), "--dest", "/tmp/renamed.txt", "--hosts", first).returncode == 0
+    assert (
+        cli("cp", "--src", str(src), "--dest", "/tmp/renamed.txt", "--hosts", first).returncode == 0
+    )
     assert on_node(lab.nodes[0].index, "cat /tmp/renamed.txt").strip() == "v1"
     on_node(lab.nodes[0].index, "mkdir -p /tmp/existing")
     assert cli("cp", "--src", str(src), "--dest", "/tmp/existing", "--hosts", first).returncode == 0
@@ -56,7 +63,10 @@ def test_push_file_as_new_name_then_into_existing_directory(lab, cli, tmp_path, 
 
 def test_pull_divide_gives_one_directory_per_host(lab, cli, tmp_path, on_node):
     for node in lab.nodes:
-        on_node(node.index, "mkdir -p /tmp/out/logs && hostname > /tmp/out/who && echo x > /tmp/out/logs/a")
+        on_node(
+            node.index,
+            "mkdir -p /tmp/out/logs && hostname > /tmp/out/who && echo x > /tmp/out/logs/a",
+        )
     done = cli("cp", "--pull", "--src", "/tmp/out", "--dest", str(tmp_path / "all"), "--divide")
     assert done.returncode == 0, done.stderr + done.stdout
     got = sorted(os.listdir(tmp_path / "all"))
@@ -72,8 +82,14 @@ def test_pull_without_divide_never_overwrites(lab, cli, tmp_path, on_node):
         on_node(node.index, "hostname > /tmp/same-name.txt")
     three = lab.nodes[:3]
     done = cli(
-        "cp", "--pull", "--src", "/tmp/same-name.txt", "--dest", str(tmp_path / "flat"),
-        "--hosts", fold(n.address for n in three),
+        "cp",
+        "--pull",
+        "--src",
+        "/tmp/same-name.txt",
+        "--dest",
+        str(tmp_path / "flat"),
+        "--hosts",
+        fold(n.address for n in three),
     )
     assert done.returncode == 0, done.stderr
     names = sorted(os.listdir(tmp_path / "flat"))
@@ -89,7 +105,9 @@ def test_down_host_and_wrong_key_fail_alone(healthy_lab, cli, tmp_path, on_node)
     # A known_hosts in which one node's key is replaced by another's.
     lines = lab.known_hosts.read_text().splitlines()
     key6 = next(ln for ln in lines if ln.startswith(other.address + " ")).split(" ", 1)[1]
-    forged = [(liar.address + " " + key6) if ln.startswith(liar.address + " ") else ln for ln in lines]
+    forged = [
+        (liar.address + " " + key6) if ln.startswith(liar.address + " ") else ln for ln in lines
+    ]
     known = tmp_path / "known_hosts"
     known.write_text("\n".join(forged) + "\n")
     inventory = tmp_path / "hosts.yaml"

@@ -128,7 +128,7 @@ def test_deadline_times_out_and_stop_ends_the_remote_programs(lab, cli, on_node)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count(": stopped") == 8
     for node in lab.nodes:
-        wait_until(lambda: "sleep 300" not in on_node(node.index, "ps -eo args"), timeout=10)
+        wait_until(lambda n=node: "sleep 300" not in on_node(n.index, "ps -eo args"), timeout=10)
     done, doc = cli.json("status", "--run", run_id, "--refresh")
     assert {h["state"] for h in doc["hosts"].values()} == {"failed"}
     assert {h["signal"] for h in doc["hosts"].values()} == {signal.SIGTERM}

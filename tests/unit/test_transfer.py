@@ -1,0 +1,119 @@
+"""Pure parts of the copy path: tar extraction that never escapes its
+destination, markers found among shell noise, quoting of remote commands."""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import subprocess
+import tarfile
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from corunner import remote, transfer
+
+
+def tar_of(*members: tuple) -> io.BytesIO:
+    """A tar stream of (name, kind, payload) members; kind: file, dir, sym, link."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind, payload in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+                continue
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+            elif kind == "sym":
+                info.type, info.linkname = tarfile.SYMTYPE, payload
+            elif kind == "link":
+                info.type, info.linkname = tarfile.LNKTYPE, payload
+            tar.addfile(info)
+    buf.seek(0)
+    return buf
+
+
+def test_extract_keeps_a_tree_and_inner_links(tmp_path):
+    stream = tar_of(
+        ("out", "dir", None),
+        ("out/a.txt", "file", b"a"),
+        ("out/inner", "sym", "a.txt"),
+    )
+    pulled = transfer.extract(stream, str(tmp_path))
+    assert (tmp_path / "out" / "a.txt").read_bytes() == b"a"
+    assert os.readlink(tmp_path / "out" / "inner") == "a.txt"
+    assert (pulled.files, pulled.bytes, pulled.skipped) == (1, 1, [])
+
+
+def test_extract_refuses_every_way_out(tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    stream = tar_of(
+        ("out", "dir", None),
+        ("out/../../escape.txt", "file", b"x"),
+        ("/abs.txt", "file", b"x"),
+        ("out/etc", "sym", "/etc"),
+        ("out/up", "sym", "../../.."),
+        ("out/hard", "link", "/etc/passwd"),
+        ("out/ok.txt", "file", b"fine"),
+    )
+    pulled = transfer.extract(stream, str(dest))
+    assert not (tmp_path / "escape.txt").exists()
+    assert not os.path.lexists(dest / "out" / "etc")
+    assert not os.path.lexists(dest / "out" / "up")
+    assert not os.path.lexists(dest / "out" / "hard")
+    assert (dest / "out" / "ok.txt").read_bytes() == b"fine"
+    assert len(pulled.skipped) == 4
+    # an absolute name is made relative, never written at /
+    assert not os.path.exists("/abs.txt")
+
+
+def test_extract_renames_the_top_entry(tmp_path):
+    stream = tar_of(("out", "dir", None), ("out/f", "file", b"1"), ("out/g", "link", "out/f"))
+    transfer.extract(stream, str(tmp_path), rename_top="out.node3")
+    assert (tmp_path / "out.node3" / "f").read_bytes() == b"1"
+    assert (tmp_path / "out.node3" / "g").read_bytes() == b"1"
+
+
+def test_marker_is_found_after_shell_noise():
+    noise = b"pyenv: warning\nCORUNNER-STARTED not-this\nCORUNNER-STARTED 4242\n"
+    assert remote.find_marked(noise, "CORUNNER-STARTED") == "4242"
+    assert remote.find_marked(b"CORUNNER-STARTEDX 1\n", "CORUNNER-STARTED") is None
+
+
+def test_marked_stream_skips_noise_before_the_marker():
+    class FakeChannel:
+        def __init__(self, parts):
+            self.parts = list(parts)
+
+        def recv(self, n):
+            return self.parts.pop(0) if self.parts else b""
+
+    chan = FakeChannel([b"noise\nMARK", b"\nDATA", b"MORE"])
+    stream = remote.MarkedStream(chan, b"MARK")  # type: ignore[arg-type]
+    assert stream.read() == b"DATAMORE"
+
+
+def test_error_line_prefers_our_marker():
+    done = remote.Completed(1, b"", b"CORUNNER-ERROR python missing\nbash: noise\n")
+    assert done.error_line() == "python missing"
+    assert remote.Completed(2, b"", b"").error_line() == "exit status 2"
+
+
+@given(
+    st.lists(
+        st.text(
+            alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+            max_size=20,
+        ),
+        max_size=4,
+    )
+)
+def test_sh_passes_arguments_literally(args):
+    command = remote.sh('for a in "$@"; do printf "%s\\0" "$a"; done', *args)
+    out = subprocess.run(command, shell=True, capture_output=True, check=True).stdout
+    assert out.split(b"\0")[:-1] == [a.encode() for a in args]
+    assert shlex.split(command)[:2] == ["sh", "-c"]
