@@ -36,7 +36,10 @@ class InventoryError(CorunnerError):
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
-        place = ":".join(str(p) for p in (self.file, self.where) if p)
+        where = self.where
+        if where and where.startswith("line "):
+            where = where[len("line ") :]  # file:LINE: message, as compilers print it
+        place = ":".join(str(p) for p in (self.file, where) if p)
         return f"{place}: {self.msg}" if place else self.msg
 
 

@@ -349,7 +349,7 @@ def test_validation_error_names_file_and_line(data: Any, message: str, line: int
     assert message in err.msg
     assert err.file == "hosts.yaml"
     assert err.where == f"line {line}"
-    assert str(err).startswith(f"hosts.yaml:line {line}: ")
+    assert str(err).startswith(f"hosts.yaml:{line}: ")
 
 
 @pytest.mark.parametrize(
