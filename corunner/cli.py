@@ -10,9 +10,12 @@ document and everything else goes to stderr. Exit codes: see errors.py.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import math
 import os
+import posixpath
 import shlex
 import sys
 import tempfile
@@ -21,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from invoke import Collection, Exit, Program, task
 
-from . import __version__, postrun, render, transfer
+from . import __version__, live, outputs, postrun, render, transfer
 from . import lab as lab_module
 from .controller import Program as RunProgram
 from .controller import Run, RunReport, RunSpec
@@ -36,7 +39,7 @@ from .errors import (
 from .fanout import DEFAULT_PARALLEL, Outcome, on_each
 from .hostrange import fold
 from .inventory import Host
-from .liveness import Change, Fleet
+from .liveness import State
 from .loader import load_inventory
 from .record import find_run
 
@@ -48,6 +51,10 @@ COMMON_HELP = {
     "parallel": f"how many hosts to work on at once (default {DEFAULT_PARALLEL})",
     "json": "print one JSON document on stdout (progress goes to stderr)",
     "accept_new_host_keys": "record keys of hosts not yet in known_hosts (like accept-new)",
+}
+OUTPUT_HELP = {
+    "stream": "which output to show: stdout (default) or stderr",
+    "diff": "print the most common output in full, every other one as a diff against it",
 }
 
 
@@ -85,32 +92,80 @@ def _select(inventory: Optional[str], hosts: Optional[str]) -> tuple:
     return inv, inv.select(hosts)
 
 
+def _number(option: str, value: Any, default: float, integer: bool = False) -> Any:
+    """An option's number (seconds, or a count with ``integer``); > 0, else UsageError."""
+    if value is None:
+        return default
+    try:
+        number = int(value) if integer else float(value)
+    except (TypeError, ValueError):
+        kind = "a whole number" if integer else "a number of seconds"
+        raise UsageError(f"--{option} wants {kind}, got {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise UsageError(f"--{option} must be more than 0, got {value!r}")
+    return number
+
+
+def _optional_number(option: str, value: Any) -> Optional[float]:
+    return None if value is None else _number(option, value, 0.0)
+
+
+def _stream(stream: Optional[str]) -> str:
+    chosen = stream or "stdout"
+    if chosen not in ("stdout", "stderr"):
+        raise UsageError(f"--stream wants stdout or stderr, got {stream!r}")
+    return chosen
+
+
+def _retry_hint(bad: List[str]) -> str:
+    return f"; retry only those with --hosts '{fold(bad)}'" if bad else ""
+
+
 def _failures(outcomes: Dict[str, Outcome], out: Out) -> int:
     """Print one line per failed host and a summary; return the exit code."""
     bad = [o for o in outcomes.values() if not o.ok]
     for o in bad:
         out.line(f"{o.host.id}: {o.error.cause}")
     good = [h for h, o in outcomes.items() if o.ok]
+    failed = [o.host.id for o in bad]
     out.line(
         f"ok ({len(good)}): {fold(good) or '-'}"
-        + (f"   failed ({len(bad)}): {fold(o.host.id for o in bad)}" if bad else "")
+        + (f"   failed ({len(bad)}): {fold(failed)}{_retry_hint(failed)}" if bad else "")
     )
     if not bad:
         return EXIT_OK
-    lost = any(type(o.error).__name__ != "TransferError" for o in bad)
-    return EXIT_LOST if lost else EXIT_FAILED
+    states = {render.transfer_state(o) for o in bad}
+    return EXIT_LOST if "unreachable" in states else EXIT_FAILED
 
 
-def _outcome_json(o: Outcome) -> Dict[str, Any]:
-    data: Dict[str, Any] = {
-        "host": o.host.id,
-        "ok": o.ok,
-        "error": None if o.ok else o.error.cause,
-        "seconds": round(o.seconds, 3),
-    }
-    if isinstance(o.value, transfer.Pulled):
-        data.update(files=o.value.files, bytes=o.value.bytes, skipped=o.value.skipped)
-    return data
+def _show_outputs(
+    run_id: str,
+    hosts: List[Host],
+    stream: str,
+    diff: bool,
+    out: Out,
+    parallel: int,
+    accept_new_host_keys: bool = False,
+) -> Dict[str, Any]:
+    """Fetch a run's stdout (or stderr) from every host, print it grouped; return its JSON."""
+    cap = postrun.OUTPUT_CAP
+    with live.TransferView(out.stream, len(hosts), f"fetching {stream}") as view:
+        fetched = postrun.fetch_outputs(
+            run_id, hosts, stream, cap, parallel, accept_new_host_keys, view.done
+        )
+    got = {h: o.value for h, o in fetched.items() if o.ok}
+    errors = {h: o.error.cause for h, o in fetched.items() if not o.ok}
+    groups = outputs.group(got)
+    out.line(
+        f"{stream} of run {run_id}: {len(groups)} distinct output(s) from {len(got)} host(s)"
+        + (", as diffs against the most common one" if diff and len(groups) > 1 else "")
+    )
+    lines = outputs.render_diff(groups, cap) if diff else outputs.render_groups(groups, cap)
+    for line in lines:
+        out.line(line)
+    for host, cause in errors.items():
+        out.line(f"{host}: {cause}")
+    return render.outputs_document(stream, groups, errors, cap)
 
 
 # -- hosts ---------------------------------------------------------------------
@@ -127,23 +182,7 @@ def hosts(c, hosts=None, inventory=None, json=False):
     inv, selected = _select(inventory, hosts)
     out = Out(json)
     if json:
-        out.document(
-            {
-                "inventory": inv.source,
-                "count": len(selected),
-                "folded": fold(h.id for h in selected),
-                "hosts": [
-                    {
-                        "id": h.id,
-                        "name": h.name,
-                        "user": h.user,
-                        "port": h.port,
-                        "groups": list(h.groups),
-                    }
-                    for h in selected
-                ],
-            }
-        )
+        out.document(render.hosts_document(inv.source, selected))
         return
     rows = [(h.id, h.user, str(h.port), ",".join(h.groups)) for h in selected]
     for line in render.table(rows, ("HOST", "USER", "PORT", "GROUPS")):
@@ -170,54 +209,61 @@ def cp(
     divide=False,
     hosts=None,
     inventory=None,
-    parallel=DEFAULT_PARALLEL,
+    parallel=None,
     json=False,
     accept_new_host_keys=False,
 ):
     """Copy a file or tree to every node at once, or (--pull) from every node."""
+    if divide and not pull:
+        raise UsageError(
+            "--divide only applies to --pull (one local directory per host): add --pull or drop it"
+        )
     _, selected = _select(inventory, hosts)
+    workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     out = Out(json)
     began = time.monotonic()
-    if pull:
-        outcomes = on_each(
-            selected,
-            lambda conn, host: transfer.pull(conn, host, src, dest, divide),
-            parallel,
-            accept_new_host_keys,
-        )
-    else:
-        if divide:
-            raise UsageError("--divide only applies to --pull")
-        with tempfile.TemporaryDirectory(prefix="corunner-") as work:
-            archive = transfer.build_archive(src, work)
+    kind = "pull" if pull else "push"
+    with live.TransferView(out.stream, len(selected), f"{kind} {src}") as view:
+        if pull:
             outcomes = on_each(
                 selected,
-                lambda conn, host: transfer.push(conn, host, archive, dest),
-                parallel,
+                lambda conn, host: transfer.pull(conn, host, src, dest, divide),
+                workers,
                 accept_new_host_keys,
+                view.done,
             )
-    _finish_transfer(outcomes, out, "pull" if pull else "push", src, dest, began)
+        else:
+            with tempfile.TemporaryDirectory(prefix="corunner-") as work:
+                archive = transfer.build_archive(src, work)
+                outcomes = on_each(
+                    selected,
+                    lambda conn, host: transfer.push(conn, host, archive, dest),
+                    workers,
+                    accept_new_host_keys,
+                    view.done,
+                )
+    _finish_transfer(outcomes, out, "cp", kind, src, dest, began)
 
 
 def _finish_transfer(
-    outcomes: Dict[str, Outcome], out: Out, kind: str, src: str, dest: str, began: float
+    outcomes: Dict[str, Outcome],
+    out: Out,
+    task_name: str,
+    kind: str,
+    src: str,
+    dest: str,
+    began: float,
+    run_id: Optional[str] = None,
 ) -> None:
     for o in outcomes.values():
         if o.ok and isinstance(o.value, transfer.Pulled):
             for skipped in o.value.skipped:
                 out.line(f"{o.host.id}: refused unsafe entry {skipped}")
     code = _failures(outcomes, out)
-    out.line(f"{kind} {src} -> {dest}: {len(outcomes)} hosts in {time.monotonic() - began:.1f}s")
+    label = task_name if task_name == "collect" else kind
+    out.line(f"{label} {src} -> {dest}: {len(outcomes)} hosts in {time.monotonic() - began:.1f}s")
     if out.as_json:
-        out.document(
-            {
-                "direction": kind,
-                "src": src,
-                "dest": dest,
-                "exit_code": code,
-                "hosts": [_outcome_json(o) for o in outcomes.values()],
-            }
-        )
+        out.document(render.transfer_document(task_name, kind, src, dest, code, outcomes, run_id))
     if code:
         raise Exit(code=code)
 
@@ -227,19 +273,23 @@ def _parse_listen(listen: Optional[str]) -> Optional[tuple]:
     if not listen:
         return None
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UsageError(f"--listen wants HOST:PORT, got {listen!r}")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(
+            f"--listen wants HOST:PORT with a port from 1 to 65535 (e.g. 0.0.0.0:7100), got {listen!r}"
+        )
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _print_change(out: Out) -> Callable[[Change, Fleet], None]:
-    def show(change: Change, fleet: Fleet) -> None:
-        out.line(
-            f"{render.clock(time.time())} {change.host}: {change.old.value} -> {change.new.value}"
-            f" ({change.reason})"
+def _remote_dir(hosts: List[Host], remote_dir: Optional[str]) -> List[Host]:
+    """The hosts with ``remote_dir`` in place of the inventory's, if given."""
+    if remote_dir is None:
+        return hosts
+    clean = posixpath.normpath(remote_dir)
+    if not remote_dir.startswith("/") or clean in ("/", "//"):
+        raise UsageError(
+            f"--remote-dir must be an absolute directory on the nodes other than /, got {remote_dir!r}"
         )
-
-    return show
+    return [dataclasses.replace(h, remote_dir=clean) for h in hosts]
 
 
 def print_report(report: RunReport, out: Out) -> None:
@@ -262,17 +312,23 @@ def print_report(report: RunReport, out: Out) -> None:
         out.line(line)
 
 
-def report_json(report: RunReport) -> Dict[str, Any]:
-    return {
-        "run_id": report.run_id,
-        "exit_code": report.exit_code,
-        "started_at": report.started_at,
-        "ended_at": report.ended_at,
-        "interrupted": report.interrupted,
-        "rejected": report.rejected,
-        "summary": {s.value: fold(h) for s, h in report.by_state().items()},
-        "hosts": [h.to_json() for h in report.hosts],
-    }
+def report_json(report: RunReport, program: str = "") -> Dict[str, Any]:
+    """The ``run --json`` document (schema: corunner/schemas/run.json)."""
+    return render.run_document(report, program)
+
+
+def _next_steps(report: RunReport) -> str:
+    run_id = report.run_id
+    text = (
+        f"run {run_id} ended in {report.ended_at - report.started_at:.1f}s; "
+        f"collect its results with: inv collect --run {run_id} --divide"
+    )
+    by_state = report.by_state()
+    if by_state.get(State.FAILED):
+        text += f"; see why it failed with: inv status --run {run_id} --output --stream stderr"
+    if report.exit_code == EXIT_LOST and any(by_state.get(s) for s in (State.DEAD, State.TIMEOUT)):
+        text += f"; ask the nodes again with: inv status --run {run_id} --refresh"
+    return text
 
 
 @task(
@@ -286,6 +342,9 @@ def report_json(report: RunReport) -> Dict[str, Any]:
         "deadline": "seconds after which still-running nodes time out",
         "heartbeat": "watch nodes by heartbeat; --no-heartbeat keeps SSH sessions open instead",
         "listen": "HOST:PORT for the heartbeat listener (default: the address nodes reach us by)",
+        "remote_dir": "directory on the nodes for the run directory (default: the inventory's remote_dir)",
+        "show_output": "after the run, print every host's output, identical outputs once",
+        **OUTPUT_HELP,
         **COMMON_HELP,
     }
 )
@@ -298,53 +357,67 @@ def run(
     files="",
     hosts=None,
     inventory=None,
-    parallel=DEFAULT_PARALLEL,
-    interval=1.0,
+    parallel=None,
+    interval=None,
     dead_after=None,
     deadline=None,
     heartbeat=True,
     listen=None,
+    remote_dir=None,
+    show_output=False,
+    diff=False,
+    stream=None,
     json=False,
     accept_new_host_keys=False,
 ):
     """Run a script or command on every selected node at once and watch it to the end."""
     inv, selected = _select(inventory, hosts)
+    selected = _remote_dir(selected, remote_dir)
+    show = show_output or diff or stream is not None
+    chosen_stream = _stream(stream)
     out = Out(json)
     spec = RunSpec(
         program=RunProgram(script=script, args=tuple(shlex.split(args or "")), cmd=cmd),
         files=tuple(f for f in (files or "").split(",") if f),
-        interval=float(interval),
-        dead_after=None if dead_after is None else float(dead_after),
-        deadline=None if deadline is None else float(deadline),
+        interval=_number("interval", interval, 1.0),
+        dead_after=_optional_number("dead-after", dead_after),
+        deadline=_optional_number("deadline", deadline),
         heartbeat=heartbeat,
         listen=_parse_listen(listen),
-        parallel=int(parallel),
+        parallel=_number("parallel", parallel, DEFAULT_PARALLEL, integer=True),
         accept_new_host_keys=accept_new_host_keys,
     )
-    if spec.interval <= 0:
-        raise UsageError("--interval must be positive")
-    the_run = Run(
-        selected,
-        spec,
-        meta={"inventory": inv.source, "selection": hosts},
-        on_change=_print_change(out),
-    )
+    view = live.run_view(out.stream, [h.id for h in selected], spec.deadline)
+    meta = {"inventory": inv.source, "selection": hosts}
+    if remote_dir is not None:
+        meta["remote_dir"] = selected[0].remote_dir
+    the_run = Run(selected, spec, meta=meta, on_change=view.on_change)
     out.line(
         f"run {the_run.run_id}: {spec.program.describe()} on {len(selected)} hosts: "
         f"{fold(h.id for h in selected)}"
     )
     try:
-        report = the_run.execute()
+        with view:
+            report = the_run.execute()
     except KeyboardInterrupt:
         _interrupted(the_run, selected, out)
         raise Exit(code=EXIT_INTERRUPTED) from None
     print_report(report, out)
-    out.line(
-        f"run {report.run_id} ended in {report.ended_at - report.started_at:.1f}s; "
-        f"collect its results with: inv collect --run {report.run_id} --divide"
-    )
+    doc = report_json(report, spec.program.describe())
+    if show:
+        ran = {h.host for h in report.hosts if h.state is not State.UNREACHABLE}
+        doc["outputs"] = _show_outputs(
+            report.run_id,
+            [h for h in selected if h.id in ran],
+            chosen_stream,
+            diff,
+            out,
+            spec.parallel,
+            accept_new_host_keys,
+        )
+    out.line(_next_steps(report))
     if json:
-        out.document(report_json(report))
+        out.document(doc)
     if report.exit_code:
         raise Exit(code=report.exit_code)
 
@@ -370,22 +443,44 @@ def _interrupted(the_run: Run, selected: List[Host], out: Out) -> None:
     help={
         "run": "run id (default: the latest run)",
         "refresh": "ask every node for its own status.json (works after the controller died)",
+        "output": "print every host's output of the run, identical outputs once",
+        **OUTPUT_HELP,
         "inventory": COMMON_HELP["inventory"],
+        "parallel": COMMON_HELP["parallel"],
         "json": COMMON_HELP["json"],
+        "accept_new_host_keys": COMMON_HELP["accept_new_host_keys"],
     }
 )
 @reported
-def status(c, run=None, refresh=False, inventory=None, json=False):
+def status(
+    c,
+    run=None,
+    refresh=False,
+    output=False,
+    diff=False,
+    stream=None,
+    inventory=None,
+    parallel=None,
+    json=False,
+    accept_new_host_keys=False,
+):
     """Show how a run went, from its record or (--refresh) from the nodes themselves."""
     record = find_run(run)
     out = Out(json)
+    show = output or diff or stream is not None
+    chosen_stream = _stream(stream)
+    workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     data = record.load()
-    if refresh:
+    code = EXIT_OK
+    run_hosts: List[Host] = []
+    if refresh or show:
         inv = load_inventory(inventory or data.get("inventory"))
-        outcomes = postrun.refresh(record, postrun.record_hosts(data, inv))
+        run_hosts = postrun.record_hosts(data, inv)
+    if refresh:
+        outcomes = postrun.refresh(record, run_hosts, workers)
         for o in outcomes.values():
             if not o.ok:
-                out.line(f"{o.host.id}: {o.error.cause}")
+                out.line(f"{o.host.id}: could not ask the node: {o.error.cause}")
         data = record.load()
     rows, by_state = [], {}
     for host, entry in data["hosts"].items():
@@ -398,8 +493,23 @@ def status(c, run=None, refresh=False, inventory=None, json=False):
         out.line(line)
     for state, hosts_in in sorted(by_state.items()):
         out.line(f"{state} ({len(hosts_in)}): {fold(hosts_in)}")
+    if not data.get("finished"):
+        out.line(
+            f"run {data['run_id']} has no final record (still running, or its controller "
+            f"died): ask the nodes with: inv status --run {data['run_id']} --refresh"
+        )
+    doc = render.status_document(data)
+    if show:
+        ran = postrun.started_hosts(data, run_hosts)
+        doc["outputs"] = _show_outputs(
+            record.run_id, ran, chosen_stream, diff, out, workers, accept_new_host_keys
+        )
+        if doc["outputs"]["errors"]:
+            code = EXIT_LOST
     if json:
-        out.document(data)
+        out.document(doc)
+    if code:
+        raise Exit(code=code)
 
 
 @task(
@@ -425,13 +535,7 @@ def stop(c, run=None, hosts=None, inventory=None, json=False):
             out.line(f"{o.host.id}: {state}")
     code = _failures(outcomes, out)
     if json:
-        out.document(
-            {
-                "run_id": record.run_id,
-                "exit_code": code,
-                "hosts": [{**_outcome_json(o), "node": o.value} for o in outcomes.values()],
-            }
-        )
+        out.document(render.stop_document(record.run_id, code, outcomes))
     if code:
         raise Exit(code=code)
 
@@ -454,13 +558,14 @@ def collect(
     divide=False,
     hosts=None,
     inventory=None,
-    parallel=DEFAULT_PARALLEL,
+    parallel=None,
     json=False,
     accept_new_host_keys=False,
 ):
     """Pull a run's directory (or --src) from every node that ran it."""
     out = Out(json)
     run_id = None
+    workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     if src and hosts and not run:
         _, selected = _select(inventory, hosts)
     else:
@@ -472,10 +577,12 @@ def collect(
         selected = postrun.record_hosts(data, inv, only)
     dest = dest or os.path.join("results", run_id or "pulled")
     began = time.monotonic()
-    outcomes = postrun.collect(
-        selected, src, dest, divide, run_id, int(parallel), accept_new_host_keys
-    )
-    _finish_transfer(outcomes, out, "collect", src or f"<remote_dir>/{run_id}", dest, began)
+    with live.TransferView(out.stream, len(selected), "collect") as view:
+        outcomes = postrun.collect(
+            selected, src, dest, divide, run_id, workers, accept_new_host_keys, view.done
+        )
+    label = src or f"<remote_dir>/{run_id}"
+    _finish_transfer(outcomes, out, "collect", "pull", label, dest, began, run_id)
 
 
 # -- the local test cluster ----------------------------------------------------------

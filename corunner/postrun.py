@@ -7,10 +7,13 @@ was killed: the nodes' ``status.json`` files are the truth.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import posixpath
+import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import IO, Any, Callable, Dict, List, Optional
 
 from . import remote, transfer
 from .controller import ASK_SCRIPT, run_dir
@@ -18,7 +21,25 @@ from .errors import InventoryError, RemoteError
 from .fanout import DEFAULT_PARALLEL, Outcome, on_each
 from .inventory import Host, Inventory
 from .liveness import State
+from .outputs import NodeOutput
 from .record import RunRecord
+
+#: Bytes of a run's stdout or stderr fetched per node for grouped output.
+OUTPUT_CAP = 1 << 20
+
+#: Print a run's output file after a marker line: $1 = run dir, $2 = stdout or
+#: stderr, $3 = cap in bytes, $4 = marker. The size line tells if it was cut.
+OUTPUT_SCRIPT = r"""
+f=$1/$2
+if [ ! -f "$f" ]; then
+  echo "CORUNNER-ERROR no $2 file in $1: the run never started on this node" >&2; exit 66
+fi
+size=$(wc -c <"$f") || exit 1
+printf '%s\n%s\n' "$4" "$size"
+exec head -c "$3" -- "$f"
+"""
+
+Done = Optional[Callable[[Outcome], None]]
 
 #: What a node's status.json says, in the controller's words.
 NODE_STATES = {"running": "alive", "lost": "dead", "missing": "missing", "error": "failed"}
@@ -50,17 +71,30 @@ def record_hosts(
 ) -> List[Host]:
     """The inventory's hosts that took part in a recorded run (optionally a subset)."""
     hosts = []
-    for host_id in data.get("hosts", {}):
+    run_id = str(data.get("run_id", ""))
+    for host_id, entry in data.get("hosts", {}).items():
         if only is not None and host_id not in only:
             continue
         try:
-            hosts.append(inventory.host(host_id))
+            host = inventory.host(host_id)
         except (KeyError, InventoryError):
             raise InventoryError(
-                f"host {host_id} of run {data.get('run_id')} is no longer in the inventory",
+                f"host {host_id} of run {run_id} is no longer in the inventory; "
+                "pass the run's inventory with --inventory FILE",
                 inventory.source,
             ) from None
+        # A run may have used another remote_dir (run --remote-dir): its record knows.
+        recorded = (entry or {}).get("remote_dir") or ""
+        if run_id and posixpath.basename(recorded) == run_id:
+            host = dataclasses.replace(host, remote_dir=posixpath.dirname(recorded))
+        hosts.append(host)
     return hosts
+
+
+def started_hosts(data: Dict[str, Any], hosts: List[Host]) -> List[Host]:
+    """The hosts on which a recorded run started (not unreachable): those with outputs."""
+    entries = data.get("hosts", {})
+    return [h for h in hosts if entries.get(h.id, {}).get("state") != State.UNREACHABLE.value]
 
 
 def _ask(run_id: str, verb: str, marker: str):
@@ -120,12 +154,58 @@ def collect(
     run_id: Optional[str] = None,
     parallel: int = DEFAULT_PARALLEL,
     accept_new_host_keys: bool = False,
+    done: Done = None,
 ) -> Dict[str, Outcome]:
-    """Pull ``src`` (default: the run's directory, without its secret) from every host."""
+    """Pull ``src`` (default: the run's directory, without its secret) from every host.
+
+    ``done(outcome)`` is called from a worker thread as each host ends, for progress.
+    """
 
     def work(conn: Any, host: Host) -> transfer.Pulled:
         path = src or run_dir(host, run_id or "")
         exclude = None if src else ".corunner/config.json"
         return transfer.pull(conn, host, path, dest, divide, exclude, contents=not src)
 
-    return on_each(hosts, work, parallel, accept_new_host_keys)
+    return on_each(hosts, work, parallel, accept_new_host_keys, done)
+
+
+def fetch_outputs(
+    run_id: str,
+    hosts: List[Host],
+    stream: str = "stdout",
+    cap: int = OUTPUT_CAP,
+    parallel: int = DEFAULT_PARALLEL,
+    accept_new_host_keys: bool = False,
+    done: Done = None,
+) -> Dict[str, Outcome]:
+    """Fetch the first ``cap`` bytes of the run's ``stream`` file from every host.
+
+    One command per node; each outcome's value is a :class:`NodeOutput`. Shell
+    noise before our marker line is skipped. A node where the file is missing
+    (the run never started there) gets a ``RemoteError`` saying so.
+    """
+    if stream not in ("stdout", "stderr"):
+        raise ValueError(f"stream must be stdout or stderr, not {stream!r}")
+    marker = f"CORUNNER-OUTPUT-{secrets.token_hex(4)}"
+
+    def read(f: IO[bytes]) -> NodeOutput:
+        size_line = b""
+        while not size_line.endswith(b"\n"):
+            byte = f.read(1)
+            if not byte:
+                break
+            size_line += byte
+        data = f.read(cap)
+        size = size_line.strip()
+        return NodeOutput(data, int(size) if size.isdigit() else len(data))
+
+    def work(conn: Any, host: Host) -> NodeOutput:
+        command = remote.sh(OUTPUT_SCRIPT, run_dir(host, run_id), stream, str(cap), marker)
+        output, finished = remote.stream_from(conn, host, command, marker, read, timeout=120)
+        if finished.status != 0:
+            raise RemoteError(
+                host.id, f"could not read the run's {stream}: {finished.error_line()}"
+            )
+        return output
+
+    return on_each(hosts, work, parallel, accept_new_host_keys, done)

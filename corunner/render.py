@@ -1,4 +1,5 @@
-"""Pure formatting of what corunner prints: host tables, folded summaries.
+"""Pure formatting of what corunner prints: host tables, folded summaries,
+progress lines and the JSON documents of every task.
 
 Nothing here writes anywhere; the task layer decides where text goes.
 """
@@ -6,10 +7,17 @@ Nothing here writes anywhere; the task layer decides where text goes.
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from .errors import TransferError
 from .hostrange import fold
-from .liveness import State
+from .inventory import Host
+from .liveness import Change, State
+from .outputs import OutputGroup, groups_json
+
+if TYPE_CHECKING:  # only for annotations: rendering needs no SSH
+    from .controller import RunReport
+    from .fanout import Outcome
 
 #: The order states are listed in summaries: worst news last, where eyes land.
 STATE_ORDER = [
@@ -67,3 +75,232 @@ def clock(at: float) -> str:
 def errors(pairs: Iterable[tuple]) -> List[str]:
     """One ``host: cause`` line per failed host."""
     return [f"{host}: {cause}" for host, cause in pairs]
+
+
+# -- progress ------------------------------------------------------------------
+def change_line(at: float, change: Change) -> str:
+    """One plain, timestamped line per state change: ``12:00:01.250 n3: alive -> dead (...)``."""
+    return f"{clock(at)} {change.host}: {change.old.value} -> {change.new.value} ({change.reason})"
+
+
+def elapsed(seconds_so_far: float, deadline: Optional[float]) -> str:
+    """``elapsed 12.3s`` or ``elapsed 12.3s of 60s (deadline)``."""
+    text = f"elapsed {seconds(seconds_so_far)}"
+    if deadline is not None:
+        text += f" of {seconds(deadline)} (deadline)"
+    return text
+
+
+def recent(changes: Iterable[Change], groups: int = 4) -> List[tuple]:
+    """The hosts that changed most recently, folded by the state they entered.
+
+    ``changes`` hold at most the latest change of each host, oldest first; the
+    result is ``(state, folded hosts, count)``, the most recent state first,
+    at most ``groups`` of them.
+    """
+    by_state: Dict[State, List[str]] = {}
+    for change in reversed(list(changes)):
+        if change.new not in by_state and len(by_state) == groups:
+            continue
+        by_state.setdefault(change.new, []).append(change.host)
+    return [(state, fold(hosts), len(hosts)) for state, hosts in by_state.items()]
+
+
+# -- JSON documents (schemas in corunner/schemas/<task>.json) --------------------
+#: Bumped only when a key changes meaning or disappears; new keys may appear.
+SCHEMA_VERSION = 1
+
+
+def _head(task: str) -> Dict[str, Any]:
+    return {"task": task, "schema_version": SCHEMA_VERSION}
+
+
+def transfer_state(outcome: Outcome) -> str:
+    """A copy's outcome on one host: succeeded, failed (reached, copy failed), unreachable."""
+    if outcome.ok:
+        return "succeeded"
+    return "failed" if isinstance(outcome.error, TransferError) else "unreachable"
+
+
+def hosts_document(source: str, hosts: Sequence[Host]) -> Dict[str, Any]:
+    return {
+        **_head("hosts"),
+        "inventory": source,
+        "count": len(hosts),
+        "folded": fold(h.id for h in hosts),
+        "hosts": [
+            {
+                "id": h.id,
+                "name": h.name,
+                "user": h.user,
+                "port": h.port,
+                "groups": list(h.groups),
+                "remote_dir": h.remote_dir,
+            }
+            for h in hosts
+        ],
+    }
+
+
+def _error(outcome: Outcome) -> Optional[str]:
+    return None if outcome.error is None else outcome.error.cause
+
+
+def transfer_document(
+    task: str,
+    direction: str,
+    src: str,
+    dest: str,
+    exit_code: int,
+    outcomes: Mapping[str, Outcome],
+    run_id: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The document of ``cp`` and ``collect``: one entry per host, in inventory order."""
+    hosts = []
+    for o in outcomes.values():
+        entry: Dict[str, Any] = {
+            "host": o.host.id,
+            "state": transfer_state(o),
+            "ok": o.ok,
+            "error": _error(o),
+            "seconds": round(o.seconds, 3),
+        }
+        pulled = o.value if o.ok and hasattr(o.value, "skipped") else None
+        if direction == "pull":
+            entry.update(
+                files=pulled.files if pulled else None,
+                bytes=pulled.bytes if pulled else None,
+                skipped=list(pulled.skipped) if pulled else [],
+            )
+        hosts.append(entry)
+    doc = {
+        **_head(task),
+        "direction": direction,
+        "src": src,
+        "dest": dest,
+        "exit_code": exit_code,
+        "summary": _summary(h["state"] for h in hosts),
+        "hosts": hosts,
+    }
+    if task == "collect":
+        doc["run_id"] = run_id
+    return doc
+
+
+def _summary(states: Iterable[str]) -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    for state in states:
+        out[state] = out.get(state, 0) + 1
+    return out
+
+
+def run_document(report: RunReport, program: str) -> Dict[str, Any]:
+    """The document of ``run``: the run, its summary, and one entry per host."""
+    by_state = report.by_state()
+    return {
+        **_head("run"),
+        "run_id": report.run_id,
+        "program": program,
+        "exit_code": report.exit_code,
+        "started_at": report.started_at,
+        "ended_at": report.ended_at,
+        "seconds": round(report.ended_at - report.started_at, 3),
+        "interrupted": report.interrupted,
+        "rejected": dict(report.rejected),
+        "summary": {s.value: fold(h) for s, h in by_state.items()},
+        "counts": {s.value: len(h) for s, h in by_state.items()},
+        "hosts": [
+            {
+                "host": h.host,
+                "run_id": report.run_id,
+                "state": h.state.value,
+                "exit_code": h.exit_code,
+                "signal": h.signal,
+                "error": h.error,
+                "seconds": h.seconds,
+                "last_seen_age": h.last_seen_age,
+                "pid": h.pid,
+                "remote_dir": h.remote_dir,
+            }
+            for h in report.hosts
+        ],
+    }
+
+
+def status_document(data: Mapping[str, Any]) -> Dict[str, Any]:
+    """The document of ``status``, from a run record (``run.json``)."""
+    run_id = data["run_id"]
+    hosts: Dict[str, Any] = {}
+    by_state: Dict[str, List[str]] = {}
+    for host, entry in data.get("hosts", {}).items():
+        state = entry.get("state", "pending")
+        by_state.setdefault(state, []).append(host)
+        node = entry.get("node")
+        hosts[host] = {
+            "host": host,
+            "run_id": run_id,
+            "state": state,
+            "exit_code": entry.get("exit_code"),
+            "signal": entry.get("signal"),
+            "error": entry.get("error"),
+            "seconds": entry.get("seconds"),
+            "last_seen_age": entry.get("last_seen_age"),
+            "pid": entry.get("pid"),
+            "remote_dir": entry.get("remote_dir"),
+            "started_at": node.get("started_at") if node else None,
+            "ended_at": node.get("ended_at") if node else None,
+            "refreshed_at": entry.get("refreshed_at"),
+            "refresh_error": entry.get("refresh_error"),
+            "node": node,
+        }
+    return {
+        **_head("status"),
+        "run_id": run_id,
+        "program": data.get("program", ""),
+        "finished": bool(data.get("finished")),
+        "exit_code": data.get("exit_code"),
+        "started_at": data.get("started_at"),
+        "ended_at": data.get("ended_at"),
+        "interrupted": bool(data.get("interrupted", False)),
+        "summary": {s: fold(h) for s, h in by_state.items()},
+        "counts": {s: len(h) for s, h in by_state.items()},
+        "hosts": hosts,
+    }
+
+
+def stop_document(run_id: str, exit_code: int, outcomes: Mapping[str, Outcome]) -> Dict[str, Any]:
+    """The document of ``stop``: whether each host's program was stopped."""
+    hosts = []
+    for o in outcomes.values():
+        answer = o.value if o.ok and isinstance(o.value, dict) else {}
+        hosts.append(
+            {
+                "host": o.host.id,
+                "run_id": run_id,
+                "state": transfer_state(o),
+                "ok": o.ok,
+                "error": _error(o),
+                "seconds": round(o.seconds, 3),
+                "stopped": bool(answer.get("stopped")) if o.ok else None,
+                "node_state": answer.get("state") if o.ok else None,
+            }
+        )
+    return {
+        **_head("stop"),
+        "run_id": run_id,
+        "exit_code": exit_code,
+        "summary": _summary(h["state"] for h in hosts),
+        "hosts": hosts,
+    }
+
+
+def outputs_document(
+    stream: str, groups: Sequence[OutputGroup], errors: Mapping[str, str], cap: int
+) -> Dict[str, Any]:
+    """Grouped outputs for a JSON document (``run --show-output``, ``status --output``)."""
+    return {
+        "stream": stream,
+        "cap_bytes": cap,
+        "groups": groups_json(groups),
+        "errors": [{"host": h, "error": e} for h, e in errors.items()],
+    }

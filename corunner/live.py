@@ -1,0 +1,220 @@
+"""Progress while tasks work: a live view at a terminal, plain lines elsewhere.
+
+At a terminal (the stream is a TTY and ``TERM`` is not ``dumb``) ``run`` shows
+a ``rich`` live view: counts per state, a bar of finished nodes, the elapsed
+time against the deadline and the hosts that changed state last, folded. It
+redraws at most 4 times a second from rich's own thread; the controller's
+``on_change`` only updates counters under a lock, so thousands of changes cost
+little. When the run ends the view vanishes and the caller prints the summary.
+
+Anywhere else (CI logs, pipes, files) nothing redraws: one timestamped line per
+state change, no ANSI escapes, no carriage returns. ``cp`` and ``collect`` get a
+plain rich progress bar at a terminal and nothing extra elsewhere.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from types import TracebackType
+from typing import IO, Any, Callable, Dict, Optional, Sequence, Type, Union
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from . import render
+from .liveness import LIVE, Change, Fleet, State
+
+#: Redraws per second of the live view: enough to see time pass, cheap on a busy controller.
+REFRESH_PER_SECOND = 4
+#: Hosts remembered for "changed last" (the latest change of each).
+RECENT_HOSTS = 256
+#: Changes worth a line that stays on the screen: liveness news, not routine progress.
+NOTABLE = frozenset({State.DEAD, State.UNREACHABLE})
+
+STYLE = {
+    State.PENDING: "dim",
+    State.ALIVE: "cyan",
+    State.SUCCEEDED: "green",
+    State.FAILED: "red",
+    State.TIMEOUT: "yellow",
+    State.DEAD: "bold red",
+    State.UNREACHABLE: "magenta",
+}
+
+
+def is_terminal(stream: IO[str]) -> bool:
+    """True when ``stream`` is a terminal that can redraw (not ``TERM=dumb``)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and os.environ.get("TERM", "") != "dumb"
+
+
+class _View:
+    """A context manager with ``on_change``; the base prints nothing."""
+
+    def __enter__(self) -> _View:
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        return None
+
+    def on_change(self, change: Change, fleet: Fleet) -> None:
+        return None
+
+
+class PlainRunView(_View):
+    """Off a terminal: one timestamped line per state change, flushed at once."""
+
+    def __init__(self, stream: IO[str], wall: Callable[[], float] = time.time):
+        self.stream = stream
+        self.wall = wall
+
+    def on_change(self, change: Change, fleet: Fleet) -> None:
+        print(render.change_line(self.wall(), change), file=self.stream, flush=True)
+
+
+class LiveRunView(_View):
+    """At a terminal: counts, a progress bar, elapsed time and the latest changes."""
+
+    def __init__(
+        self,
+        stream: IO[str],
+        hosts: Sequence[str],
+        deadline: Optional[float] = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ):
+        self.total = len(hosts)
+        self.deadline = deadline
+        self.clock = clock
+        self.wall = wall
+        self.began = clock()
+        self.counts: Dict[State, int] = {State.PENDING: self.total}
+        self.recent: collections.OrderedDict[str, Change] = collections.OrderedDict()
+        self.lock = threading.Lock()
+        self.console = Console(file=stream, force_terminal=True)
+        self.live = Live(
+            console=self.console,
+            get_renderable=self.renderable,
+            refresh_per_second=REFRESH_PER_SECOND,
+            transient=True,
+        )
+
+    def __enter__(self) -> LiveRunView:
+        self.began = self.clock()
+        self.live.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.live.stop()
+
+    def on_change(self, change: Change, fleet: Fleet) -> None:
+        """Called by the controller's main thread: update counters, never draw here."""
+        with self.lock:
+            self.counts[change.old] = self.counts.get(change.old, 0) - 1
+            self.counts[change.new] = self.counts.get(change.new, 0) + 1
+            self.recent.pop(change.host, None)
+            self.recent[change.host] = change
+            if len(self.recent) > RECENT_HOSTS:
+                self.recent.popitem(last=False)
+        if change.new in NOTABLE or change.old is State.DEAD:
+            # Printed above the live region, so it stays in the scrollback.
+            line = render.change_line(self.wall(), change)
+            self.console.print(Text(line, style=STYLE[change.new]), soft_wrap=True)
+
+    def renderable(self) -> RenderableType:
+        """What rich draws, at most REFRESH_PER_SECOND times a second (its own thread)."""
+        with self.lock:
+            counts = dict(self.counts)
+            recent = render.recent(self.recent.values())
+        now = self.clock()
+        finished = self.total - sum(counts.get(s, 0) for s in LIVE)
+        counts_line = Text()
+        for state in render.STATE_ORDER:
+            if counts.get(state):
+                if counts_line:
+                    counts_line.append("  ")
+                counts_line.append(f"{state.value} {counts[state]}", style=STYLE[state])
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(
+            ProgressBar(
+                total=max(self.total, 1),
+                completed=finished,
+                width=40,
+                complete_style="green",
+                finished_style="green",
+            ),
+            Text(f"{finished}/{self.total} finished"),
+            Text(render.elapsed(now - self.began, self.deadline), style="dim"),
+        )
+        lines: list = [counts_line, bar]
+        for state, folded, count in recent:
+            text = Text()
+            text.append("  last ", style="dim")
+            text.append(f"{state.value} ({count})", style=STYLE[state])
+            text.append(f": {folded}")
+            lines.append(text)
+        return Group(*lines)
+
+
+def run_view(
+    stream: IO[str], hosts: Sequence[str], deadline: Optional[float] = None
+) -> Union[LiveRunView, PlainRunView]:
+    """The progress of a run on ``stream``: live at a terminal, plain lines elsewhere."""
+    if is_terminal(stream):
+        return LiveRunView(stream, hosts, deadline)
+    return PlainRunView(stream)
+
+
+class TransferView(_View):
+    """A progress bar of hosts done, for cp and collect at a terminal; silent elsewhere."""
+
+    def __init__(self, stream: IO[str], total: int, label: str):
+        self.progress: Optional[Progress] = None
+        self.task: Any = None
+        if is_terminal(stream) and total > 1:
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(file=stream, force_terminal=True),
+                refresh_per_second=REFRESH_PER_SECOND,
+                transient=True,
+            )
+            self.task = self.progress.add_task(label, total=total)
+
+    def __enter__(self) -> TransferView:
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if self.progress:
+            self.progress.stop()
+
+    def done(self, outcome: Any) -> None:
+        """One host ended (called from a worker thread; rich's Progress locks itself)."""
+        if self.progress:
+            self.progress.advance(self.task)
