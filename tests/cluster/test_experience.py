@@ -1,0 +1,321 @@
+"""What a person and a CI job meet on the real cluster: the live view at a
+terminal, plain lines elsewhere, grouped output, JSON documents that match
+their schemas, and the original tool's corunner-run / corunner-cp."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+import yaml
+
+import corunner
+from corunner.errors import EXIT_FAILED, EXIT_LOST, EXIT_OK
+from corunner.hostrange import fold
+
+jsonschema = pytest.importorskip("jsonschema")
+
+FAST = ("--interval", "0.2", "--dead-after", "1.5")
+SCHEMAS = Path(corunner.__file__).parent / "schemas"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def under_a_terminal(cli, *args: str, rows: int = 30, cols: int = 120, timeout: float = 120):
+    """Run ``python -m corunner ARGS`` with a pseudo-terminal as stdin, stdout and
+    stderr; return (exit code, everything it wrote)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: never return into pytest
+        try:
+            os.chdir(cli.workdir)
+            env = {**cli.env, "TERM": "xterm"}
+            env.pop("NO_COLOR", None)
+            os.execve(sys.executable, [sys.executable, "-m", "corunner", *args], env)
+        finally:
+            os._exit(127)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError as exc:  # EIO: the child closed the terminal
+                if exc.errno != errno.EIO:
+                    raise
+                break
+            if not chunk:
+                break
+            data += chunk
+        else:
+            os.kill(pid, 9)
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), data.decode("utf-8", "replace")
+
+
+def visible_lines(screen_bytes: str) -> List[str]:
+    """The lines that stay on the screen once the redraws settle (escapes removed)."""
+    lines = ANSI.sub("", screen_bytes).replace("\r\n", "\n").split("\n")
+    lines = [line.split("\r")[-1] for line in lines]  # a carriage return starts over
+    return [line for line in lines if line.strip()]
+
+
+def validate(task: str, doc: Dict) -> None:
+    schema = json.loads((SCHEMAS / f"{task}.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(doc)]
+    assert not errors, f"{task} document does not match {task}.json:\n" + "\n".join(errors)
+    assert doc["task"] == task and doc["schema_version"] == 1
+
+
+def compat(cli, name: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run the corunner-run / corunner-cp entry point as its console script would."""
+    code = (
+        f"import sys; from corunner.compat import {name.replace('corunner-', '')}_main as main; "
+        f"sys.argv[0] = {name!r}; main()"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cli.workdir,
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def differing_command(lab) -> Tuple[str, str, str]:
+    """A command that prints the same on every node but two: (command, odd one, other one)."""
+    odd, other = lab.nodes[2], lab.nodes[5]
+    cmd = (
+        "echo header; "
+        f'case $(hostname) in {odd.hostname}) echo "count 12";; '
+        f'{other.hostname}) echo "count 10"; echo extra;; *) echo "count 10";; esac; '
+        "echo footer; echo oops >&2"
+    )
+    return cmd, odd.address, other.address
+
+
+# -- the live view and plain output --------------------------------------------------
+def test_live_view_at_a_terminal_shows_counts_and_progress_then_the_summary(lab, cli):
+    code, screen = under_a_terminal(cli, "run", "--cmd", "sleep 2", "--deadline", "60", *FAST)
+    assert code == EXIT_OK, screen
+    assert "\x1b[" in screen  # it did draw
+    plain = ANSI.sub("", screen)
+    assert re.search(r"alive [1-8]", plain) and re.search(r"succeeded [1-8]", plain), plain
+    assert re.search(r"\d/8 finished", plain) and "━" in plain  # the progress bar
+    assert "of 60.0s (deadline)" in plain
+    assert re.search(r"last alive \(\d\): 127\.0\.1\.", plain)
+    # Once over, the live view is gone and the summary is what remains, at the end.
+    after = screen.rsplit("\x1b[?25h", 1)[-1]  # rich shows the cursor again when it stops
+    lines = visible_lines(after)
+    assert lines[0].startswith("HOST") and "STATE" in lines[0]
+    assert lines[-2] == f"succeeded (8): {fold(n.address for n in lab.nodes)}"
+    assert re.match(r"run \S+ ended in [0-9.]+s; collect its results with", lines[-1])
+
+
+def test_live_view_keeps_a_line_for_a_node_that_cannot_be_reached(lab, cli, tmp_path):
+    inventory = inventory_with_a_closed_port(lab, tmp_path)
+    code, screen = under_a_terminal(cli, "run", "--cmd", "true", "--inventory", inventory, *FAST)
+    assert code == EXIT_LOST, screen
+    closed = f"{lab.nodes[0].address}:2222"
+    line = next(ln for ln in visible_lines(screen) if "-> unreachable" in ln)
+    assert re.match(rf"\d\d:\d\d:\d\d\.\d{{3}} {re.escape(closed)}: pending -> unreachable", line)
+    assert "connection refused on port 2222" in line
+
+
+def test_off_a_terminal_one_plain_line_per_change_and_nothing_that_redraws(lab, cli):
+    done = cli("run", "--cmd", "sleep 1", *FAST)
+    assert done.returncode == EXIT_OK, done.stderr
+    for stream in (done.stdout, done.stderr):
+        assert "\x1b[" not in stream and "\r" not in stream
+    changes = [ln for ln in done.stdout.splitlines() if " -> " in ln]
+    assert len([ln for ln in changes if "-> succeeded" in ln]) == 8
+    for line in changes:
+        assert re.match(r"\d\d:\d\d:\d\d\.\d{3} 127\.0\.1\.\d+: \w+ -> \w+ \(.+\)$", line), line
+
+
+def test_with_json_progress_goes_to_stderr_and_stdout_is_one_document(lab, cli):
+    done, doc = cli.json("run", "--cmd", "true", *FAST)
+    assert done.returncode == EXIT_OK
+    assert "\x1b[" not in done.stderr and "\r" not in done.stderr
+    assert "pending -> " in done.stderr and "succeeded (8)" in done.stderr
+    validate("run", doc)
+
+
+# -- grouped output -------------------------------------------------------------
+def test_show_output_prints_identical_outputs_once_largest_group_first(lab, cli):
+    cmd, odd, other = differing_command(lab)
+    done = cli("run", "--cmd", cmd, "--show-output", *FAST)
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    out = done.stdout
+    common = fold(n.address for n in lab.nodes if n.address not in (odd, other))
+    section = out[out.index("stdout of run") :]
+    assert "3 distinct output(s) from 8 host(s)" in section
+    headers = [ln for ln in section.splitlines() if re.match(r"^\S+ \(\d+\)$", ln)]
+    assert headers == [f"{common} (6)", f"{odd} (1)", f"{other} (1)"]  # ties: inventory order
+    assert section.count("header\n") == 3  # each distinct output once
+    assert "count 12" in section and "extra" in section
+
+
+def test_status_output_diff_and_stderr(lab, cli):
+    cmd, odd, other = differing_command(lab)
+    done = cli("run", "--cmd", cmd, *FAST)
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    done = cli("status", "--output", "--diff")
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    out = done.stdout
+    assert f"{odd} (1): differs from" in out and f"{other} (1): differs from" in out
+    assert "-count 10" in out and "+count 12" in out and "+extra" in out
+    assert out.splitlines().count("footer") == 1  # the reference in full, once
+    done = cli("status", "--stream", "stderr")
+    assert done.returncode == EXIT_OK
+    assert f"{fold(n.address for n in lab.nodes)} (8)\n---------------\noops\n" in done.stdout
+
+
+def test_output_of_a_host_where_the_run_never_started_is_not_fetched(lab, cli, tmp_path):
+    inventory = inventory_with_a_closed_port(lab, tmp_path)
+    done = cli("run", "--cmd", "echo hi", "--inventory", inventory, "--show-output", *FAST)
+    assert done.returncode == EXIT_LOST
+    assert "1 distinct output(s) from 8 host(s)" in done.stdout
+    assert f"{fold(n.address for n in lab.nodes)} (8)" in done.stdout
+
+
+# -- JSON documents ---------------------------------------------------------------
+def inventory_with_a_closed_port(lab, tmp_path: Path) -> str:
+    """The lab inventory plus one host that refuses connections (a closed port)."""
+    data = yaml.safe_load(Path(lab.inventory).read_text())
+    data["groups"]["closed"] = {"hosts": [f"{lab.nodes[0].address}:2222"]}
+    path = tmp_path / "with-closed.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_every_json_document_matches_its_schema(lab, cli, tmp_path):
+    inventory = inventory_with_a_closed_port(lab, tmp_path)
+    nine = ("--inventory", inventory)
+    done, doc = cli.json("hosts", *nine)
+    validate("hosts", doc)
+    assert doc["count"] == 9
+
+    one = lab.nodes[1]
+    cmd = f'echo "$CORUNNER_HOST"; [ "$(hostname)" != {one.hostname} ]'
+    done, doc = cli.json("run", "--cmd", cmd, "--show-output", *nine, *FAST)
+    assert done.returncode == EXIT_LOST, done.stderr
+    validate("run", doc)
+    run_id = doc["run_id"]
+    hosts = {h["host"]: h for h in doc["hosts"]}
+    assert hosts[one.address]["state"] == "failed" and hosts[one.address]["exit_code"] == 1
+    closed = hosts[f"{lab.nodes[0].address}:2222"]
+    assert closed["state"] == "unreachable" and "connection refused" in closed["error"]
+    assert all(h["run_id"] == run_id for h in doc["hosts"])
+    assert len(doc["outputs"]["groups"]) == 8  # each host printed its own name
+
+    done, doc = cli.json("status", "--inventory", inventory)
+    assert done.returncode == EXIT_OK
+    validate("status", doc)
+    assert doc["run_id"] == run_id and doc["exit_code"] == EXIT_LOST
+    done, doc = cli.json("status", "--refresh", "--output", "--inventory", inventory)
+    validate("status", doc)
+    entry = doc["hosts"][one.address]
+    assert entry["ended_at"] >= entry["started_at"] > 0
+
+    done, doc = cli.json("collect", "--dest", str(tmp_path / "got"), "--inventory", inventory)
+    assert done.returncode == EXIT_LOST  # the closed port
+    validate("collect", doc)
+    assert doc["run_id"] == run_id and doc["summary"] == {"succeeded": 8, "unreachable": 1}
+
+    done, doc = cli.json("cp", "--src", str(tmp_path / "with-closed.yaml"), "--dest", "/tmp/x/")
+    assert done.returncode == EXIT_OK
+    validate("cp", doc)
+    done, doc = cli.json(
+        "cp", "--pull", "--src", "/tmp/x/with-closed.yaml", "--dest", str(tmp_path / "p")
+    )
+    validate("cp", doc)
+    assert {h["files"] for h in doc["hosts"]} == {1}
+
+    done, doc = cli.json("stop", "--run", run_id)
+    validate("stop", doc)
+    assert {h["stopped"] for h in doc["hosts"] if h["ok"]} == {False}  # it had ended
+
+
+# -- the original tool's commands -----------------------------------------------------
+SEED_SCRIPT = """\
+import os, socket
+os.makedirs("/tmp/corunner/output", exist_ok=True)
+with open("/tmp/corunner/output/" + socket.gethostname() + ".txt", "w") as f:
+    f.write(os.environ["CORUNNER_HOST"] + "\\n")
+print("done on", socket.gethostname())
+"""
+
+
+def test_compat_seed_workflow_runs_a_script_then_gathers_one_directory_per_host(
+    lab, cli, tmp_path, on_node
+):
+    for node in lab.nodes:
+        on_node(node.index, "rm -rf /tmp/corunner/output")
+    (cli.workdir / "script.py").write_text(SEED_SCRIPT)
+    done = compat(
+        cli,
+        "corunner-run",
+        "-n",
+        "-f",
+        "script.py",
+        "-r",
+        "/tmp/corunner",
+        "-i",
+        "1",
+        "python3",
+        "/tmp/corunner/script.py",
+    )
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    assert "succeeded (8)" in done.stdout
+    done = compat(
+        cli,
+        "corunner-cp",
+        "--pull",
+        "-s",
+        "/tmp/corunner/output",
+        "-d",
+        str(tmp_path / "all"),
+        "--divide",
+    )
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    assert sorted(os.listdir(tmp_path / "all")) == sorted(n.address for n in lab.nodes)
+    for node in lab.nodes:
+        got = tmp_path / "all" / node.address / "output" / f"{node.hostname}.txt"
+        assert got.read_text() == f"{node.address}\n"
+    # The run directory lives under -r and holds its own copy of the file.
+    run_id = json.loads((cli.workdir / "runs" / "latest.json").read_text())["run_id"]
+    listing = on_node(lab.nodes[0].index, f"ls /tmp/corunner/{run_id}")
+    assert "script.py" in listing.split() and "stdout" in listing.split()
+
+
+def test_compat_exit_codes_and_usage_errors_are_those_of_the_tasks(lab, cli):
+    two = ",".join(n.address for n in lab.nodes[:2])
+    done = compat(cli, "corunner-run", "--hosts", two, "-i", "0.2", "false")
+    assert done.returncode == EXIT_FAILED, done.stdout + done.stderr
+    assert "failed (2)" in done.stdout
+    done = compat(cli, "corunner-run", "-f", "missing.py", "-r", "/tmp/corunner", "true")
+    assert done.returncode == 2 and "no such local file or directory" in done.stderr
+    done = compat(cli, "corunner-cp", "-s", "x", "-d", "y", "--divide")
+    assert done.returncode == 2 and "--divide only applies to --pull" in done.stderr
+    done = compat(cli, "corunner-run", "-f", "a.py")
+    assert done.returncode == 2 and "COMMAND is missing" in done.stderr
