@@ -439,9 +439,7 @@ class Run:
             for host, status in self.watcher.poll(timeout):
                 now = self.clock()
                 if status is None:
-                    self._changes(
-                        self.fleet.unreachable(host, now, "SSH session ended without a status")
-                    )
+                    self._changes(self.fleet.lost(host, now, "SSH session ended without a status"))
                 else:
                     self._changes(
                         self.fleet.exited(host, now, status.get("exit_code"), status.get("signal"))
@@ -479,13 +477,15 @@ class Run:
                             self.fleet.unreachable(host, now, "not started before the deadline")
                         )
                     break
-                wait = 1.0 if spec.heartbeat else 0.5
-                for t in (self.fleet.next_check(), deadline):
+                wait = 1.0
+                silence = self.fleet.next_check() if spec.heartbeat else None
+                for t in (silence, deadline):
                     if t is not None:
                         wait = min(wait, max(0.0, t - now))
                 self._take_messages(wait)
                 self._take_started(pending)
-                self._changes(self.fleet.tick(self.clock()))
+                if spec.heartbeat:  # without heartbeats, the open session is the sign of life
+                    self._changes(self.fleet.tick(self.clock()))
         except KeyboardInterrupt:
             interrupted = True
             raise

@@ -123,6 +123,13 @@ def silence_deadline(node: Node, dead_after: float) -> Optional[float]:
     return None if reference is None else reference + dead_after
 
 
+def lost(node: Node, now: float, reason: str) -> Tuple[Node, List[Change]]:
+    """The channel that told us about the node broke (heartbeats off): dead."""
+    if node.state not in LIVE:
+        return node, []
+    return _move(node, State.DEAD, now, reason)
+
+
 def deadline_passed(node: Node, now: float) -> Tuple[Node, List[Change]]:
     """The run's deadline passed while the node's program was still running.
 
@@ -164,6 +171,9 @@ class Fleet:
         self, host: str, now: float, exit_code: Optional[int], signal: Optional[int]
     ) -> List[Change]:
         return self.apply(host, exited(self.nodes[host], now, exit_code, signal))
+
+    def lost(self, host: str, now: float, reason: str) -> List[Change]:
+        return self.apply(host, lost(self.nodes[host], now, reason))
 
     def tick(self, now: float) -> List[Change]:
         """Mark silent nodes dead."""

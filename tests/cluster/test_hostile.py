@@ -269,3 +269,134 @@ def test_killed_executor_turns_the_node_dead_and_refresh_says_what_is_known(
     done, doc = cli.json("status", "--refresh")
     assert doc["hosts"][node.address]["node"]["state"] == "lost"
     assert doc["hosts"][node.address]["state"] == "dead"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_garbage_on_the_heartbeat_port_harms_no_real_node(lab, cli):
+    import socket
+    import threading
+
+    port = _free_port()
+    proc = cli.popen(
+        "run",
+        "--cmd",
+        "sleep 3",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--json",
+        "--interval",
+        "0.2",
+        "--dead-after",
+        "2",
+    )
+    stop = threading.Event()
+
+    def attack():
+        silent = []
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(os.urandom(4096) + b"\n")
+                    s.sendall(b"CR1 run host 1 running - - 1.0 " + b"0" * 64 + b"\n")
+                    s.sendall(b"x" * (10 << 20))  # a 10 MB line
+            except OSError:
+                pass
+            try:
+                silent.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+            except OSError:
+                pass
+            if len(silent) > 300:
+                for s in silent:
+                    s.close()
+                silent.clear()
+        for s in silent:
+            s.close()
+
+    attacker = threading.Thread(target=attack, daemon=True)
+    wait_until(lambda: _port_open(port), timeout=30)
+    attacker.start()
+    try:
+        out, err = proc.communicate(timeout=90)
+    finally:
+        stop.set()
+        attacker.join(10)
+    assert proc.returncode == EXIT_OK, err
+    doc = json.loads(out)
+    assert {h["state"] for h in doc["hosts"]} == {"succeeded"}
+    record = json.loads((cli.workdir / "runs" / doc["run_id"] / "run.json").read_text())
+    assert record["rejected"].get("oversize", 0) >= 1
+    assert sum(record["rejected"].values()) >= 3
+    dead = [
+        e
+        for e in (cli.workdir / "runs" / doc["run_id"] / "events.jsonl").read_text().splitlines()
+        if '"new": "dead"' in e
+    ]
+    assert dead == []
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_ctrl_c_at_a_terminal_asks_and_stops_the_programs(lab, cli, on_node):
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corunner", "run", "--cmd", "sleep 181", *FAST],
+        cwd=cli.workdir,
+        env={**cli.env, "TERM": "xterm"},
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    seen = b""
+
+    def read_until(text: bytes, timeout: float) -> bytes:
+        nonlocal seen
+        import time
+
+        end = time.monotonic() + timeout
+        while text not in seen and time.monotonic() < end:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        return seen
+
+    try:
+        wait_until(lambda: "sleep 181" in on_node(lab.nodes[-1].index, "ps -eo args"), timeout=60)
+        read_until(b"alive", 10)
+        proc.send_signal(signal.SIGINT)
+        assert b"Stop the programs on the nodes? [y/N]" in read_until(b"[y/N]", 30)
+        os.write(master, b"y\n")
+        proc.wait(timeout=60)
+        read_until(b"ok (8)", 5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert proc.returncode == EXIT_INTERRUPTED
+    assert b"ok (8)" in seen
+    for node in lab.nodes:
+        wait_until(lambda n=node: "sleep 181" not in on_node(n.index, "ps -eo args"), timeout=15)

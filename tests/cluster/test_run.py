@@ -184,3 +184,25 @@ def test_runs_leave_a_record_with_an_event_log(lab, cli):
     data = json.loads((record / "run.json").read_text())
     assert data["exit_code"] == 0 and data["hosts"][first]["state"] == "succeeded"
     assert [e["new"] for e in latest_events(cli)] == ["alive", "succeeded"]
+
+
+def test_no_heartbeat_node_killed_midrun_is_dead(healthy_lab, cli):
+    lab = healthy_lab
+    victim = lab.nodes[5]
+    proc = cli.popen("run", "--cmd", "sleep 5", "--no-heartbeat", "--json", *FAST)
+    wait_until(lambda: "sleep 5" in _ps(lab, victim), timeout=30)
+    lab.kill(victim.index)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_LOST, err
+    hosts = {h["host"]: h["state"] for h in json.loads(out)["hosts"]}
+    assert hosts.pop(victim.address) == "dead"
+    assert set(hosts.values()) == {"succeeded"}
+
+
+def _ps(lab, node) -> str:
+    from conftest import node_sh
+
+    try:
+        return node_sh(lab, node.index, "ps -eo args")
+    except Exception:  # noqa: BLE001 - a node still starting up: not yet
+        return ""

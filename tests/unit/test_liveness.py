@@ -129,3 +129,13 @@ def test_next_check_is_the_earliest_silence_deadline():
     f.started("b", 2.0)
     f.heartbeat("a", 3.0)
     assert f.next_check() == 7.0
+
+
+def test_lost_session_makes_a_live_node_dead_but_not_a_finished_one():
+    f = fleet("a", "b")
+    f.started("a", 0.0)
+    f.started("b", 0.0)
+    f.exited("b", 1.0, 0, None)
+    [change] = f.lost("a", 2.0, "SSH session ended without a status")
+    assert change.new is State.DEAD
+    assert f.lost("b", 2.0, "late") == []
