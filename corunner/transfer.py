@@ -19,7 +19,9 @@ Destination rules (documented in README.md):
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -51,11 +53,11 @@ if [ -d "$dest" ]; then target=${dest%/}/$name; else target=$dest; fi
 parent=$(dirname -- "$target")
 mkdir -p -- "$parent" || exit 1
 if [ -d "$target" ] && [ ! -L "$target" ]; then
-  tar -xpf - --no-same-owner --strip-components=1 -C "$target" || no_space "$target"
+  tar -b 256 -xpf - --no-same-owner --strip-components=1 -C "$target" || no_space "$target"
 else
   tmp=$(mktemp -d "$parent/.corunner-cp.XXXXXX") || exit 1
   trap 'rm -rf -- "$tmp"' EXIT
-  tar -xpf - --no-same-owner -C "$tmp" || no_space "$parent"
+  tar -b 256 -xpf - --no-same-owner -C "$tmp" || no_space "$parent"
   mv -f -T -- "$tmp/payload" "$target" || exit 1
 fi
 echo CORUNNER-OK
@@ -143,13 +145,55 @@ def pull(
     else:
         into, rename = dest, f"{os.path.basename(src.rstrip('/')) or 'root'}.{host.id}"
     os.makedirs(into, exist_ok=True)
+    single = _pull_regular_file(conn, host, src, into, rename)
+    if single is not None:
+        return single
     command = remote.sh(PULL_SCRIPT, src, exclude or "", MARKER)
-    pulled, done = remote.stream_from(
-        conn, host, command, MARKER, lambda stream: extract(stream, into, rename)
-    )
-    if done.status != 0:
+
+    def consume(stream: IO[bytes]) -> Optional[Pulled]:
+        try:
+            return extract(stream, into, rename)
+        except tarfile.ReadError:
+            return None  # no archive came: the command's status says why
+
+    pulled, done = remote.stream_from(conn, host, command, MARKER, consume)
+    if done.status != 0 or pulled is None:
         raise TransferError(host.id, f"copy of {src} failed: {done.error_line()}")
     return pulled
+
+
+def _pull_regular_file(
+    conn: fabric.Connection, host: Host, src: str, into: str, rename: Optional[str]
+) -> Optional[Pulled]:
+    """Fetch ``src`` over SFTP if it is one regular file; None if it is not.
+
+    SFTP runs no login shell on the node, which saves a shell start-up (often
+    100 ms of the node's CPU) per host; trees still travel as one tar stream.
+    """
+    with remote.translated(host):
+        sftp = conn.client.open_sftp()
+        try:
+            try:
+                attrs = sftp.lstat(src)
+            except OSError:
+                return None  # missing or unreadable: the tar path names the cause
+            if not stat.S_ISREG(attrs.st_mode or 0):
+                return None
+            name = rename or os.path.basename(src.rstrip("/"))
+            target = os.path.join(into, name)
+            fd, tmp = tempfile.mkstemp(prefix=".corunner-", dir=into)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    sftp.getfo(src, f, prefetch=True)
+                os.chmod(tmp, (attrs.st_mode or 0o644) & 0o755)  # as tar's data filter does
+                os.replace(tmp, target)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise TransferError(host.id, f"copy of {src} failed: {exc}") from exc
+            return Pulled(files=1, bytes=attrs.st_size or 0)
+        finally:
+            sftp.close()
 
 
 def extract(stream: IO[bytes], into: str, rename_top: Optional[str] = None) -> Pulled:

@@ -123,3 +123,33 @@ def test_down_host_and_wrong_key_fail_alone(healthy_lab, cli, tmp_path, on_node)
         if node not in (down, liar):
             assert on_node(node.index, "cat /tmp/f.txt").strip() == "data"
     assert stat.S_ISREG(os.stat(src).st_mode)
+
+
+def test_pull_of_a_missing_path_names_it(lab, cli, tmp_path):
+    node = lab.nodes[0].address
+    done = cli(
+        "cp", "--pull", "--src", "/tmp/no-such-thing", "--dest", str(tmp_path), "--hosts", node
+    )
+    assert done.returncode == 3
+    assert f"{node}: copy of /tmp/no-such-thing failed: no such file or directory" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_pull_of_one_file_keeps_its_mode(lab, cli, tmp_path, on_node):
+    node = lab.nodes[1]
+    on_node(node.index, "printf '#!/bin/sh\\n' > /tmp/tool.sh && chmod 750 /tmp/tool.sh")
+    done = cli(
+        "cp",
+        "--pull",
+        "--src",
+        "/tmp/tool.sh",
+        "--dest",
+        str(tmp_path),
+        "--divide",
+        "--hosts",
+        node.address,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = tmp_path / node.address / "tool.sh"
+    assert got.read_text() == "#!/bin/sh\n"
+    assert stat.S_IMODE(os.stat(got).st_mode) == 0o750
