@@ -75,7 +75,7 @@ class Out:
 
 
 def reported(fn: F) -> F:
-    """Map corunner errors to one line on stderr and the documented exit code."""
+    """Map corunner errors (and Ctrl-C) to one line on stderr and the documented exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -83,6 +83,13 @@ def reported(fn: F) -> F:
             return fn(*args, **kwargs)
         except CorunnerError as exc:
             raise Exit(f"corunner: error: {exc}", code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            # Invoke would exit 1 without a word.
+            raise Exit(
+                "corunner: interrupted (Ctrl-C); what was done stays done: "
+                "run the same command again to finish",
+                code=EXIT_INTERRUPTED,
+            ) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -363,12 +370,12 @@ def run(
     deadline=None,
     heartbeat=True,
     listen=None,
+    json=False,
+    accept_new_host_keys=False,
     remote_dir=None,
     show_output=False,
     diff=False,
     stream=None,
-    json=False,
-    accept_new_host_keys=False,
 ):
     """Run a script or command on every selected node at once and watch it to the end."""
     inv, selected = _select(inventory, hosts)
