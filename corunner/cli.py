@@ -5,7 +5,9 @@
 ``inv run ...`` and ``corunner run ...`` are the same thing.
 
 Output: human lines go to stdout; with ``--json`` stdout holds exactly one JSON
-document and everything else goes to stderr. Exit codes: see errors.py.
+document (schemas in corunner/schemas/) and everything else goes to stderr.
+Progress is a live view when that stream is a terminal, plain timestamped lines
+otherwise (corunner.live). Exit codes: see errors.py.
 """
 
 from __future__ import annotations
