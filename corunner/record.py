@@ -82,7 +82,10 @@ class RunRecord:
             with open(self.path) as f:
                 return json.load(f)
         except FileNotFoundError:
-            raise RecordError(f"no record of run {self.run_id} in {self.root}") from None
+            raise RecordError(
+                f"no record of run {self.run_id} in {self.root} (set CORUNNER_RUNS to where "
+                f"the run was started from)"
+            ) from None
         except (OSError, json.JSONDecodeError) as exc:
             raise RecordError(f"{self.path}: unreadable run record ({exc})") from exc
 
@@ -107,5 +110,8 @@ def find_run(run_id: Optional[str], root: Optional[str] = None) -> RunRecord:
             ) from None
     record = RunRecord(str(run_id), root)
     if not os.path.isdir(record.dir):
-        raise RecordError(f"no record of run {run_id} in {root}")
+        raise RecordError(
+            f"no record of run {run_id} in {root} (the run ids are the directory names there; "
+            f"records of runs started elsewhere: set CORUNNER_RUNS to their directory)"
+        )
     return record

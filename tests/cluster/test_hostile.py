@@ -109,6 +109,15 @@ def test_full_disk_fails_the_copy_with_its_cause(healthy_lab, cli, tmp_path, on_
         assert f"{full.address}: copy to /tmp/small/ failed" in done.stdout
         assert "not enough space in /tmp/small" in done.stdout
         assert "ok (7)" in done.stdout
+        # A run whose remote directory is on the full disk: that node only is unreachable.
+        inv = inventory_with(lab, tmp_path, {"remote_dir": "/tmp/small/runs"}, [full.address])
+        done, doc = cli.json(
+            "run", "--cmd", "true", "--files", str(big), "--inventory", str(inv), *FAST
+        )
+        hosts = {h["host"]: h for h in doc["hosts"]}
+        assert hosts[full.address]["state"] == "unreachable"
+        assert "could not start the executor" in hosts[full.address]["error"]
+        assert sum(h["state"] == "succeeded" for h in doc["hosts"]) == 7
     finally:
         on_node(full.index, "umount /tmp/small")
 
@@ -400,3 +409,36 @@ def test_ctrl_c_at_a_terminal_asks_and_stops_the_programs(lab, cli, on_node):
     assert b"ok (8)" in seen
     for node in lab.nodes:
         wait_until(lambda n=node: "sleep 181" not in on_node(n.index, "ps -eo args"), timeout=15)
+
+
+def test_controller_paused_longer_than_the_program_still_gets_every_final_state(lab, cli):
+    """The listener unreachable for a while (here: the controller stopped with
+    SIGSTOP): programs run on, executors keep their final message until it is
+    acknowledged, and nothing is lost."""
+    proc = cli.popen("run", "--cmd", "sleep 2", "--json", "--interval", "0.2", "--dead-after", "30")
+    try:
+        wait_until(lambda: _all_alive(cli, len(lab.nodes)), timeout=30)
+        proc.send_signal(signal.SIGSTOP)
+        wait_until(lambda: all_programs_done(lab), timeout=30, interval=0.5)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_OK, err
+    assert {h["state"] for h in json.loads(out)["hosts"]} == {"succeeded"}
+
+
+def _all_alive(cli, count: int) -> bool:
+    root = cli.workdir / "runs"
+    try:
+        run_id = json.loads((root / "latest.json").read_text())["run_id"]
+        events = [json.loads(x) for x in (root / run_id / "events.jsonl").read_text().splitlines()]
+    except (OSError, ValueError):
+        return False
+    alive = {e["host"] for e in events if e["new"] == "alive"}
+    return len(alive) == count
+
+
+def all_programs_done(lab) -> bool:
+    from conftest import node_sh  # tests/cluster/conftest.py
+
+    return all("sleep 2" not in node_sh(lab, n.index, "ps -eo args") for n in lab.nodes)
