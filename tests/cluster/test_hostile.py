@@ -142,7 +142,7 @@ def test_names_and_arguments_reach_the_node_literally(lab, cli, tmp_path_factory
     tree.mkdir()
     for i, name in enumerate(names):
         (tree / name).write_text(str(i))
-    dest = "/tmp/q $x;`*'\"/"
+    dest = f"/tmp/q $x;`*'\"/{root.name}/"  # a fresh directory per example: copies merge
     done = cli("cp", "--src", str(tree), "--dest", dest, "--hosts", node.address)
     assert done.returncode == 0, done.stdout + done.stderr
     script = root / "show.py"

@@ -9,7 +9,7 @@ import shlex
 import subprocess
 import tarfile
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corunner import remote, transfer
@@ -103,6 +103,7 @@ def test_error_line_prefers_our_marker():
     assert remote.Completed(2, b"", b"").error_line() == "exit status 2"
 
 
+@settings(deadline=None)  # runs a shell per example: slow on a loaded machine
 @given(
     st.lists(
         st.text(
