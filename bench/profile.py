@@ -131,7 +131,7 @@ def timeline(data: dict, spawned: float, ended: float, changes: List[dict]) -> s
         if ch["new"] in ("succeeded", "failed"):
             first_final = at if first_final is None else min(first_final, at)
             last_final = at if last_final is None else max(last_final, at)
-        if ch["new"] in ("alive", "pending"):
+        if ch["new"] == "alive":
             last_alive = at if last_alive is None else max(last_alive, at)
     dispatched = [e for _, phase, _, e in data["spans"] if phase.startswith("dispatch")]
     milestones = [
@@ -139,7 +139,7 @@ def timeline(data: dict, spawned: float, ended: float, changes: List[dict]) -> s
         ("`import corunner.cli` done", rel(data["imported"])),
         ("first connection starts", rel(min(b for b, _ in by_phase["connect (total)"]))),
         ("last host started (dispatch done)", rel(max(dispatched)) if dispatched else None),
-        ("last pending/alive change recorded", last_alive),
+        ("last pending -> alive (a heartbeat; none if the program ended first)", last_alive),
         ("first final state", first_final),
         ("last final state (run over)", last_final),
         ("process exited (atexit)", rel(data["exit"])),

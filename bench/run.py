@@ -139,6 +139,11 @@ METHODOLOGY = """\
   machine sets PYTHONDONTWRITEBYTECODE: otherwise corunner, run from its checkout, would
   recompile its modules at every start while the peers load installed .pyc files.
 - Ratios are corunner/tool: above 1.00x corunner takes longer (or more CPU).
+- Reading it: the controller and all nodes share this machine's cores, so from ~32 nodes on
+  wall time follows (controller CPU + nodes CPU) / cores. On a real cluster each node has
+  its own CPU: there only the controller's CPU and each node's latency add up. Other
+  sessions load this machine too (load average above): absolute times move by 20-30%
+  between runs; the ratios, from interleaved rounds, move less.
 """
 
 
