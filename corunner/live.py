@@ -19,14 +19,14 @@ import os
 import threading
 import time
 from types import TracebackType
-from typing import IO, Any, Callable, Dict, Optional, Sequence, Type, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Type, Union
 
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.progress import Progress
+
+# rich is imported where a terminal needs it: ~40 ms of start-up that a run in
+# CI or in a pipe never pays.
 
 from . import render
 from .liveness import LIVE, Change, Fleet, State
@@ -103,6 +103,9 @@ class LiveRunView(_View):
         self.counts: Dict[State, int] = {State.PENDING: self.total}
         self.recent: collections.OrderedDict[str, Change] = collections.OrderedDict()
         self.lock = threading.Lock()
+        from rich.console import Console
+        from rich.live import Live
+
         self.console = Console(file=stream, force_terminal=True)
         self.live = Live(
             console=self.console,
@@ -135,11 +138,18 @@ class LiveRunView(_View):
                 self.recent.popitem(last=False)
         if change.new in NOTABLE or change.old is State.DEAD:
             # Printed above the live region, so it stays in the scrollback.
+            from rich.text import Text
+
             line = render.change_line(self.wall(), change)
             self.console.print(Text(line, style=STYLE[change.new]), soft_wrap=True)
 
     def renderable(self) -> RenderableType:
         """What rich draws, at most REFRESH_PER_SECOND times a second (its own thread)."""
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
         with self.lock:
             counts = dict(self.counts)
             recent = render.recent(self.recent.values())
@@ -189,6 +199,15 @@ class TransferView(_View):
         self.progress: Optional[Progress] = None
         self.task: Any = None
         if is_terminal(stream) and total > 1:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             self.progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
