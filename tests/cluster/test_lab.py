@@ -121,7 +121,7 @@ def test_state_files_describe_the_running_lab(lab: Lab) -> None:
             "key": str(lab.state_dir / "id_ed25519"),
             "known_hosts": str(lab.state_dir / "known_hosts"),
             "remote_dir": "/tmp/corunner",
-            "python": "python3",
+            "python": lab_module._node_python(),  # the system python: no pyenv shim
             "connect_timeout": 5,
         },
         "groups": {"lab": {"hosts": [f"{NETWORK}[{lab.nodes[0].index}-{lab.nodes[-1].index}]"]}},
