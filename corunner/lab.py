@@ -628,6 +628,18 @@ def _lab_process(pid: int) -> Optional[Tuple[Path, int]]:
     return Path(argv[at + 1]), int(match.group(1))
 
 
+def _exited(pid: int, state_dir: Path) -> bool:
+    """Whether a node we are starting has ended: asked of its Popen when it is our
+    child (exact), else judged from /proc, twice, as a /proc read can miss."""
+    proc = _children.get(pid)
+    if proc is not None:
+        return proc.poll() is not None
+    if _is_ours(pid, state_dir):
+        return False
+    time.sleep(0.05)
+    return not _is_ours(pid, state_dir)
+
+
 def _is_ours(pid: int, state_dir: Path) -> bool:
     found = _lab_process(pid)
     return found is not None and found[0] == state_dir
@@ -861,7 +873,7 @@ def _wait_for_banners(nodes: List[Node], state_dir: Path, deadline: float) -> No
                     break
             except OSError:
                 pass
-            if not _is_ours(node.pid, state_dir):
+            if _exited(node.pid, state_dir):
                 raise LabError(
                     f"{node.hostname} ({node.address}) exited during start-up: "
                     f"{_log_tail(state_dir, node.index)}"
