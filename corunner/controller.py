@@ -198,12 +198,7 @@ class Payload:
             f.flush()  # not closed: each host's tail ends the archive
 
     def chunks(self, config: Dict[str, Any]) -> Iterator[bytes]:
-        with open(self.path, "rb") as f:
-            while True:
-                chunk = f.read(remote.CHUNK)
-                if not chunk:
-                    break
-                yield chunk
+        yield from remote.file_chunks(self.path)
         tail = io.BytesIO()
         with tarfile.open(fileobj=tail, mode="w", format=tarfile.PAX_FORMAT) as tar:
             _tar_member(tar, ".corunner/config.json", json.dumps(config).encode(), 0o600)

@@ -161,6 +161,16 @@ def _prefer_fast_ciphers() -> None:
 _prefer_fast_ciphers()
 
 
+def file_chunks(path: str) -> Iterator[bytes]:
+    """A file's bytes in ``CHUNK``-sized pieces, for streaming to a channel."""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(CHUNK)
+            if not chunk:
+                return
+            yield chunk
+
+
 @dataclass
 class Completed:
     """The outcome of one remote command."""

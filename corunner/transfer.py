@@ -85,12 +85,7 @@ class Archive:
     name: str  # the source's base name
 
     def chunks(self) -> Iterator[bytes]:
-        with open(self.path, "rb") as f:
-            while True:
-                chunk = f.read(remote.CHUNK)
-                if not chunk:
-                    return
-                yield chunk
+        return remote.file_chunks(self.path)
 
 
 def build_archive(src: str, workdir: str) -> Archive:
