@@ -17,22 +17,26 @@ remote shells may print noise around it):
 
 from __future__ import annotations
 
-import argparse
+# Lean imports: this file is compiled from source and started on every node for
+# every run, so its start-up is paid per node. No argparse, dataclasses or typing
+# at run time (~20 ms with what they import), and what only some paths need is
+# imported where it is used: hashlib and hmac (OpenSSL) when signing or checking
+# a message; socket, selectors, subprocess and random by ``run``; signal by
+# ``run`` and ``stop``. ``probe`` loads none of them. json already imports re.
 import errno
-import hashlib
-import hmac
 import json
 import os
-import random
 import re
-import selectors
-import signal
-import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from operator import itemgetter  # loaded by json's imports anyway
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import selectors
+    import socket
+    import subprocess
+    from typing import Any, Callable, Dict, List, Optional, Tuple
 
 # --------------------------------------------------------------------------
 # Wire protocol: pure functions, the one source of truth for both sides.
@@ -67,10 +71,45 @@ class ProtocolError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Heartbeat:
+class _Frozen:
+    """A value whose fields are named by ``__match_args__``, as @dataclass(frozen=True) makes it.
+
+    Equal to another of the same class with equal fields, hashed on its fields,
+    printed with them, and read-only (assignment raises AttributeError). Hand
+    written because importing dataclasses costs ~8 ms (inspect, ast) per start.
+    """
+
+    __match_args__: Tuple[str, ...] = ()
+    _values: Callable[[Dict[str, Any]], Tuple[Any, ...]]
+
+    def __init_subclass__(cls) -> None:
+        # The field values, in order, from an instance's __dict__ (two fields or more).
+        cls._values = itemgetter(*cls.__match_args__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return self._values(self.__dict__) == self._values(other.__dict__)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._values(self.__dict__))
+
+    def __repr__(self) -> str:
+        values = self._values(self.__dict__)
+        fields = ", ".join(f"{name}={value!r}" for name, value in zip(self.__match_args__, values))
+        return f"{self.__class__.__qualname__}({fields})"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+
+class Heartbeat(_Frozen):
     """One message from an executor: the program's state at ``sent_at`` (unix seconds)."""
 
+    __match_args__ = ("run_id", "host", "seq", "state", "exit_code", "signal", "sent_at")
     run_id: str
     host: str
     seq: int
@@ -78,6 +117,26 @@ class Heartbeat:
     exit_code: Optional[int]
     signal: Optional[int]
     sent_at: float
+
+    def __init__(
+        self,
+        run_id: str,
+        host: str,
+        seq: int,
+        state: str,
+        exit_code: Optional[int],
+        signal: Optional[int],
+        sent_at: float,
+    ) -> None:
+        self.__dict__.update(
+            run_id=run_id,
+            host=host,
+            seq=seq,
+            state=state,
+            exit_code=exit_code,
+            signal=signal,
+            sent_at=sent_at,
+        )
 
     @property
     def final(self) -> bool:
@@ -93,6 +152,8 @@ def _consistent(state: str, exit_code: str, sig: str) -> bool:
 
 
 def _mac(secret: bytes, body: bytes) -> bytes:
+    import hmac
+
     return hmac.digest(secret, body, "sha256").hex().encode("ascii")
 
 
@@ -119,32 +180,39 @@ def encode(hb: Heartbeat, secret: bytes) -> bytes:
     return body + b" " + _mac(secret, body) + b"\n"
 
 
-# secret -> SHA-256 states after the inner and outer HMAC key blocks (RFC 2104).
-_pads: Dict[bytes, Tuple[Any, Any]] = {}
+# secret -> its verify(body, mac), made by _new_verifier.
+_verifiers: Dict[bytes, Callable[[bytes, bytes], bool]] = {}
 
 
-def _keyed_mac(secret: bytes, body: bytes) -> bytes:
-    """The same value as _mac, from cached keyed states: decode is the listener's hot path.
+def _new_verifier(secret: bytes) -> Callable[[bytes, bytes], bool]:
+    """Cache and return ``verify(body, mac)``: whether mac == _mac(secret, body), in constant time.
 
-    hmac.digest() re-derives the key pads on every call, and an hmac.HMAC copy
-    adds four Python-level calls; this costs half as much. The tests pin it
-    to hmac.digest for keys of every length.
+    decode is the listener's hot path: hmac.digest() re-derives the key pads
+    on every call, and an hmac.HMAC copy adds four Python-level calls, so
+    verify starts from the SHA-256 states after the inner and outer key blocks
+    (RFC 2104), computed here once per secret; this costs half as much. The
+    tests pin it to hmac.digest for keys of every length.
     """
-    pads = _pads.get(secret)
-    if pads is None:
-        key = hashlib.sha256(secret).digest() if len(secret) > 64 else secret
-        key = key.ljust(64, b"\0")
-        if len(_pads) >= 64:
-            _pads.clear()
-        pads = _pads[secret] = (
-            hashlib.sha256(bytes(b ^ 0x36 for b in key)),
-            hashlib.sha256(bytes(b ^ 0x5C for b in key)),
-        )
-    inner = pads[0].copy()
-    inner.update(body)
-    outer = pads[1].copy()
-    outer.update(inner.digest())
-    return outer.hexdigest().encode("ascii")
+    import hashlib
+    import hmac
+
+    key = hashlib.sha256(secret).digest() if len(secret) > 64 else secret
+    key = key.ljust(64, b"\0")
+    inner_pad = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer_pad = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    compare = hmac.compare_digest
+
+    def verify(body: bytes, mac: bytes) -> bool:
+        inner = inner_pad.copy()
+        inner.update(body)
+        outer = outer_pad.copy()
+        outer.update(inner.digest())
+        return compare(outer.hexdigest().encode("ascii"), mac)
+
+    if len(_verifiers) >= 64:
+        _verifiers.clear()
+    _verifiers[secret] = verify
+    return verify
 
 
 def decode(line: bytes, secret: bytes) -> Heartbeat:
@@ -168,7 +236,8 @@ def decode(line: bytes, secret: bytes) -> Heartbeat:
         raise ProtocolError("malformed")
     if type(secret) is not bytes:
         secret = bytes(secret)
-    if not hmac.compare_digest(_keyed_mac(secret, body), mac):
+    verify = _verifiers.get(secret) or _new_verifier(secret)
+    if not verify(body, mac):
         raise ProtocolError("bad_mac")
     m = _BODY_RE.fullmatch(body.decode("latin-1"))  # never fails; the pattern admits ASCII only
     if m is None:
@@ -176,8 +245,8 @@ def decode(line: bytes, secret: bytes) -> Heartbeat:
     run_id, host, seq, state, code, sig, sent_at = m.groups()
     if not _consistent(state, code, sig):
         raise ProtocolError("malformed")
-    # Filling __dict__ directly skips the frozen dataclass's per-field
-    # object.__setattr__, halving the cost of the listener's busiest object.
+    # Filling __dict__ here skips a Python-level __init__ call: decode is the
+    # listener's hot path and this its busiest object.
     hb = _new(Heartbeat)
     hb.__dict__.update(
         run_id=run_id,
@@ -217,10 +286,21 @@ def valid_name(name: str) -> bool:
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(_Frozen):
     """The parsed ``config.json`` written by the controller."""
 
+    __match_args__ = (
+        "run_id",
+        "host",
+        "argv",
+        "shell",
+        "controller",
+        "interval",
+        "secret",
+        "heartbeat",
+        "linger",
+        "env",
+    )
     run_id: str
     host: str
     argv: Optional[List[str]]
@@ -231,6 +311,32 @@ class Config:
     heartbeat: bool
     linger: float
     env: Dict[str, str]
+
+    def __init__(
+        self,
+        run_id: str,
+        host: str,
+        argv: Optional[List[str]],
+        shell: Optional[str],
+        controller: List[Tuple[str, int]],
+        interval: float,
+        secret: bytes,
+        heartbeat: bool,
+        linger: float,
+        env: Dict[str, str],
+    ) -> None:
+        self.__dict__.update(
+            run_id=run_id,
+            host=host,
+            argv=argv,
+            shell=shell,
+            controller=controller,
+            interval=interval,
+            secret=secret,
+            heartbeat=heartbeat,
+            linger=linger,
+            env=env,
+        )
 
 
 def parse_config(data: Any) -> Config:
@@ -289,6 +395,8 @@ def parse_config(data: Any) -> Config:
 
 def new_status(cfg: Config, started_at: float) -> Dict[str, Any]:
     """The status.json document before the program starts."""
+    import socket
+
     return {
         "run_id": cfg.run_id,
         "host": cfg.host,
@@ -500,6 +608,9 @@ class Link:
             self._next_address(now, "connect timeout")
 
     def _attempt(self, now: float) -> None:
+        import selectors
+        import socket
+
         while self.index < len(self.addrs):
             host, port = self.addrs[self.index]
             try:
@@ -525,6 +636,8 @@ class Link:
 
     def _schedule(self, now: float) -> None:
         """Every address failed: wait, then start again from the first."""
+        import random
+
         self.index = 0
         self.next_attempt = now + self.backoff * random.uniform(0.75, 1.25)
         self.backoff = min(self.backoff * 2, self.cap)
@@ -566,6 +679,9 @@ class Link:
 
     def on_event(self, mask: int, now: float) -> None:
         """Handle readiness of our socket: connect completion, ACKs, pending output."""
+        import selectors
+        import socket
+
         sock = self.sock
         if sock is None:
             return
@@ -629,6 +745,8 @@ class Link:
         self._interest()
 
     def _interest(self) -> None:
+        import selectors
+
         if self.sock is not None:
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
             self.sel.modify(self.sock, events, self)
@@ -636,6 +754,8 @@ class Link:
 
 def _tune(sock: socket.socket, interval: float) -> None:
     """Small writes go out at once; a silently dead peer errors out instead of hanging."""
+    import socket
+
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
@@ -663,6 +783,8 @@ class Session:
     """One run of the program on this node, driven by a single selector loop."""
 
     def __init__(self, cfg: Config, run_dir: str, foreground: bool) -> None:
+        import selectors
+
         self.cfg = cfg
         self.run_dir = run_dir
         self.sel = selectors.DefaultSelector()
@@ -697,6 +819,8 @@ class Session:
 
     def start(self) -> Tuple[Optional[subprocess.Popen], Dict[str, Any]]:
         """Start the program in its own session; on failure the status says error."""
+        import subprocess
+
         cfg = self.cfg
         status = new_status(cfg, time.time())
         env = dict(os.environ)
@@ -790,6 +914,8 @@ class Session:
         return False
 
     def run(self, foreground: bool) -> Dict[str, Any]:
+        import signal
+
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         proc, status = self.start()
@@ -822,6 +948,8 @@ def run_dir_of(config_path: str) -> str:
 
 
 def cmd_run(config_path: str, foreground: bool) -> int:
+    import signal
+
     try:
         with open(config_path) as fh:
             cfg = parse_config(json.load(fh))
@@ -895,6 +1023,8 @@ def _wait_for(cond: Any, timeout: float) -> bool:
 
 def stop(run_dir: str, grace: float) -> Dict[str, Any]:
     """SIGTERM the running program's group, SIGKILL it after ``grace`` seconds."""
+    import signal
+
     before = probe(run_dir)
     pgid = before.get("pgid")
     stopped = False
@@ -921,24 +1051,102 @@ def stop(run_dir: str, grace: float) -> Dict[str, Any]:
 # --------------------------------------------------------------------------
 
 
+_USAGE = """\
+usage: executor.py run [--foreground] CONFIG
+       executor.py probe RUN_DIR
+       executor.py stop RUN_DIR [--grace S]"""
+
+#: The long options of each subcommand. As with argparse, "--grace=S" and
+#: unique prefixes ("--fore") work, and options may come after the path.
+_OPTIONS = {"run": ("--foreground", "--help"), "probe": ("--help",), "stop": ("--grace", "--help")}
+
+
+class _UsageError(Exception):
+    """A bad command line; the message says what is wrong."""
+
+
+def _option(word: str, options: Tuple[str, ...]) -> Optional[str]:
+    """The option that ``word`` names exactly or by a unique prefix, or None."""
+    if word in options:
+        return word
+    matches = [opt for opt in options if len(word) > 2 and opt.startswith(word)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _parse_args(argv: List[str]) -> Optional[Tuple[str, str, bool, float]]:
+    """(command, path, foreground, grace) from a command line, or None if help was asked.
+
+    Hand written: argparse (with gettext) costs ~10 ms per start. Raises
+    _UsageError for anything but the three documented forms.
+    """
+    words = iter(argv)
+    cmd = next(words, None)
+    if cmd is not None and _option(cmd, ("-h", "--help")):
+        return None
+    if cmd not in _OPTIONS:
+        if cmd is None:
+            raise _UsageError("the following arguments are required: cmd")
+        raise _UsageError(
+            f"argument cmd: invalid choice: {cmd!r} (choose from 'run', 'probe', 'stop')"
+        )
+    paths: List[str] = []
+    foreground, grace = False, 5.0
+    for word in words:
+        if word == "--":
+            paths.extend(words)
+            break
+        if word[:1] != "-" or word == "-":
+            paths.append(word)
+            continue
+        name, eq, value = word.partition("=")
+        opt = "--help" if word == "-h" else _option(name, _OPTIONS[cmd])
+        if opt == "--help" and not eq:
+            return None
+        if opt == "--foreground" and not eq:
+            foreground = True
+        elif opt == "--grace":
+            if not eq:
+                following = next(words, None)
+                if following is None:
+                    raise _UsageError("argument --grace: expected one argument")
+                value = following
+            try:
+                grace = float(value)
+            except ValueError:
+                raise _UsageError(f"argument --grace: invalid float value: {value!r}") from None
+        elif " " in word or re.match(r"^-\d+$|^-\d*\.\d+$", word):
+            paths.append(word)  # argparse took these for paths, not options
+        else:
+            raise _UsageError(f"unrecognized arguments: {word}")
+    if not paths:
+        name = "config" if cmd == "run" else "run_dir"
+        raise _UsageError(f"the following arguments are required: {name}")
+    if len(paths) > 1:
+        raise _UsageError("unrecognized arguments: " + " ".join(paths[1:]))
+    return cmd, paths[0], foreground, grace
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="executor.py", description=(__doc__ or "").split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p_run = sub.add_parser("run", help="run the program described by CONFIG")
-    p_run.add_argument("--foreground", action="store_true")
-    p_run.add_argument("config")
-    p_probe = sub.add_parser("probe", help="report the state of a run directory")
-    p_probe.add_argument("run_dir")
-    p_stop = sub.add_parser("stop", help="stop the program of a run directory")
-    p_stop.add_argument("run_dir")
-    p_stop.add_argument("--grace", type=float, default=5.0)
-    args = parser.parse_args(argv)
-    if args.cmd == "run":
-        return cmd_run(args.config, args.foreground)
-    if args.cmd == "probe":
-        _emit("CORUNNER-PROBE", probe(args.run_dir))
+    """Run one subcommand; the exit status of the process.
+
+    Like argparse before, --help prints the usage and exits 0, and a bad
+    command line prints it to stderr and exits 2 (both via SystemExit).
+    """
+    try:
+        parsed = _parse_args(sys.argv[1:] if argv is None else list(argv))
+    except _UsageError as exc:
+        sys.stderr.write(f"{_USAGE}\nexecutor.py: error: {exc}\n")
+        sys.exit(2)
+    if parsed is None:
+        sys.stdout.write(f"{_USAGE}\n\n{(__doc__ or '').splitlines()[0]}\n")
+        sys.exit(0)
+    cmd, path, foreground, grace = parsed
+    if cmd == "run":
+        return cmd_run(path, foreground)
+    if cmd == "probe":
+        _emit("CORUNNER-PROBE", probe(path))
         return 0
-    _emit("CORUNNER-STOP", stop(args.run_dir, args.grace))
+    _emit("CORUNNER-STOP", stop(path, grace))
     return 0
 
 

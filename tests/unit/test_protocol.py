@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -20,10 +20,18 @@ from corunner.executor import (
     parse_ack,
 )
 
+FIELDS = ("run_id", "host", "seq", "state", "exit_code", "signal", "sent_at")
+
+
+def replace(hb: Heartbeat, **changes: Any) -> Heartbeat:
+    """``hb`` with some fields changed, as dataclasses.replace did before the executor dropped dataclasses."""
+    return Heartbeat(**{**{name: getattr(hb, name) for name in FIELDS}, **changes})
+
+
 SECRET = bytes.fromhex("00112233445566778899aabbccddeeff")
 RUNNING = Heartbeat("20260101-120000-ab12", "127.0.1.3", 7, "running", None, None, 1700000000.125)
-EXITED = dataclasses.replace(RUNNING, seq=8, state="exited", exit_code=3)
-KILLED = dataclasses.replace(RUNNING, seq=9, state="exited", signal=9)
+EXITED = replace(RUNNING, seq=8, state="exited", exit_code=3)
+KILLED = replace(RUNNING, seq=9, state="exited", signal=9)
 
 
 def _reason(line: bytes, secret: bytes = SECRET) -> str:
@@ -69,7 +77,7 @@ def test_line_format_is_the_documented_one() -> None:
 
 
 def test_sent_at_travels_with_millisecond_precision() -> None:
-    hb = dataclasses.replace(RUNNING, sent_at=1700000000.123456)
+    hb = replace(RUNNING, sent_at=1700000000.123456)
     assert decode(encode(hb, SECRET), SECRET).sent_at == 1700000000.123
 
 
@@ -183,17 +191,17 @@ def test_decode_accepts_bytearray_and_rejects_str() -> None:
 @pytest.mark.parametrize(
     "hb",
     [
-        dataclasses.replace(RUNNING, run_id="has space"),
-        dataclasses.replace(RUNNING, host=""),
-        dataclasses.replace(RUNNING, host="h" * 129),
-        dataclasses.replace(RUNNING, host="nœud"),
-        dataclasses.replace(RUNNING, seq=0),
-        dataclasses.replace(RUNNING, seq=1.5),
-        dataclasses.replace(RUNNING, state="lost"),
-        dataclasses.replace(RUNNING, exit_code=0),
-        dataclasses.replace(EXITED, signal=9),
-        dataclasses.replace(RUNNING, sent_at=-1.0),
-        dataclasses.replace(RUNNING, sent_at="now"),
+        replace(RUNNING, run_id="has space"),
+        replace(RUNNING, host=""),
+        replace(RUNNING, host="h" * 129),
+        replace(RUNNING, host="nœud"),
+        replace(RUNNING, seq=0),
+        replace(RUNNING, seq=1.5),
+        replace(RUNNING, state="lost"),
+        replace(RUNNING, exit_code=0),
+        replace(EXITED, signal=9),
+        replace(RUNNING, sent_at=-1.0),
+        replace(RUNNING, sent_at="now"),
     ],
 )
 def test_encode_refuses_what_decode_would_reject(hb: Heartbeat) -> None:
