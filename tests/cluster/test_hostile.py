@@ -256,7 +256,16 @@ def test_killed_executor_turns_the_node_dead_and_refresh_says_what_is_known(
     proc = cli.popen("run", "--cmd", "sleep 30", "--hosts", node.address, "--json", *FAST)
 
     def executor_pid():
-        out = on_node(node.index, "pgrep -f '[e]xecutor.py run' || true").split()
+        # This run's executor: executors of earlier runs may still linger on the node.
+        try:
+            run_id = json.loads((cli.workdir / "runs" / "latest.json").read_text())["run_id"]
+        except (OSError, ValueError):
+            return None
+        out = on_node(
+            node.index,
+            "for p in $(pgrep -f '[e]xecutor.py run'); do"
+            f" case $(readlink /proc/$p/cwd) in *{run_id}*) echo $p;; esac; done",
+        ).split()
         return out[0] if out else None
 
     pid = wait_until(executor_pid, timeout=30)
