@@ -76,14 +76,20 @@ def test_unknown_host_key_is_refused_then_accepted_on_request(lab, cli, tmp_path
     assert "host key differs" in done.stdout
 
 
-def test_missing_python_and_unwritable_dir_fail_their_node_only(lab, cli, tmp_path):
-    no_python, read_only = lab.nodes[0].address, lab.nodes[1].address
+def test_missing_python_unwritable_dir_and_wrong_key_fail_their_node_only(lab, cli, tmp_path):
+    no_python, read_only, liar = (n.address for n in lab.nodes[:3])
     data = yaml.safe_load(lab.inventory.read_text())
-    others = [n.address for n in lab.nodes[2:]]
+    others = [n.address for n in lab.nodes[3:]]
+    # A known_hosts in which the liar's line carries another node's key.
+    lines = lab.known_hosts.read_text().splitlines()
+    other_key = next(ln for ln in lines if ln.startswith(others[0] + " ")).split(" ", 1)[1]
+    forged = tmp_path / "forged_known_hosts"
+    forged.write_text(f"{liar} {other_key}\n")
     data["groups"] = {
         "lab": {"hosts": others},
         "nopy": {"hosts": [no_python], "python": "python3.99-missing"},
         "ro": {"hosts": [read_only], "remote_dir": "/proc/corunner"},
+        "badkey": {"hosts": [liar], "known_hosts": str(forged)},
     }
     inv = tmp_path / "hosts.yaml"
     inv.write_text(yaml.safe_dump(data))
@@ -94,6 +100,8 @@ def test_missing_python_and_unwritable_dir_fail_their_node_only(lab, cli, tmp_pa
     assert "python interpreter 'python3.99-missing' not found" in hosts[no_python]["error"]
     assert hosts[read_only]["state"] == "unreachable"
     assert "/proc/corunner" in hosts[read_only]["error"]
+    assert hosts[liar]["state"] == "unreachable"
+    assert "host key differs" in hosts[liar]["error"]
     assert all(hosts[h]["state"] == "succeeded" for h in others)
 
 
