@@ -32,7 +32,7 @@ ACCEPT_BATCH = 256
 #: After running out of file descriptors, stop accepting for this long (seconds).
 ACCEPT_PAUSE = 0.2
 #: How long poll() keeps gathering after the first message arrived (seconds).
-BATCH_WINDOW = 0.01
+BATCH_WINDOW = 0.04
 #: Connections allowed beyond one per known host, whatever Limits says.
 HOST_HEADROOM = 64
 

@@ -128,7 +128,24 @@ def test_next_check_is_the_earliest_silence_deadline():
     f.started("a", 0.0)
     f.started("b", 2.0)
     f.heartbeat("a", 3.0)
+    # A lower bound between scans (cheap to keep), exact after one.
+    assert f.next_check() <= 7.0
+    assert f.tick(f.next_check()) == []
     assert f.next_check() == 7.0
+
+
+def test_tick_skips_the_scan_until_a_node_might_be_due_but_never_misses_one():
+    f = fleet("a", "b")
+    f.started("a", 0.0)
+    f.started("b", 0.0)
+    for t in range(1, 20):
+        f.heartbeat("a", float(t))
+        f.tick(t + 0.5)
+    assert f.nodes["a"].state is State.ALIVE and f.nodes["b"].state is State.DEAD
+    f.tick(100.0)
+    assert f.nodes["a"].state is State.DEAD and f.next_check() is None
+    f.heartbeat("b", 101.0)  # back from the dead: watched again
+    assert f.tick(105.9) == [] and [c.host for c in f.tick(106.0)] == ["b"]
 
 
 def test_lost_session_makes_a_live_node_dead_but_not_a_finished_one():
