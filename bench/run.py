@@ -1,11 +1,19 @@
 """Run the benchmark suite: corunner against its peers on one local lab, side by side.
 
-    python3 bench/run.py [--nodes 8,32] [--rounds 5] [--only fanout,push,pull,scaling]
+    python3 bench/run.py [--nodes 8,32] [--rounds 5] [--only fanout,push,pull,scaling,listener,idle]
+                         [--listener-sizes 1000,5000,10000] [--listener-seconds 60] [--idle-rounds 3]
 
 Starts a lab of real sshd nodes at 127.0.1.33 and up (as many as the chosen
 benchmarks need, at most 64), runs each benchmark with its tools interleaved
-round by round, writes bench/RESULTS.md (command line, date, machine, tables)
-and prints the same. The lab is stopped at the end, whatever happens.
+round by round, and stops the lab, whatever happens. ``idle`` then starts a
+32-node lab of its own on the same addresses (state in /tmp/bench-lab-idle);
+``listener`` needs no lab (its nodes are simulated, its listener is real).
+
+bench/RESULTS.md is updated, not rewritten: the sections of the benchmarks
+that ran replace their earlier versions (or are added), every other section
+stays as it was. A run of all the lab benchmarks (fanout, push, pull, scaling)
+also rewrites the header, the machine table and the methodology. The whole
+file is printed at the end.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -23,7 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import fanout, pull, push, scaling  # noqa: E402
+from bench import fanout, idle, listener, pull, push, scaling  # noqa: E402
 from bench.common import (  # noqa: E402
     FIRST,
     MAX_NODES,
@@ -39,7 +48,20 @@ from bench.common import (  # noqa: E402
 from corunner import lab  # noqa: E402
 from corunner.errors import LabError  # noqa: E402
 
-BENCHMARKS = ("fanout", "push", "pull", "scaling")
+BENCHMARKS = ("fanout", "push", "pull", "scaling", "listener", "idle")
+#: The benchmarks that share the main lab (the others bring their own or need none).
+LAB_BENCHMARKS = ("fanout", "push", "pull", "scaling")
+#: How each benchmark's section of RESULTS.md starts: the key to replace it there.
+HEADINGS = {
+    "fanout": "## Fan-out",
+    "push": "## Push",
+    "pull": "## Pull",
+    "scaling": "## Scaling",
+    "listener": "## Listener",
+    "idle": "## Idle",
+}
+PREAMBLE_HEADINGS = ("## Machine",)
+METHODOLOGY_HEADING = "## How it is measured"
 STATE_DIR = Path("/tmp/bench-lab")
 #: Kept between invocations so that Python tools start from compiled bytecode.
 PYCACHE = Path("/tmp/bench-pycache")
@@ -50,6 +72,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--nodes", default="8,32", help="fan-out sizes, comma separated (default 8,32)")
     p.add_argument("--rounds", type=int, default=5, help="measured rounds per tool (default 5)")
     p.add_argument("--only", default=",".join(BENCHMARKS), help="benchmarks to run (default: all)")
+    p.add_argument(
+        "--listener-sizes",
+        default=",".join(map(str, listener.SIZES)),
+        help="listener: simulated node counts (default 1000,5000,10000)",
+    )
+    p.add_argument(
+        "--listener-seconds",
+        type=float,
+        default=listener.SECONDS,
+        help="listener: seconds of steady state measured per size (default 60)",
+    )
+    p.add_argument(
+        "--idle-rounds",
+        type=int,
+        default=idle.ROUNDS,
+        help=f"idle: rounds of `sleep {idle.SLEEP}` per tool (default {idle.ROUNDS})",
+    )
     p.add_argument(
         "--working-tree",
         action="store_true",
@@ -73,6 +112,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error(f"--only: choose among {','.join(BENCHMARKS)} (got {unknown or 'nothing'})")
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    if args.idle_rounds < 1:
+        p.error("--idle-rounds must be at least 1")
+    try:
+        args.listener_sizes = sorted({int(x) for x in args.listener_sizes.split(",") if x.strip()})
+    except ValueError:
+        p.error(f"--listener-sizes wants numbers like 1000,10000, got {args.listener_sizes!r}")
+    fds = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    most = 30000 if fds == resource.RLIM_INFINITY else min(30000, fds - 256)
+    if not args.listener_sizes or min(args.listener_sizes) < 1 or max(args.listener_sizes) > most:
+        p.error(
+            f"--listener-sizes: each size must be 1-{most} (one socket per node on each side: "
+            "the hard RLIMIT_NOFILE and the ephemeral ports of 127.0.0.1)"
+        )
+    if not args.listener_seconds > 0:
+        p.error("--listener-seconds must be above 0")
     return args
 
 
@@ -147,6 +201,57 @@ METHODOLOGY = """\
 """
 
 
+def split_sections(text: str) -> List[str]:
+    """A Markdown report cut before every ``## `` heading: [preamble, section, section, ...]."""
+    chunks: List[str] = []
+    current: List[str] = []
+    for line in text.splitlines():
+        if line.startswith("## ") and current:
+            chunks.append("\n".join(current).strip("\n"))
+            current = []
+        current.append(line)
+    if current:
+        chunks.append("\n".join(current).strip("\n"))
+    return chunks
+
+
+def _kind(chunk: str) -> Optional[str]:
+    """The benchmark a section belongs to (by its heading), or None."""
+    for name, heading in HEADINGS.items():
+        if chunk.startswith(heading):
+            return name
+    return None
+
+
+def merge_report(old: Optional[str], fresh: List[str], ran: Dict[str, str], full: bool) -> str:
+    """RESULTS.md with the sections in ``ran`` replaced or added, every other one kept.
+
+    ``fresh`` is this run's preamble: the title and command chunk, the machine
+    table and the methodology; they replace the old ones when ``full`` (every lab
+    benchmark ran) or when there is no old report. Sections come out in the
+    order of BENCHMARKS, sections of unknown headings after them, the
+    methodology last.
+    """
+    old_chunks = split_sections(old) if old else []
+    take_fresh = full or not old_chunks
+    source = fresh if take_fresh else old_chunks
+    head = [c for c in source if not c.startswith("## ") or c.startswith(PREAMBLE_HEADINGS)]
+    method = [c for c in source if c.startswith(METHODOLOGY_HEADING)]
+    by_kind: Dict[str, str] = {}
+    others: List[str] = []
+    for c in old_chunks:
+        if not c.startswith("## ") or c.startswith(PREAMBLE_HEADINGS + (METHODOLOGY_HEADING,)):
+            continue
+        kind = _kind(c)
+        if kind is None:
+            others.append(c)
+        else:
+            by_kind[kind] = c
+    by_kind.update(ran)
+    body = [by_kind[k] for k in BENCHMARKS if k in by_kind]
+    return "\n\n".join([*head, *body, *others, *method]) + "\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     command = "python3 " + shlex.join(sys.argv if argv is None else ["bench/run.py", *argv])
@@ -156,8 +261,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[{time.monotonic() - began:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    on_lab = [b for b in LAB_BENCHMARKS if b in args.only]
     n = lab_size(args)
-    sections: List[str] = []
+    sections: Dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="corunner-bench-") as tmp:
         work = Path(tmp)
         code = snapshot_corunner(work / "src", args.working_tree)
@@ -173,55 +280,84 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             text=True,
             check=False,
         )
-        about = machine(version.stdout.strip() or f"broken: {version.stderr.strip()[-200:]}", code)
-        log(f"starting a lab of {n} nodes in {STATE_DIR}")
-        try:
-            the_lab = lab.up(n, state_dir=STATE_DIR, first=FIRST)
-        except LabError as exc:
-            print(f"bench: cannot start the lab: {exc}", file=sys.stderr)
-            return 2
-        try:
-            ctx = Context(the_lab, work, env, Nodes(the_lab.nodes), log)
-            peer: Optional[str] = None
-            steps: Dict[str, Callable[[], str]] = {
-                "push": lambda: push.run(ctx, args.rounds),
-                "pull": lambda: pull.run(ctx, args.rounds),
-            }
-            for name in BENCHMARKS:
-                if name not in args.only:
-                    continue
-                log(f"{name} ...")
-                try:
-                    if name == "fanout":
-                        text, results = fanout.run(
-                            ctx, [s for s in args.sizes if s <= n], args.rounds
-                        )
-                        peer = fanout.fastest_peer(results)
-                    elif name == "scaling":
-                        text = scaling.run(ctx, args.rounds, peer)
-                    else:
-                        text = steps[name]()
-                except BenchError as exc:
-                    text = f"## {name}\n\nnot measured: {exc}"
-                sections.append(text)
-        finally:
-            log("stopping the lab")
-            lab.down(STATE_DIR)
-    report = "\n\n".join(
-        [
-            "# corunner benchmarks",
-            f"Command: `{command}`  \nDate: {date}  \nTotal time: {time.monotonic() - began:.0f} s",
-            "## Machine",
-            markdown_table(
-                ["what", "version / value"],
-                [*about, ("load average at end", " ".join(f"{x:.2f}" for x in os.getloadavg()))],
-            ),
-            *sections,
-            METHODOLOGY.format(nodes=n, first=FIRST, rounds=args.rounds).rstrip(),
-        ]
-    )
-    Path(args.out).write_text(report + "\n")
-    print(report)
+        corunner_version = version.stdout.strip() or f"broken: {version.stderr.strip()[-200:]}"
+        about = machine(corunner_version, code)
+        if on_lab:
+            log(f"starting a lab of {n} nodes in {STATE_DIR}")
+            try:
+                the_lab = lab.up(n, state_dir=STATE_DIR, first=FIRST)
+            except LabError as exc:
+                print(f"bench: cannot start the lab: {exc}", file=sys.stderr)
+                return 2
+            try:
+                ctx = Context(the_lab, work, env, Nodes(the_lab.nodes), log)
+                peer: Optional[str] = None
+                steps: Dict[str, Callable[[], str]] = {
+                    "push": lambda: push.run(ctx, args.rounds),
+                    "pull": lambda: pull.run(ctx, args.rounds),
+                }
+                for name in on_lab:
+                    log(f"{name} ...")
+                    try:
+                        if name == "fanout":
+                            text, results = fanout.run(
+                                ctx, [s for s in args.sizes if s <= n], args.rounds
+                            )
+                            peer = fanout.fastest_peer(results)
+                        elif name == "scaling":
+                            text = scaling.run(ctx, args.rounds, peer)
+                        else:
+                            text = steps[name]()
+                    except BenchError as exc:
+                        text = f"## {name}\n\nnot measured: {exc}"
+                    sections[name] = text
+            finally:
+                log("stopping the lab")
+                lab.down(STATE_DIR)
+        # One at a time, after the main lab is down: idle's lab takes the same addresses.
+        for name in ("idle", "listener"):
+            if name not in args.only:
+                continue
+            log(f"{name} ...")
+            load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            try:
+                if name == "idle":
+                    text = idle.run(env, work, args.idle_rounds, log)
+                else:
+                    text = listener.run(env, args.listener_sizes, args.listener_seconds, log)
+            except (BenchError, LabError) as exc:
+                text = f"{HEADINGS[name]}\n\nnot measured: {exc}"
+            load1 = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            heading, _, rest = text.partition("\n")
+            sections[name] = (
+                f"{heading}\n\n*Measured by `{command}` on {date}: {corunner_version}, {code}; "
+                f"machine as in the table above ({os.cpu_count()} cores, shared with other "
+                f"sessions); load average (1, 5, 15 min) {load0} before, {load1} after.*"
+                f"\n{rest}"
+            )
+    fresh = [
+        "\n\n".join(
+            [
+                "# corunner benchmarks",
+                f"Command: `{command}`  \nDate: {date}  \n"
+                f"Total time: {time.monotonic() - began:.0f} s",
+            ]
+        ),
+        "## Machine\n\n"
+        + markdown_table(
+            ["what", "version / value"],
+            [
+                *[(k, load_start if k == "load average at start" else v) for k, v in about],
+                ("load average at end", " ".join(f"{x:.2f}" for x in os.getloadavg())),
+            ],
+        ),
+        METHODOLOGY.format(nodes=n, first=FIRST, rounds=args.rounds).rstrip(),
+    ]
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else None
+    report = merge_report(old, fresh, sections, full=len(on_lab) == len(LAB_BENCHMARKS))
+    out.write_text(report)
+    print(report, end="")
     return 0
 
 
