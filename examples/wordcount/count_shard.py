@@ -29,4 +29,6 @@ result = {
 }
 with open("counts.json", "w", encoding="utf-8") as f:
     json.dump(result, f)
-print(f"{socket.gethostname()}: shard {index}/{count}: {len(shard)} lines, {sum(words.values())} words")
+print(
+    f"{socket.gethostname()}: shard {index}/{count}: {len(shard)} lines, {sum(words.values())} words"
+)
