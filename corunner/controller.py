@@ -208,6 +208,10 @@ class Payload:
         os.unlink(self.path)
 
 
+#: Listen addresses that mean "every interface", which no node can connect to.
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
 def raise_open_files_limit(wanted: int) -> None:
     """One socket per node reporting: lift the soft limit (often 1024) toward ``wanted``."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -321,6 +325,8 @@ class Run:
         assert self.listener is not None
         if self.spec.listen:
             host, port = self.spec.listen
+            if host in WILDCARDS:  # nodes cannot connect to "any": use the address they came from
+                return [["", port]]
             return [[host, port]]
         local = conn.client.get_transport().sock.getsockname()[0]
         host, port = self.listener.bind(local)

@@ -206,3 +206,28 @@ def _ps(lab, node) -> str:
         return node_sh(lab, node.index, "ps -eo args")
     except Exception:  # noqa: BLE001 - a node still starting up: not yet
         return ""
+
+
+def test_listen_on_every_interface_reaches_the_nodes_by_their_ssh_address(lab, cli, on_node):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done, doc = cli.json(
+        "run",
+        "--cmd",
+        "true",
+        "--listen",
+        f"0.0.0.0:{port}",
+        "--hosts",
+        lab.nodes[0].address,
+        *FAST,
+    )
+    assert done.returncode == EXIT_OK, done.stderr
+    assert doc["hosts"][0]["state"] == "succeeded"
+    # The node was told to call back the address its SSH session came from, not 0.0.0.0.
+    config = json.loads(
+        on_node(lab.nodes[0].index, f"cat {doc['hosts'][0]['remote_dir']}/.corunner/config.json")
+    )
+    assert config["controller"] == [["", port]]
