@@ -321,11 +321,6 @@ def print_report(report: RunReport, out: Out) -> None:
         out.line(line)
 
 
-def report_json(report: RunReport, program: str = "") -> Dict[str, Any]:
-    """The ``run --json`` document (schema: corunner/schemas/run.json)."""
-    return render.run_document(report, program)
-
-
 def _next_steps(report: RunReport) -> str:
     run_id = report.run_id
     text = (
@@ -412,7 +407,7 @@ def run(
         _interrupted(the_run, selected, out)
         raise Exit(code=EXIT_INTERRUPTED) from None
     print_report(report, out)
-    doc = report_json(report, spec.program.describe())
+    doc = render.run_document(report, spec.program.describe())
     if show:
         ran = {h.host for h in report.hosts if h.state is not State.UNREACHABLE}
         doc["outputs"] = _show_outputs(

@@ -54,11 +54,6 @@ def folded_by_state(by_state: Dict[State, List[str]]) -> List[str]:
     return lines
 
 
-def counts(by_state: Dict[State, List[str]]) -> str:
-    """``pending 3  alive 90  dead 1  succeeded 6``."""
-    return "  ".join(f"{s.value} {len(by_state[s])}" for s in STATE_ORDER if by_state.get(s))
-
-
 def outcome(state: State, exit_code: Optional[int], signal: Optional[int]) -> str:
     if signal is not None:
         return f"signal {signal}"

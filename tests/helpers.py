@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Callable, TypeVar
 
@@ -33,3 +34,10 @@ def wait_until(cond: Callable[[], T], timeout: float, interval: float = 0.05) ->
             detail = f": {last_error}" if last_error else f" (last value {value!r})"
             raise AssertionError(f"{name} did not hold within {timeout} s{detail}") from last_error
         time.sleep(min(interval, remaining))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

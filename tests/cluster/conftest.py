@@ -51,6 +51,26 @@ class Cli:
             text=True,
         )
 
+    def latest_run_id(self) -> Optional[str]:
+        """The id of the last run started from this work directory, or None yet."""
+        try:
+            return json.loads((self.workdir / "runs" / "latest.json").read_text())["run_id"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def events(self) -> list:
+        """The state changes of the last run so far (its events.jsonl), [] if none yet."""
+        run_id = self.latest_run_id()
+        try:
+            lines = (self.workdir / "runs" / str(run_id) / "events.jsonl").read_text().splitlines()
+        except OSError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def states(self) -> dict:
+        """Each host's current state in the last run, from its events."""
+        return {event["host"]: event["new"] for event in self.events()}
+
     def json(self, *args: str, **kwargs):
         done = self(*args, "--json", **kwargs)
         try:

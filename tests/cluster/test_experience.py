@@ -303,7 +303,7 @@ def test_compat_seed_workflow_runs_a_script_then_gathers_one_directory_per_host(
         got = tmp_path / "all" / node.address / "output" / f"{node.hostname}.txt"
         assert got.read_text() == f"{node.address}\n"
     # The run directory lives under -r and holds its own copy of the file.
-    run_id = json.loads((cli.workdir / "runs" / "latest.json").read_text())["run_id"]
+    run_id = cli.latest_run_id()
     listing = on_node(lab.nodes[0].index, f"ls /tmp/corunner/{run_id}")
     assert "script.py" in listing.split() and "stdout" in listing.split()
 

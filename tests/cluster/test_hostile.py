@@ -11,7 +11,7 @@ import string
 from pathlib import Path
 
 import yaml
-from helpers import wait_until
+from helpers import free_port, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -225,13 +225,7 @@ def test_ctrl_c_off_a_terminal_leaves_programs_running_and_says_how_to_stop(lab,
     proc = cli.popen("run", "--cmd", "sleep 120", *FAST)
 
     def started():
-        root = cli.workdir / "runs"
-        try:
-            run_id = json.loads((root / "latest.json").read_text())["run_id"]
-            events = (root / run_id / "events.jsonl").read_text().splitlines()
-        except (OSError, ValueError):
-            return None
-        return run_id if len(events) >= len(lab.nodes) else None
+        return cli.latest_run_id() if len(cli.events()) >= len(lab.nodes) else None
 
     run_id = wait_until(started, timeout=30)
     proc.send_signal(signal.SIGINT)
@@ -265,9 +259,8 @@ def test_killed_executor_turns_the_node_dead_and_refresh_says_what_is_known(
 
     def executor_pid():
         # This run's executor: executors of earlier runs may still linger on the node.
-        try:
-            run_id = json.loads((cli.workdir / "runs" / "latest.json").read_text())["run_id"]
-        except (OSError, ValueError):
+        run_id = cli.latest_run_id()
+        if run_id is None:
             return None
         out = on_node(
             node.index,
@@ -297,19 +290,11 @@ def test_killed_executor_turns_the_node_dead_and_refresh_says_what_is_known(
     assert doc["hosts"][node.address]["state"] == "dead"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_garbage_on_the_heartbeat_port_harms_no_real_node(lab, cli):
     import socket
     import threading
 
-    port = _free_port()
+    port = free_port()
     proc = cli.popen(
         "run",
         "--cmd",
@@ -445,14 +430,7 @@ def test_controller_paused_longer_than_the_program_still_gets_every_final_state(
 
 
 def _all_alive(cli, count: int) -> bool:
-    root = cli.workdir / "runs"
-    try:
-        run_id = json.loads((root / "latest.json").read_text())["run_id"]
-        events = [json.loads(x) for x in (root / run_id / "events.jsonl").read_text().splitlines()]
-    except (OSError, ValueError):
-        return False
-    alive = {e["host"] for e in events if e["new"] == "alive"}
-    return len(alive) == count
+    return len({e["host"] for e in cli.events() if e["new"] == "alive"}) == count
 
 
 def all_programs_done(lab) -> bool:

@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from helpers import wait_until
+from helpers import free_port, wait_until
 
 from corunner.errors import EXIT_FAILED, EXIT_LOST, EXIT_OK
 from corunner.hostrange import fold
@@ -17,25 +17,8 @@ from corunner.hostrange import fold
 FAST = ("--interval", "0.2", "--dead-after", "1.5")
 
 
-def latest_events(cli) -> list:
-    root = cli.workdir / "runs"
-    try:
-        run_id = json.loads((root / "latest.json").read_text())["run_id"]
-        lines = (root / run_id / "events.jsonl").read_text().splitlines()
-    except (OSError, ValueError):
-        return []
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def states_now(cli) -> dict:
-    now = {}
-    for event in latest_events(cli):
-        now[event["host"]] = event["new"]
-    return now
-
-
 def all_alive(cli, count: int = 8) -> bool:
-    now = states_now(cli)
+    now = cli.states()
     return len(now) == count and all(s == "alive" for s in now.values())
 
 
@@ -92,7 +75,7 @@ def test_killed_node_turns_dead_and_the_run_does_not_wait_for_it(healthy_lab, cl
     hosts = {h["host"]: h["state"] for h in doc["hosts"]}
     assert hosts.pop(victim.address) == "dead"
     assert set(hosts.values()) == {"succeeded"}
-    dead = [e for e in latest_events(cli) if e["host"] == victim.address and e["new"] == "dead"]
+    dead = [e for e in cli.events() if e["host"] == victim.address and e["new"] == "dead"]
     assert len(dead) == 1
     # Marked dead within dead-after (1.5 s) plus one interval (0.2 s) of the kill, with
     # a margin for this loaded 2-core machine: the event's time is the controller's.
@@ -105,11 +88,11 @@ def test_frozen_node_turns_dead_then_alive_then_succeeds(healthy_lab, cli):
     wait_until(lambda: all_alive(cli), timeout=30)
     frozen = lab.nodes[1]
     lab.freeze(frozen.index)
-    wait_until(lambda: states_now(cli).get(frozen.address) == "dead", timeout=10)
+    wait_until(lambda: cli.states().get(frozen.address) == "dead", timeout=10)
     lab.thaw(frozen.index)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_OK, err
-    changes = [(e["old"], e["new"]) for e in latest_events(cli) if e["host"] == frozen.address]
+    changes = [(e["old"], e["new"]) for e in cli.events() if e["host"] == frozen.address]
     assert changes == [
         ("pending", "alive"),
         ("alive", "dead"),
@@ -183,7 +166,7 @@ def test_runs_leave_a_record_with_an_event_log(lab, cli):
     record = Path(cli.workdir / "runs" / doc["run_id"])
     data = json.loads((record / "run.json").read_text())
     assert data["exit_code"] == 0 and data["hosts"][first]["state"] == "succeeded"
-    assert [e["new"] for e in latest_events(cli)] == ["alive", "succeeded"]
+    assert [e["new"] for e in cli.events()] == ["alive", "succeeded"]
 
 
 def test_no_heartbeat_node_killed_midrun_is_dead(healthy_lab, cli):
@@ -209,11 +192,7 @@ def _ps(lab, node) -> str:
 
 
 def test_listen_on_every_interface_reaches_the_nodes_by_their_ssh_address(lab, cli, on_node):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     done, doc = cli.json(
         "run",
         "--cmd",
