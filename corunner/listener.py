@@ -123,6 +123,8 @@ class Listener:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._wake_sel = selectors.DefaultSelector()  # the wake socket alone, for _doze
+        self._wake_sel.register(self._wake_r, selectors.EVENT_READ)
 
     # -- binding ----------------------------------------------------------
 
@@ -173,44 +175,55 @@ class Listener:
     def poll(self, timeout: float) -> list[tuple[Heartbeat, float]]:
         """Serve I/O for up to ``timeout`` seconds; return accepted messages.
 
-        Returns at most BATCH_WINDOW seconds after the first message arrived
-        (gathering what else comes meanwhile, so thousands of nodes cost a
-        few hundred calls per second, not one call per message), at once on
-        :meth:`wakeup`, else at the timeout. Each message comes with its receive
-        time from ``clock``.
+        Once a message has arrived, poll lets BATCH_WINDOW seconds pass and
+        then reads everything that came meanwhile in one pass: thousands of
+        nodes cost ~25 passes a second, not a system call and a loop turn per
+        message. Returns then, at once on :meth:`wakeup`, else at the
+        timeout. Each message comes with its receive time from ``clock``.
         """
         out: list[tuple[Heartbeat, float]] = []
         if self._closed:
             return out
-        end = batch_end = time.monotonic() + max(0.0, timeout)
+        end = time.monotonic() + max(0.0, timeout)
         while True:
             self._resume_accepting()
             wait = end - time.monotonic()
-            if out:
-                wait = min(wait, batch_end - time.monotonic())
             if self._silent or self._talking:
                 wait = min(wait, SWEEP_INTERVAL)
             if self._pending:
                 wait = min(wait, ACCEPT_PAUSE)
-            woken = False
-            before = len(out)
-            for key, _ in self._sel.select(max(0.0, wait)):
-                data = key.data
-                if data.__class__ is _Conn:
-                    self._read(data, out)
-                elif data is _WAKE:
-                    woken = True
-                    self._drain_wake()
-                else:
-                    self._accept(data.sock)
+            woken = self._serve(wait, out)
             now = self._clock()
             if now >= self._next_sweep:
                 self._sweep(now)
             mono = time.monotonic()
-            if out and not before:
-                batch_end = mono + BATCH_WINDOW
-            if woken or mono >= end or (out and mono >= batch_end):
+            if woken or mono >= end:
                 return out
+            if out:
+                if not self._doze(min(end, mono + BATCH_WINDOW) - mono):
+                    self._serve(0.0, out)
+                return out
+
+    def _serve(self, wait: float, out: list[tuple[Heartbeat, float]]) -> bool:
+        """One select: read, accept and drain what is ready; True if woken."""
+        woken = False
+        for key, _ in self._sel.select(max(0.0, wait)):
+            data = key.data
+            if data.__class__ is _Conn:
+                self._read(data, out)
+            elif data is _WAKE:
+                woken = True
+                self._drain_wake()
+            else:
+                self._accept(data.sock)
+        return woken
+
+    def _doze(self, seconds: float) -> bool:
+        """Sleep while the batch fills, waking early only for :meth:`wakeup`; True if woken."""
+        if seconds > 0 and self._wake_sel.select(seconds):
+            self._drain_wake()
+            return True
+        return False
 
     def _resume_accepting(self) -> None:
         if self._pending and time.monotonic() >= self._accept_paused_until:
@@ -370,6 +383,7 @@ class Listener:
         for sock in listening:
             sock.close()
         self._sel.close()
+        self._wake_sel.close()
         self._wake_r.close()
         self._wake_w.close()
 

@@ -92,18 +92,19 @@ def heartbeat(node: Node, now: float) -> Tuple[Node, List[Change]]:
 
 
 def _seen(node: Node, now: float) -> Node:
-    """``node`` with ``last_seen = now``; positional, as ``replace`` costs 3x more."""
-    return Node(
-        node.host,
-        node.state,
-        node.since,
-        node.started_at,
-        now,
-        node.ended_at,
-        node.exit_code,
-        node.signal,
-        node.error,
-    )
+    """``node`` with ``last_seen = now``.
+
+    The listener's hot path (once per heartbeat): copying the fields' dict
+    costs a third of the frozen ``__init__`` and a fifth of ``replace``.
+    """
+    seen = _new(Node)
+    fields = seen.__dict__
+    fields.update(node.__dict__)
+    fields["last_seen"] = now
+    return seen
+
+
+_new = object.__new__
 
 
 def exited(
