@@ -22,10 +22,15 @@ import pytest
 from helpers import wait_until
 
 import corunner.executor
+from corunner.controller import START_SCRIPT, executor_bytecode
 from corunner.executor import Heartbeat
 from corunner.listener import Listener
 
 EXECUTOR = Path(corunner.executor.__file__)
+# The node's way to start the executor: START_SCRIPT's boot line, with the
+# compiled executor shipped beside it (controller.executor_bytecode).
+BOOT = next(ln for ln in START_SCRIPT.splitlines() if ln.startswith("dir=")).split("boot=", 1)[1]
+BOOT = BOOT[1:-1]  # drop the shell's single quotes
 RUN_ID = "20260101-120000-exec"
 HOST = "127.0.1.3"
 SECRET = bytes.fromhex("c0ffee" * 10)
@@ -85,6 +90,9 @@ class Node:
         self.dir = root / RUN_ID
         (self.dir / ".corunner").mkdir(parents=True)
         shutil.copy(EXECUTOR, self.dir / ".corunner" / "executor.py")
+        name, data = executor_bytecode()
+        (self.dir / ".corunner" / "__pycache__").mkdir()
+        (self.dir / ".corunner" / "__pycache__" / name).write_bytes(data)
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def configure(
@@ -112,12 +120,15 @@ class Node:
             json.dump(config, fh)
 
     def start(
-        self, env: Optional[dict[str, str]] = None, python: str = sys.executable
+        self,
+        env: Optional[dict[str, str]] = None,
+        python: str = sys.executable,
+        flags: tuple[str, ...] = (),
     ) -> subprocess.Popen[bytes]:
-        """Start detached, as ``setsid python3 .corunner/executor.py run ... &`` does."""
+        """Start detached, as START_SCRIPT's ``setsid "$py" -I -S -c "$boot" ... &`` does."""
         with open(self.dir / ".corunner" / "executor.log", "wb") as log:
             proc = subprocess.Popen(
-                [python, "-I", ".corunner/executor.py", "run", ".corunner/config.json"],
+                [python, *flags, *self.boot, "run", ".corunner/config.json"],
                 cwd=self.dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -128,10 +139,17 @@ class Node:
         self.procs.append(proc)
         return proc
 
-    def call(self, *args: str, python: str = sys.executable) -> subprocess.CompletedProcess[str]:
+    @property
+    def boot(self) -> list[str]:
+        """The interpreter's options and arguments before the executor's own."""
+        return ["-I", "-S", "-c", BOOT, str(self.dir / ".corunner" / "executor.py")]
+
+    def call(
+        self, *args: str, python: str = sys.executable, flags: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess[str]:
         """Run an executor subcommand to completion in the SSH session's way."""
         return subprocess.run(
-            [python, "-I", str(self.dir / ".corunner" / "executor.py"), *args],
+            [python, *flags, *self.boot, *args],
             cwd=self.dir,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -493,3 +511,25 @@ def test_executor_runs_on_python_3_8(node: Node, listener: Listener) -> None:
     assert "CORUNNER-STATUS " in done.stdout
     probe = node.call("probe", str(node.dir), python=python)
     assert '"state": "exited"' in probe.stdout
+
+
+def test_the_node_loads_the_shipped_bytecode_instead_of_compiling(node: Node) -> None:
+    node.configure([], shell="true", heartbeat=False)
+    done = node.call("run", "--foreground", ".corunner/config.json", flags=("-v",))
+    assert done.returncode == 0, done.stderr
+    name, _ = executor_bytecode()
+    assert f"code object from '{node.dir / '.corunner' / '__pycache__' / name}'" in done.stderr
+
+
+def test_the_run_path_imports_only_lean_modules(node: Node, listener: Listener) -> None:
+    """json, re, socket, subprocess, hashlib and friends cost ~25 ms per node and run."""
+    node.configure(_controller(listener), shell="exit 4")
+    proc = node.start(flags=("-X", "importtime"))
+    inbox = Inbox(listener)
+    inbox.wait_for(lambda msgs: any(m.final for m in msgs))  # heartbeats and the final went out
+    assert inbox.finals()[0].exit_code == 4
+    assert proc.wait(10) == 0, node.log()
+    imported = {ln.rsplit("|", 1)[1].strip() for ln in node.log().splitlines() if "|" in ln}
+    assert "executor" in imported
+    heavy = {"json", "re", "enum", "socket", "selectors", "subprocess", "signal", "hashlib", "hmac"}
+    assert imported & heavy == set()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hmac
+import json
+import re
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from corunner import executor
 from corunner.executor import (
     MAX_LINE,
     PROTOCOL,
@@ -289,3 +292,61 @@ def test_decode_of_a_mangled_valid_line_never_escapes(
     except ProtocolError:
         return
     assert result == hb  # only a no-op change can still verify
+
+
+# -- the executor's lean JSON and field checks (no json or re on the node) -----
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.text(), st.integers(), st.floats())
+
+
+@given(st.dictionaries(st.text(), _SCALARS))
+def test_json_dumps_writes_what_json_dumps_writes(doc: dict[str, Any]) -> None:
+    assert executor.json_dumps(doc) == json.dumps(doc, sort_keys=True)
+
+
+@given(st.recursive(_SCALARS, lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner)))
+def test_json_loads_reads_what_json_loads_reads(value: Any) -> None:
+    text = json.dumps(value)
+    assert json.dumps(executor.json_loads(text)) == json.dumps(json.loads(text))
+    assert json.dumps(executor.json_loads(f" {text}\n")) == json.dumps(json.loads(text))
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1,]", "nul", "{} x", "1 2", '{"a": 1,}'])
+def test_json_loads_raises_what_json_loads_raises(text: str) -> None:
+    with pytest.raises(ValueError):
+        executor.json_loads(text)
+
+
+_FIELD = st.one_of(
+    st.text(max_size=4),
+    st.sampled_from(
+        [
+            "-",
+            "0",
+            "-0",
+            "7",
+            "-1",
+            "1234567890",
+            "12345678901",
+            "999",
+            "1000",
+            "running",
+            "exited",
+            "h",
+            "1.000",
+            "123456789012.345",
+            "1234567890123.456",
+            "\u0661",
+            "1e5",
+        ]
+    ),
+)
+
+
+@given(st.tuples(*[_FIELD] * 7))
+def test_encode_admits_exactly_the_fields_decode_admits(fields: tuple[str, ...]) -> None:
+    """encode checks fields by hand (the executor does not import re); decode uses the pattern."""
+    pattern = re.compile(executor._BODY_PATTERN)
+    match = pattern.fullmatch("CR1 " + " ".join(fields))
+    expected = match is not None and match.groups() == fields and executor._consistent(*fields[3:6])
+    assert executor._body_fields_ok(*fields) == expected
