@@ -747,32 +747,26 @@ class Poller:
         self._targets[fd] = target
 
     def unregister(self, fd: int) -> None:
-        if self._targets.pop(fd, None) is not None or fd >= 0:
-            try:
-                self._poll.unregister(fd)
-            except (KeyError, ValueError):
-                pass
+        """Forget ``fd``; nothing happens if it was not registered."""
+        self._targets.pop(fd, None)
+        try:
+            self._poll.unregister(fd)
+        except (KeyError, ValueError):
+            pass
 
     def select(self, timeout: float) -> List[Tuple[Any, int]]:
         """(target, READ|WRITE bits) of each ready descriptor, within ``timeout`` seconds."""
         ms = max(0, int(timeout * 1000 + 0.999))  # round up: never spin just short of a deadline
         out = []
         for fd, event in self._poll.poll(ms):
-            target = self._targets.get(fd, _GONE)
-            if target is not _GONE:
-                out.append(
-                    (
-                        target,
-                        (READ if event & ~self._out else 0) | (WRITE if event & ~self._in else 0),
-                    )
-                )
+            target = self._targets.get(fd)
+            if target is not None:
+                readable = READ if event & ~self._out else 0
+                out.append((target, readable | (WRITE if event & ~self._in else 0)))
         return out
 
     def _mask(self, events: int) -> int:
         return (self._in if events & READ else 0) | (self._out if events & WRITE else 0)
-
-
-_GONE = object()
 
 
 class Link:
