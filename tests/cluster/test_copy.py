@@ -153,3 +153,32 @@ def test_pull_of_one_file_keeps_its_mode(lab, cli, tmp_path, on_node):
     got = tmp_path / node.address / "tool.sh"
     assert got.read_text() == "#!/bin/sh\n"
     assert stat.S_IMODE(os.stat(got).st_mode) == 0o750
+
+
+def test_push_one_file_keeps_bytes_mode_and_time_wherever_it_lands(lab, cli, tmp_path, on_node):
+    """One regular file goes over SFTP when it can, else through the tar path: same result."""
+    import hashlib
+
+    src = tmp_path / "blob.bin"
+    src.write_bytes(os.urandom(3 * 1024 * 1024 + 17))  # several write requests, a ragged end
+    src.chmod(0o640)
+    os.utime(src, (1_700_000_000, 1_700_000_000))
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    node = lab.nodes[1]
+    on_node(
+        node.index,
+        "rm -rf /tmp/one && mkdir -p /tmp/one/dir /tmp/one/blob.bin.d && echo old > /tmp/one/old",
+    )
+    cases = {
+        "/tmp/one/dir": "/tmp/one/dir/blob.bin",  # into an existing directory
+        "/tmp/one/new.bin": "/tmp/one/new.bin",  # as a new name
+        "/tmp/one/old": "/tmp/one/old",  # replacing a file
+        "/tmp/one/made/": "/tmp/one/made/blob.bin",  # a directory to create (tar path)
+    }
+    for dest, landed in cases.items():
+        done = cli("cp", "--src", str(src), "--dest", dest, "--hosts", node.address)
+        assert done.returncode == 0, done.stdout
+        out = on_node(node.index, f"sha256sum {landed} && stat -c '%a %Y' {landed}").split()
+        assert out[0] == digest and out[2:] == ["640", "1700000000"], (dest, out)
+    leftovers = on_node(node.index, "find /tmp/one -name '.corunner-cp*' | wc -l")
+    assert leftovers.strip() == "0"
