@@ -1,8 +1,10 @@
-"""Copy files and trees to and from nodes as tar streams over one SSH command.
+"""Copy files and trees to and from nodes: one regular file over SFTP, trees as tar streams.
 
-One command per node per copy: the archive travels on the command's stdin
-(push) or stdout (pull), which is faster than SFTP's request round trips and
-keeps file modes. The archive is built once and sent to every node.
+A tree travels as a tar archive on one command's stdin (push) or stdout (pull),
+built once and sent to every node, keeping modes and links. One regular file
+goes over SFTP instead, which runs no login shell and no tar on the node (a
+heavy .bashrc alone costs ~100 ms of its CPU); pushes use large pipelined
+writes, as Paramiko's 32 KiB requests cost far more of the controller's CPU.
 
 Destination rules (documented in README.md):
 
