@@ -23,7 +23,6 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, T
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
-    from rich.progress import Progress
 
 # rich is imported where a terminal needs it: ~40 ms of start-up that a run in
 # CI or in a pipe never pays.
@@ -56,9 +55,17 @@ def is_terminal(stream: IO[str]) -> bool:
 
 
 class _View:
-    """A context manager with ``on_change``; the base prints nothing."""
+    """A context manager with ``on_change``; the base prints nothing.
+
+    ``widget``, when a view has one (a rich Live or Progress), is shown while
+    the view is open.
+    """
+
+    widget: Any = None
 
     def __enter__(self) -> _View:
+        if self.widget is not None:
+            self.widget.start()
         return self
 
     def __exit__(
@@ -67,7 +74,8 @@ class _View:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
-        return None
+        if self.widget is not None:
+            self.widget.stop()
 
     def on_change(self, change: Change, fleet: Fleet) -> None:
         return None
@@ -107,7 +115,7 @@ class LiveRunView(_View):
         from rich.live import Live
 
         self.console = Console(file=stream, force_terminal=True)
-        self.live = Live(
+        self.widget = Live(
             console=self.console,
             get_renderable=self.renderable,
             refresh_per_second=REFRESH_PER_SECOND,
@@ -116,16 +124,8 @@ class LiveRunView(_View):
 
     def __enter__(self) -> LiveRunView:
         self.began = self.clock()
-        self.live.start()
+        super().__enter__()
         return self
-
-    def __exit__(
-        self,
-        kind: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.live.stop()
 
     def on_change(self, change: Change, fleet: Fleet) -> None:
         """Called by the controller's main thread: update counters, never draw here."""
@@ -196,7 +196,6 @@ class TransferView(_View):
     """A progress bar of hosts done, for cp and collect at a terminal; silent elsewhere."""
 
     def __init__(self, stream: IO[str], total: int, label: str):
-        self.progress: Optional[Progress] = None
         self.task: Any = None
         if is_terminal(stream) and total > 1:
             from rich.console import Console
@@ -208,7 +207,7 @@ class TransferView(_View):
                 TimeElapsedColumn,
             )
 
-            self.progress = Progress(
+            self.widget = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
@@ -217,23 +216,9 @@ class TransferView(_View):
                 refresh_per_second=REFRESH_PER_SECOND,
                 transient=True,
             )
-            self.task = self.progress.add_task(label, total=total)
-
-    def __enter__(self) -> TransferView:
-        if self.progress:
-            self.progress.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        if self.progress:
-            self.progress.stop()
+            self.task = self.widget.add_task(label, total=total)
 
     def done(self, outcome: Any) -> None:
         """One host ended (called from a worker thread; rich's Progress locks itself)."""
-        if self.progress:
-            self.progress.advance(self.task)
+        if self.widget is not None:
+            self.widget.advance(self.task)

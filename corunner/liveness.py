@@ -185,10 +185,8 @@ class Fleet:
         return self.apply(host, unreachable(self.nodes[host], now, error))
 
     def heartbeat(self, host: str, now: float) -> List[Change]:
-        node, changes = heartbeat(self.nodes[host], now)
-        self.nodes[host] = node
+        changes = self.apply(host, heartbeat(self.nodes[host], now))
         if changes:  # a dead node that comes back has a silence deadline again
-            self.changes.extend(changes)
             self.quiet_until = min(self.quiet_until, now + self.dead_after)
         return changes
 
