@@ -11,6 +11,7 @@ outcome to the loop through a queue. Nothing here prints: changes go to the
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import importlib.util
 import io
@@ -35,7 +36,15 @@ import paramiko
 
 from . import executor as executor_module
 from . import remote
-from .errors import EXIT_FAILED, EXIT_LOST, EXIT_OK, RemoteError, StartError, UsageError
+from .errors import (
+    EXIT_FAILED,
+    EXIT_LOST,
+    EXIT_OK,
+    InternalError,
+    RemoteError,
+    StartError,
+    UsageError,
+)
 from .fanout import DEFAULT_PARALLEL
 from .inventory import Host
 from .listener import Listener
@@ -362,16 +371,17 @@ class Run:
         self.watcher: Optional[ChannelWatcher] = None
 
     # -- dispatch (worker threads) -------------------------------------------
-    def _controller_addresses(self, conn: fabric.Connection) -> List[List[Any]]:
+    def _controller_addresses(self, conn: fabric.Connection, node: Host) -> List[List[Any]]:
         assert self.listener is not None
         if self.spec.listen:
             host, port = self.spec.listen
             if host in WILDCARDS:  # nodes cannot connect to "any": use the address they came from
                 return [["", port]]
             return [[host, port]]
-        local = conn.client.get_transport().sock.getsockname()[0]
-        host, port = self.listener.bind(local)
-        return [[host, port], ["", port]]  # "": the client address in $SSH_CONNECTION
+        with remote.translated(node):
+            local = conn.client.get_transport().sock.getsockname()[0]
+            address, port = self.listener.bind(local)
+        return [[address, port], ["", port]]  # "": the client address in $SSH_CONNECTION
 
     def _dispatch(self, host: Host, payload: Payload) -> None:
         started = _Started(host.id)
@@ -386,7 +396,7 @@ class Run:
                 "secret": self.secret.hex(),
                 "heartbeat": self.spec.heartbeat,
                 "linger": self.spec.linger,
-                "controller": self._controller_addresses(conn) if self.spec.heartbeat else [],
+                "controller": self._controller_addresses(conn, host) if self.spec.heartbeat else [],
                 "env": {
                     "CORUNNER_RUN_ID": self.run_id,
                     "CORUNNER_HOST": host.id,
@@ -409,11 +419,14 @@ class Run:
                 keep_open = True
         except RemoteError as exc:
             started.error = exc.cause
+        except Exception as exc:  # a bug must not leave the host pending forever
+            started.error = InternalError.from_exception(host.id, exc).cause
         finally:
             if conn is not None and not keep_open:
-                conn.close()
-        self.events.put(started)
-        self._wakeup()
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self.events.put(started)
+            self._wakeup()
 
     def _start_foreground(
         self,

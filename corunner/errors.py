@@ -8,6 +8,7 @@ across tasks.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 #: Exit codes, documented in README.md. 1 is left to Invoke's own parser errors.
@@ -85,6 +86,30 @@ class TransferError(RemoteError):
 
 class StartError(RemoteError):
     """The executor could not be uploaded or started on the host."""
+
+
+class InternalError(RemoteError):
+    """An unexpected exception while working on one host: a bug to report.
+
+    The host still ends with this one-line error instead of being lost, so a
+    run never waits forever for a node whose dispatch crashed.
+    """
+
+    @classmethod
+    def from_exception(cls, host: str, exc: BaseException) -> InternalError:
+        frame = exc.__traceback__
+        while frame is not None and frame.tb_next is not None:
+            frame = frame.tb_next
+        where = ""
+        if frame is not None:
+            code = frame.tb_frame.f_code
+            where = f" at {os.path.basename(code.co_filename)}:{frame.tb_lineno}"
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        return cls(
+            host,
+            f"internal error ({type(exc).__name__}{where}: {text}); please report it "
+            f"to the corunner developers",
+        )
 
 
 class PartialFailure(CorunnerError):

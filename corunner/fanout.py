@@ -2,7 +2,8 @@
 
 Fabric's ``ThreadingGroup`` starts one thread per host and joins them with no
 timeout; here at most ``parallel`` hosts are in flight, one host's failure
-never stops the others, and every host ends with a value or a ``RemoteError``.
+never stops the others, and every host ends with a value or a ``RemoteError``
+(an unexpected exception becomes an ``InternalError`` for that host).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Callable, Dict, Generic, Iterable, Optional, TypeVar
 import fabric
 
 from . import remote
-from .errors import RemoteError
+from .errors import InternalError, RemoteError
 from .inventory import Host
 
 T = TypeVar("T")
@@ -62,6 +63,9 @@ def on_each(
             outcome: Outcome[T] = Outcome(host, value, None, time.monotonic() - began)
         except RemoteError as exc:
             outcome = Outcome(host, None, exc, time.monotonic() - began)
+        except Exception as exc:  # a bug on one host must not abort the others
+            error = InternalError.from_exception(host.id, exc)
+            outcome = Outcome(host, None, error, time.monotonic() - began)
         if done:
             done(outcome)
         return outcome

@@ -251,13 +251,16 @@ def pull(
 def _pull_regular_file(
     conn: fabric.Connection, host: Host, src: str, into: str, rename: Optional[str]
 ) -> Optional[Pulled]:
-    """Fetch ``src`` over SFTP if it is one regular file; None if it is not.
+    """Fetch ``src`` over SFTP if it is one regular file; None if it is not (or no SFTP).
 
     SFTP runs no login shell on the node, which saves a shell start-up (often
     100 ms of the node's CPU) per host; trees still travel as one tar stream.
     """
     with remote.translated(host):
-        sftp = conn.client.open_sftp()
+        try:
+            sftp = conn.client.open_sftp()
+        except (paramiko.SSHException, OSError):
+            return None  # no SFTP subsystem on this node: the tar path streams it
         try:
             try:
                 attrs = sftp.lstat(src)

@@ -182,3 +182,28 @@ def test_push_one_file_keeps_bytes_mode_and_time_wherever_it_lands(lab, cli, tmp
         assert out[0] == digest and out[2:] == ["640", "1700000000"], (dest, out)
     leftovers = on_node(node.index, "find /tmp/one -name '.corunner-cp*' | wc -l")
     assert leftovers.strip() == "0"
+
+
+def test_one_file_travels_by_tar_to_and_from_a_node_without_sftp(lab, tmp_path, monkeypatch):
+    """A node whose sshd has no SFTP subsystem refuses it; one file then goes the tar way."""
+    import paramiko
+
+    from corunner import remote, transfer
+    from corunner.loader import load_inventory
+
+    def refused(client):  # what Paramiko raises when sshd refuses the subsystem
+        raise paramiko.SSHException("Channel closed.")
+
+    monkeypatch.setattr(paramiko.SSHClient, "open_sftp", refused)
+    node = lab.nodes[4]
+    (host,) = load_inventory(str(lab.inventory)).select(node.address)
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(300_000))
+    conn = remote.connect(host)
+    try:
+        transfer.push(conn, host, transfer.build_archive(str(src), str(tmp_path)), "/tmp/nosftp/")
+        pulled = transfer.pull(conn, host, "/tmp/nosftp/data.bin", str(tmp_path / "back"), True)
+    finally:
+        conn.close()
+    assert (pulled.files, pulled.bytes) == (1, 300_000)
+    assert (tmp_path / "back" / node.address / "data.bin").read_bytes() == src.read_bytes()

@@ -437,3 +437,30 @@ def all_programs_done(lab) -> bool:
     from conftest import node_sh  # tests/cluster/conftest.py
 
     return all("sleep 2" not in node_sh(lab, n.index, "ps -eo args") for n in lab.nodes)
+
+
+def test_without_a_key_setting_the_default_keys_are_used_like_ssh(lab, cli, tmp_path):
+    # No `key:` in the inventory: like ssh, the agent and ~/.ssh/id_* are tried.
+    data = yaml.safe_load(lab.inventory.read_text())
+    del data["defaults"]["key"]
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text(yaml.safe_dump(data))
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_bytes(lab.key.read_bytes())
+    os.chmod(home / ".ssh" / "id_ed25519", 0o600)
+    with_key = {"HOME": str(home), "SSH_AUTH_SOCK": ""}
+    done, doc = cli.json("run", "--cmd", "true", "--inventory", str(inv), *FAST, env=with_key)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert {h["state"] for h in doc["hosts"]} == {"succeeded"}
+    # Without any key to offer, each node fails with one line saying so.
+    (home / ".ssh" / "id_ed25519").unlink()
+    done, doc = cli.json("run", "--cmd", "true", "--inventory", str(inv), *FAST, env=with_key)
+    assert done.returncode == EXIT_LOST
+    assert {h["state"] for h in doc["hosts"]} == {"unreachable"}
+    assert {h["error"] for h in doc["hosts"]} == {
+        "authentication failed for user root: no key to offer (no SSH agent, no ~/.ssh/id_* "
+        "key); set key: in the inventory"
+    }
+    for node in lab.nodes:  # one line per node, naming it
+        assert f"{node.address}: authentication failed for user root" in done.stderr

@@ -210,3 +210,29 @@ def test_listen_on_every_interface_reaches_the_nodes_by_their_ssh_address(lab, c
         on_node(lab.nodes[0].index, f"cat {doc['hosts'][0]['remote_dir']}/.corunner/config.json")
     )
     assert config["controller"] == [["", port]]
+
+
+def test_an_unexpected_error_on_one_host_ends_that_host_not_the_run(lab, tmp_path, monkeypatch):
+    # A bug hit while starting one node (here: a crash inside connect) must end
+    # that node with a one-line error; before, the node stayed pending and
+    # the run waited forever.
+    from corunner import controller
+    from corunner.loader import load_inventory
+
+    victim = lab.nodes[2].address
+    connect = controller.remote.connect
+
+    def crashing_connect(host, *args):
+        if host.name == victim:
+            raise RuntimeError("boom\nsecond line")
+        return connect(host, *args)
+
+    monkeypatch.setattr(controller.remote, "connect", crashing_connect)
+    hosts = load_inventory(str(lab.inventory)).select(None)
+    spec = controller.RunSpec(controller.Program(cmd="true"), interval=0.2, dead_after=1.5)
+    report = controller.Run(hosts, spec, records=str(tmp_path / "runs")).execute()
+    states = {row.host: row for row in report.hosts}
+    assert states[victim].state == "unreachable"
+    assert states[victim].error.startswith("internal error (RuntimeError at test_run.py:")
+    assert states[victim].error.endswith(": boom); please report it to the corunner developers")
+    assert all(row.state == "succeeded" for host, row in states.items() if host != victim)
