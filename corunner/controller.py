@@ -14,7 +14,6 @@ import concurrent.futures
 import contextlib
 import functools
 import importlib.util
-import io
 import json
 import marshal
 import os
@@ -23,6 +22,7 @@ import resource
 import secrets
 import selectors
 import shlex
+import shutil
 import socket
 import sys
 import tarfile
@@ -53,31 +53,59 @@ from .record import RunRecord, new_run_id
 
 EXECUTOR_SOURCE = executor_module.__file__
 
-#: How a node starts the executor ($1 of the Python command line, so that its
-#: processes still read ``.../executor.py run ...``): imported, not run as a
-#: script, so that Python loads the bytecode shipped beside it (see
-#: executor_bytecode) instead of compiling ~1,300 lines on every node.
-_BOOT = (
+#: How a node loads the executor for probe and stop ($1 of the Python command
+#: line, so that its processes read ``.../executor.py VERB ...``): imported,
+#: not run as a script, so that Python loads the bytecode shipped beside it
+#: (see executor_bytecode) instead of compiling ~1,500 lines on every node.
+BOOT = (
     "import sys, os.path; sys.path.insert(0, os.path.dirname(sys.argv.pop(1)));"
     " from executor import main; sys.exit(main())"
 )
 
-#: Upload and start in one command: the payload tar arrives on stdin. The
-#: executor needs only the standard library: ``-I -S`` skips site-packages and
-#: site hooks, a third of Python's start-up on a Debian node.
+#: The first code a node runs (``python -I -S -c``, argv: the executor's path,
+#: then its own arguments): make the run directory, write the executor and
+#: its bytecode from the first two pieces of stdin (see executor.unpack for
+#: the format), import it and hand over; the executor unpacks the rest.
+_UNPACK = r"""
+import os, sys
+x = sys.argv.pop(1)
+d = os.path.dirname(os.path.dirname(x))
+def take(n):
+    b = b""
+    while len(b) < n:
+        k = os.read(0, n - len(b))
+        if not k:
+            sys.exit("CORUNNER-ERROR the upload ended early")
+        b += k
+    return b
+os.umask(0o077)
+try:
+    os.makedirs(d + "/.corunner/__pycache__", exist_ok=True)
+    os.chdir(d)
+    for i in (0, 1):
+        h = take(@HEADER@).split()
+        with open(take(int(h[3])), "wb") as f:
+            f.write(take(int(h[2])))
+except OSError as e:
+    sys.exit("CORUNNER-ERROR cannot write the executor in %s: %s" % (d, e.strerror or e))
+sys.path.insert(0, os.path.abspath(".corunner"))
+from executor import main
+sys.exit(main())
+""".replace("@HEADER@", str(executor_module.FRAME_HEADER))
+
+#: Upload and start in one command: the upload arrives on stdin, and Python
+#: reads it itself (no tar, mkdir or setsid on the node). The executor needs
+#: only the standard library: ``-I -S`` skips site-packages and site hooks, a
+#: third of Python's start-up on a Debian node.
 #: $1 = run directory, $2 = python, $3 = "bg" (detached, heartbeats) or "fg".
 START_SCRIPT = r"""
-dir=$1 py=$2 boot=@BOOT@
+dir=$1 py=$2 unpack=@UNPACK@
 command -v "$py" >/dev/null 2>&1 || {
   echo "CORUNNER-ERROR python interpreter '$py' not found on the node (set python: in the inventory)" >&2
   exit 97; }
-(umask 077 && mkdir -p -- "$dir") || exit 98
-cd -- "$dir" || exit 98
-tar -b 256 -xpf - --no-same-owner || exit 99
-if [ "$3" = fg ]; then exec "$py" -I -S -c "$boot" "$PWD/.corunner/executor.py" run --foreground .corunner/config.json; fi
-setsid "$py" -I -S -c "$boot" "$PWD/.corunner/executor.py" run .corunner/config.json </dev/null >.corunner/executor.log 2>&1 &
-echo "CORUNNER-STARTED $!"
-""".replace("@BOOT@", shlex.quote(_BOOT))
+if [ "$3" = fg ]; then set -- --foreground; else set --; fi
+exec "$py" -I -S -c "$unpack" "$dir/.corunner/executor.py" start "$dir" "$@"
+""".replace("@UNPACK@", shlex.quote(_UNPACK))
 
 #: Ask the executor on the node about a run: $1 = run directory, $2 = python, $3 = verb.
 ASK_SCRIPT = r"""
@@ -85,7 +113,7 @@ dir=$1 py=$2 boot=@BOOT@
 if [ ! -f "$dir/.corunner/executor.py" ]; then
   echo "CORUNNER-PROBE {\"state\": \"missing\"}"; exit 0; fi
 exec "$py" -I -S -c "$boot" "$dir/.corunner/executor.py" "$3" "$dir"
-""".replace("@BOOT@", shlex.quote(_BOOT))
+""".replace("@BOOT@", shlex.quote(BOOT))
 
 
 @functools.cache
@@ -211,51 +239,51 @@ class RunReport:
         return out
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
-    tar.addfile(info, io.BytesIO(data))
-
-
 class Payload:
-    """The tar sent to every node: the user's files and the executor, built once,
-    then a per-host tail holding that host's config (and secret, mode 0600)."""
+    """What every node reads on the start command's stdin (see executor.unpack).
+
+    Built once: the executor and its bytecode (read by the boot code), the
+    user's script, and a tar of ``--files``; between them, each host's own
+    config (its secret inside, mode 0600). The script and the tar are spooled
+    to a temporary file, which :meth:`remove` deletes.
+    """
 
     def __init__(self, program: Program, files: Sequence[str], workdir: str):
-        fd, self.path = tempfile.mkstemp(prefix="corunner-payload-", suffix=".tar", dir=workdir)
+        for path in files:
+            if not os.path.lexists(path):
+                raise UsageError(f"no such file to upload: {path}")
+        with open(EXECUTOR_SOURCE, "rb") as src:
+            head = [_frame(".corunner/executor.py", src.read())]
+        name, data = executor_bytecode() or ("none", b"")
+        head.append(_frame(f".corunner/__pycache__/{name}", data))
+        self.head = b"".join(head)
+        fd, self.path = tempfile.mkstemp(prefix="corunner-payload-", dir=workdir)
         with os.fdopen(fd, "wb") as f:
-            tar = tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT)
-            dir_info = tarfile.TarInfo(".corunner")
-            dir_info.type, dir_info.mode = tarfile.DIRTYPE, 0o700
-            tar.addfile(dir_info)
-            with open(EXECUTOR_SOURCE, "rb") as src:
-                _tar_member(tar, ".corunner/executor.py", src.read(), 0o600)
-            bytecode = executor_bytecode()
-            if bytecode:
-                cache_info = tarfile.TarInfo(".corunner/__pycache__")
-                cache_info.type, cache_info.mode = tarfile.DIRTYPE, 0o700
-                tar.addfile(cache_info)
-                name, data = bytecode
-                _tar_member(tar, f".corunner/__pycache__/{name}", data, 0o600)
             if program.script:
+                mode = 0o755 if program.has_shebang else 0o644
+                name = os.path.basename(program.script)
+                size = os.path.getsize(program.script)
+                f.write(executor_module.frame_header("F", os.fsencode(name), size, mode))
                 with open(program.script, "rb") as src:
-                    mode = 0o755 if program.has_shebang else 0o644
-                    _tar_member(tar, os.path.basename(program.script), src.read(), mode)
-            for path in files:
-                if not os.path.lexists(path):
-                    raise UsageError(f"no such file to upload: {path}")
-                tar.add(path, arcname=os.path.basename(os.path.abspath(path)))
-            f.flush()  # not closed: each host's tail ends the archive
+                    shutil.copyfileobj(src, f, remote.CHUNK)
+            if files:
+                f.write(executor_module.frame_header("T"))
+                with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for path in files:
+                        tar.add(path, arcname=os.path.basename(os.path.abspath(path)))
+            else:
+                f.write(executor_module.frame_header("E"))
 
     def chunks(self, config: Dict[str, Any]) -> Iterator[bytes]:
+        yield self.head + _frame(".corunner/config.json", json.dumps(config).encode())
         yield from remote.file_chunks(self.path)
-        tail = io.BytesIO()
-        with tarfile.open(fileobj=tail, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            _tar_member(tar, ".corunner/config.json", json.dumps(config).encode(), 0o600)
-        yield tail.getvalue()
 
     def remove(self) -> None:
         os.unlink(self.path)
+
+
+def _frame(name: str, data: bytes, mode: int = 0o600) -> bytes:
+    return executor_module.frame_header("F", name.encode(), len(data), mode) + data
 
 
 #: Listen addresses that mean "every interface", which no node can connect to.

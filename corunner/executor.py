@@ -9,6 +9,9 @@ sides share one definition of the protocol.
 Subcommands (each prints one marker line the controller searches for, since
 remote shells may print noise around it):
 
+- ``start RUN_DIR [--foreground]``: how the controller starts a run (see
+  :func:`cmd_start`): unpack the rest of the upload from stdin, then ``run``,
+  detached (printing ``CORUNNER-STARTED <pid>``) or in the foreground.
 - ``run [--foreground] CONFIG``: run the program, keep ``status.json`` and send
   heartbeats to the controller until the final message is acknowledged.
 - ``probe RUN_DIR``: print ``CORUNNER-PROBE <json>``.
@@ -1329,18 +1332,159 @@ def stop(run_dir: str, grace: float) -> Dict[str, Any]:
 
 
 # --------------------------------------------------------------------------
+# The upload: what the start command reads from its stdin
+# --------------------------------------------------------------------------
+
+#: Each piece of the upload begins with a header of this many bytes:
+#: ``KIND MODE SIZE NAMELEN`` (mode in octal), space-padded, ending in a newline;
+#: the name and then SIZE bytes of data follow. KIND is F (a file, written at
+#: NAME relative to the run directory with exactly MODE), T (the rest of the
+#: stream is a tar of the user's files) or E (the end). The controller's boot
+#: code reads the first two F pieces (this file and its bytecode) the same way.
+FRAME_HEADER = 40
+_FRAME_KINDS = ("F", "T", "E")
+
+
+def frame_header(kind: str, name: bytes = b"", size: int = 0, mode: int = 0o600) -> bytes:
+    """The header of one piece of the upload, followed by its name."""
+    if kind not in _FRAME_KINDS:
+        raise ValueError(f"unknown frame kind {kind!r}")
+    text = f"{kind} {mode:o} {size} {len(name)}".encode()
+    if len(text) >= FRAME_HEADER:
+        raise ValueError(f"frame header too long: {text!r}")
+    return text.ljust(FRAME_HEADER - 1) + b"\n" + name
+
+
+def parse_frame_header(header: bytes) -> Tuple[str, int, int, int]:
+    """(kind, mode, size, name length) of a header; ValueError if it is not one."""
+    fields = header.split()
+    if len(header) != FRAME_HEADER or header[-1:] != b"\n" or len(fields) != 4:
+        raise ValueError(f"not an upload header: {header[:FRAME_HEADER]!r}")
+    kind = fields[0].decode("ascii", "replace")
+    if kind not in _FRAME_KINDS or not all(f.isdigit() for f in fields[1:]):
+        raise ValueError(f"not an upload header: {header!r}")
+    return kind, int(fields[1], 8), int(fields[2]), int(fields[3])
+
+
+def _take(fd: int, size: int) -> bytes:
+    """Exactly ``size`` bytes from ``fd`` (unbuffered: a child may read on after us)."""
+    parts = []
+    while size > 0:
+        chunk = os.read(fd, min(size, 1 << 18))
+        if not chunk:
+            raise ValueError("the upload ended early")
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
+
+
+def unpack(fd: int) -> bool:
+    """Write the files framed on ``fd`` under the current directory.
+
+    Returns True if a tar of the user's files follows on ``fd``. Names are
+    relative and never climb out (ValueError otherwise); modes are set exactly,
+    whatever the umask, as ``tar -p`` does.
+    """
+    while True:
+        kind, mode, size, name_len = parse_frame_header(_take(fd, FRAME_HEADER))
+        if kind != "F":
+            return kind == "T"
+        name = _take(fd, name_len)
+        if not name or name.startswith(b"/") or b".." in name.split(b"/"):
+            raise ValueError(f"unsafe name in the upload: {name!r}")
+        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(out, mode & 0o7777)
+            while size > 0:
+                chunk = os.read(fd, min(size, 1 << 18))
+                if not chunk:
+                    raise ValueError("the upload ended early")
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view) :]
+                size -= len(chunk)
+        finally:
+            os.close(out)
+
+
+def _untar(fd: int) -> None:
+    """Extract the tar on ``fd`` (the user's files) with GNU tar; OSError naming its error."""
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.posix_spawnp(
+            "tar",
+            ["tar", "-b", "256", "-xpf", "-", "--no-same-owner"],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, fd, 0),
+                (os.POSIX_SPAWN_DUP2, write_end, 2),
+                (os.POSIX_SPAWN_CLOSE, read_end),
+            ],
+        )
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as errors:
+        said = errors.read().decode("utf-8", "replace").strip().splitlines()
+    _, wait_status = os.waitpid(pid, 0)
+    if wait_status != 0:
+        raise OSError(said[-1] if said else f"tar failed (wait status {wait_status})")
+
+
+def cmd_start(run_dir: str, foreground: bool) -> int:
+    """Unpack the rest of the upload from stdin, then run the program.
+
+    The controller's boot code has already written this file and its bytecode
+    into ``RUN_DIR/.corunner`` and made ``RUN_DIR`` the working directory. In
+    one process, with no shell, ``tar``, ``mkdir`` or ``setsid`` on the node:
+    about 5 ms of the node's CPU less per start than doing it in ``sh``.
+    Detached, the executor forks into a session of its own, off the SSH
+    session's pipes, and the parent prints ``CORUNNER-STARTED <pid>``.
+    """
+    try:
+        if unpack(0):
+            _untar(0)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"CORUNNER-ERROR cannot unpack the upload in {run_dir}: {exc}\n")
+        return 99
+    config = os.path.join(".corunner", "config.json")
+    if foreground:
+        return cmd_run(config, True)
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid:
+        sys.stdout.write(f"CORUNNER-STARTED {pid}\n")
+        sys.stdout.flush()
+        return 0
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(".corunner/executor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(null)
+    os.close(log)
+    return cmd_run(config, False)
+
+
+# --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
 
 
 _USAGE = """\
-usage: executor.py run [--foreground] CONFIG
+usage: executor.py start RUN_DIR [--foreground]
+       executor.py run [--foreground] CONFIG
        executor.py probe RUN_DIR
        executor.py stop RUN_DIR [--grace S]"""
 
 #: The long options of each subcommand. As with argparse, "--grace=S" and
 #: unique prefixes ("--fore") work, and options may come after the path.
-_OPTIONS = {"run": ("--foreground", "--help"), "probe": ("--help",), "stop": ("--grace", "--help")}
+_OPTIONS = {
+    "start": ("--foreground", "--help"),
+    "run": ("--foreground", "--help"),
+    "probe": ("--help",),
+    "stop": ("--grace", "--help"),
+}
 
 
 class _UsageError(Exception):
@@ -1379,7 +1523,7 @@ def _parse_args(argv: List[str]) -> Optional[Tuple[str, str, bool, float]]:
         if cmd is None:
             raise _UsageError("the following arguments are required: cmd")
         raise _UsageError(
-            f"argument cmd: invalid choice: {cmd!r} (choose from 'run', 'probe', 'stop')"
+            f"argument cmd: invalid choice: {cmd!r} (choose from 'start', 'run', 'probe', 'stop')"
         )
     paths: List[str] = []
     foreground, grace = False, 5.0
@@ -1433,6 +1577,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stdout.write(f"{_USAGE}\n\n{(__doc__ or '').splitlines()[0]}\n")
         sys.exit(0)
     cmd, path, foreground, grace = parsed
+    if cmd == "start":
+        return cmd_start(path, foreground)
     if cmd == "run":
         return cmd_run(path, foreground)
     if cmd == "probe":

@@ -264,7 +264,7 @@ def test_killed_executor_turns_the_node_dead_and_refresh_says_what_is_known(
             return None
         out = on_node(
             node.index,
-            "for p in $(pgrep -f '[e]xecutor.py run'); do"
+            "for p in $(pgrep -f '[e]xecutor.py start'); do"
             f" case $(readlink /proc/$p/cwd) in *{run_id}*) echo $p;; esac; done",
         ).split()
         return out[0] if out else None

@@ -22,15 +22,13 @@ import pytest
 from helpers import wait_until
 
 import corunner.executor
-from corunner.controller import START_SCRIPT, executor_bytecode
+from corunner.controller import BOOT, executor_bytecode
 from corunner.executor import Heartbeat
 from corunner.listener import Listener
 
 EXECUTOR = Path(corunner.executor.__file__)
-# The node's way to start the executor: START_SCRIPT's boot line, with the
-# compiled executor shipped beside it (controller.executor_bytecode).
-BOOT = next(ln for ln in START_SCRIPT.splitlines() if ln.startswith("dir=")).split("boot=", 1)[1]
-BOOT = BOOT[1:-1]  # drop the shell's single quotes
+# The node's way to load the executor: controller.BOOT, with the compiled
+# executor shipped beside it (controller.executor_bytecode).
 RUN_ID = "20260101-120000-exec"
 HOST = "127.0.1.3"
 SECRET = bytes.fromhex("c0ffee" * 10)
@@ -125,7 +123,7 @@ class Node:
         python: str = sys.executable,
         flags: tuple[str, ...] = (),
     ) -> subprocess.Popen[bytes]:
-        """Start detached, as START_SCRIPT's ``setsid "$py" -I -S -c "$boot" ... &`` does."""
+        """Start ``run`` detached, in a session of its own, as ``start`` does after unpacking."""
         with open(self.dir / ".corunner" / "executor.log", "wb") as log:
             proc = subprocess.Popen(
                 [python, *flags, *self.boot, "run", ".corunner/config.json"],

@@ -1,0 +1,175 @@
+"""How a node starts a run: START_SCRIPT under ``sh``, the upload on its stdin,
+exactly as the SSH session runs it on a node (minus SSH; the cluster tests
+cover that). The boot code writes the executor, the executor unpacks the
+rest (script, config, a tar of --files) and runs, detached or in the
+foreground."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from helpers import wait_until
+
+from corunner.controller import START_SCRIPT, Payload, Program
+from corunner.listener import Listener
+
+RUN_ID = "20260101-120000-start"
+HOST = "127.0.1.4"
+SECRET = bytes.fromhex("5eed" * 16)
+
+
+def config(listener: Optional[Listener], program: Program, heartbeat: bool = True) -> dict:
+    return {
+        "run_id": RUN_ID,
+        "host": HOST,
+        "interval": 0.1,
+        "secret": SECRET.hex(),
+        "heartbeat": heartbeat,
+        "linger": 10.0,
+        "controller": [list(a) for a in listener.addresses] if listener else [],
+        "env": {"CORUNNER_RUN_ID": RUN_ID},
+        **program.config_for(None),  # type: ignore[arg-type]
+    }
+
+
+def start(
+    run_dir: Path, data: bytes, mode: str, python: str = sys.executable
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["sh", "-c", START_SCRIPT, "corunner", str(run_dir), python, mode],
+        input=data,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    with Listener(RUN_ID, SECRET, [HOST]) as lst:
+        lst.bind("127.0.0.1")
+        yield lst
+
+
+@pytest.fixture
+def groups() -> Iterator[list]:
+    """Process groups to kill at teardown (programs left waiting by a failed test)."""
+    pgids: list = []
+    yield pgids
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def payload_bytes(tmp_path: Path, program: Program, files: list, cfg: dict) -> bytes:
+    payload = Payload(program, [str(f) for f in files], str(tmp_path))
+    try:
+        return b"".join(payload.chunks(cfg))
+    finally:
+        payload.remove()
+
+
+def test_detached_start_unpacks_everything_and_leaves_the_session(
+    tmp_path: Path, listener: Listener, groups: list
+) -> None:
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\nwhile [ ! -e release ]; do sleep 0.02; done\nexit 5\n")
+    tree = tmp_path / "data"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "tool").write_text("x")
+    os.chmod(tree / "sub" / "tool", 0o751)
+    os.symlink("sub/tool", tree / "link")
+    single = tmp_path / "notes.txt"
+    single.write_text("notes")
+    program = Program(script=str(script))
+    data = payload_bytes(tmp_path, program, [tree, single], config(listener, program))
+    run_dir = tmp_path / "node" / "runs" / RUN_ID  # parents made as mkdir -p would
+
+    done = start(run_dir, data, "bg")
+    # run() returned while the program still waits: the executor let go of the pipes.
+    assert done.returncode == 0, done.stderr
+    pid = int(done.stdout.decode().split("CORUNNER-STARTED ", 1)[1].split()[0])
+    status = wait_until(lambda: _status(run_dir), timeout=10)
+    groups.append(status["pgid"])
+    assert status["state"] == "running" and status["executor_pid"] == pid
+    assert os.getsid(pid) == pid  # a session of its own
+    assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        cmdline = fh.read()
+    assert b"executor.py\0start" in cmdline and SECRET.hex().encode() not in cmdline
+
+    dot = run_dir / ".corunner"
+    assert _mode(run_dir) == _mode(dot) == 0o700
+    assert _mode(dot / "config.json") == _mode(dot / "executor.py") == 0o600
+    assert json.loads((dot / "config.json").read_text())["secret"] == SECRET.hex()
+    assert (run_dir / "job.sh").read_bytes() == script.read_bytes()
+    assert _mode(run_dir / "job.sh") == 0o755  # exact, whatever the umask
+    assert (run_dir / "data" / "sub" / "tool").read_text() == "x"
+    assert _mode(run_dir / "data" / "sub" / "tool") == 0o751
+    assert os.readlink(run_dir / "data" / "link") == "sub/tool"
+    assert (run_dir / "notes.txt").read_text() == "notes"
+
+    (run_dir / "release").touch()
+    finals: list = []
+    wait_until(
+        lambda: finals.extend(m for m, _ in listener.poll(0.05) if m.final) or finals, timeout=10
+    )
+    assert finals[0].exit_code == 5
+    assert wait_until(lambda: (_status(run_dir) or {}).get("state") == "exited", timeout=10)
+
+
+def test_foreground_start_runs_and_prints_the_status(tmp_path: Path) -> None:
+    program = Program(cmd="echo out; exit 3")
+    data = payload_bytes(tmp_path, program, [], config(None, program, heartbeat=False))
+    run_dir = tmp_path / RUN_ID
+    done = start(run_dir, data, "fg")
+    assert done.returncode == 0, done.stderr
+    line = next(ln for ln in done.stdout.decode().splitlines() if ln.startswith("CORUNNER-STATUS "))
+    status = json.loads(line.split(" ", 1)[1])
+    assert (status["state"], status["exit_code"]) == ("exited", 3)
+    assert (run_dir / "stdout").read_text() == "out\n"
+
+
+def test_start_failures_say_why_in_one_marked_line(tmp_path: Path) -> None:
+    program = Program(cmd="true")
+    data = payload_bytes(tmp_path, program, [], config(None, program, heartbeat=False))
+
+    def error_of(done: subprocess.CompletedProcess) -> str:
+        assert done.returncode != 0
+        lines = [ln for ln in done.stderr.decode().splitlines() if "CORUNNER-ERROR" in ln]
+        assert len(lines) == 1, done.stderr
+        return lines[0]
+
+    cut = error_of(start(tmp_path / "a", data[: len(data) // 2], "bg"))
+    assert "the upload ended early" in cut
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    blocked = error_of(start(blocker / "run", data, "bg"))
+    assert f"cannot write the executor in {blocker}/run: Not a directory" in blocked
+    no_python = error_of(start(tmp_path / "b", data, "bg", python="python3.99-missing"))
+    assert "python interpreter 'python3.99-missing' not found" in no_python
+    # A config cut short is caught by the executor, after the boot code.
+    head = data.index(b'{"run_id"')
+    late = error_of(start(tmp_path / "c", data[: head + 10], "bg"))
+    assert "cannot unpack the upload" in late and "ended early" in late
+
+
+def _status(run_dir: Path) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)

@@ -1,0 +1,93 @@
+"""The upload's framing (executor.frame_header / unpack): what a node reads on
+the start command's stdin before anything runs."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from corunner.executor import FRAME_HEADER, frame_header, parse_frame_header, unpack
+
+
+def feed(data: bytes) -> int:
+    """A pipe's read end holding ``data`` (written from a thread: it may exceed the pipe)."""
+    read_end, write_end = os.pipe()
+
+    def write() -> None:
+        with os.fdopen(write_end, "wb") as f:
+            f.write(data)
+
+    threading.Thread(target=write, daemon=True).start()
+    return read_end
+
+
+def piece(name: bytes, data: bytes, mode: int = 0o600) -> bytes:
+    return frame_header("F", name, len(data), mode) + data
+
+
+@given(
+    kind=st.sampled_from(["F", "T", "E"]),
+    name=st.binary(max_size=300),
+    size=st.integers(0, 10**15),
+    mode=st.integers(0, 0o7777),
+)
+def test_a_header_reads_back_as_written(kind, name, size, mode):
+    raw = frame_header(kind, name, size, mode)
+    assert raw[FRAME_HEADER:] == name
+    assert parse_frame_header(raw[:FRAME_HEADER]) == (kind, mode, size, len(name))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"", b"X 600 1 1".ljust(39) + b"\n", b"F 600 1".ljust(39) + b"\n", b"F 600 -1 1".ljust(39) + b"\n",
+     b"F 600 1 1".ljust(40), b"F 600 1 1\n"],
+)  # fmt: skip
+def test_anything_else_is_not_a_header(header):
+    with pytest.raises(ValueError):
+        parse_frame_header(header)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    files=st.dictionaries(
+        st.text("abcdefgh .-_'$", min_size=1, max_size=8).filter(lambda n: n not in (".", "..")),
+        st.tuples(st.binary(max_size=3000), st.sampled_from([0o600, 0o644, 0o755, 0o4711])),
+        max_size=4,
+    ),
+    tar_follows=st.booleans(),
+)
+def test_unpack_writes_each_file_with_its_exact_mode(tmp_path_factory, files, tar_follows):
+    where = tmp_path_factory.mktemp("unpack")
+    stream = b"".join(piece(n.encode(), data, mode) for n, (data, mode) in files.items())
+    stream += frame_header("T" if tar_follows else "E") + b"after"
+    fd = feed(stream)
+    old = os.umask(0o077)
+    cwd = os.getcwd()
+    try:
+        os.chdir(where)
+        assert unpack(fd) is tar_follows
+        assert os.read(fd, 100) == b"after"  # nothing read past the last header
+    finally:
+        os.chdir(cwd)
+        os.umask(old)
+        os.close(fd)
+    for name, (data, mode) in files.items():
+        assert (where / name).read_bytes() == data
+        assert stat.S_IMODE(os.stat(where / name).st_mode) == mode
+
+
+def test_unpack_refuses_names_that_climb_out_and_short_streams(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in (b"../evil", b"/tmp/evil", b"a/../../evil", b""):
+        with pytest.raises(ValueError, match="unsafe name"):
+            unpack(feed(piece(name, b"x")))
+    with pytest.raises(ValueError, match="ended early"):
+        unpack(feed(piece(b"short", b"0123456789")[:-3]))
+    with pytest.raises(ValueError, match="ended early"):
+        unpack(feed(piece(b"ok", b"1")))  # no end marker
+    assert sorted(os.listdir(tmp_path)) == ["ok", "short"]  # nothing written outside
