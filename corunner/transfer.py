@@ -28,6 +28,7 @@ import secrets
 import stat
 import tarfile
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from typing import IO, Iterator, List, Optional
 
@@ -85,31 +86,57 @@ exec tar -cf - -- "$base"
 """
 
 
-@dataclass(frozen=True)
 class Archive:
-    """A tar of one local file or tree, built once, sent to every node."""
+    """A local file or tree to push, checked once for every host.
 
-    path: str  # a spooled temporary file holding the archive
-    name: str  # the source's base name
-    file: Optional[str] = None  # the source, when it is one regular file (pushed over SFTP)
+    One regular file is sent as it is (SFTP) and its tar is built only if a
+    host needs the tar path, so pushing a 10 GiB file needs no 10 GiB of
+    temporary space; a tree is archived at once. Either way the tar is built
+    once, in ``workdir``, and shared by every host.
+    """
+
+    def __init__(self, src: str, workdir: str):
+        src = os.path.abspath(src.rstrip("/") or "/")
+        if not os.path.lexists(src):
+            raise UsageError(f"no such local file or directory: {src}")
+        self.name = os.path.basename(src)
+        self.src, self.workdir = src, workdir
+        self._lock = threading.Lock()
+        self._path: Optional[str] = None
+        #: The source, when it is one regular file (pushed over SFTP).
+        self.file: Optional[str] = src if stat.S_ISREG(os.lstat(src).st_mode) else None
+        if self.file is None:
+            self._path = self._build()
+        else:
+            try:
+                open(src, "rb").close()
+            except OSError as exc:
+                raise UsageError(f"cannot read {src}: {exc.strerror}") from exc
+
+    @property
+    def path(self) -> str:
+        """The tar of the source (its top named ``payload``), built on first use."""
+        with self._lock:
+            if self._path is None:
+                self._path = self._build()
+            return self._path
+
+    def _build(self) -> str:
+        fd, path = tempfile.mkstemp(prefix="corunner-", suffix=".tar", dir=self.workdir)
+        with (
+            os.fdopen(fd, "wb") as f,
+            tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            tar.add(self.src, arcname=PAYLOAD, recursive=True)
+        return path
 
     def chunks(self) -> Iterator[bytes]:
         return remote.file_chunks(self.path)
 
 
 def build_archive(src: str, workdir: str) -> Archive:
-    """Archive ``src`` (file or tree, symlinks kept as links) with its top named ``payload``."""
-    src = os.path.abspath(src.rstrip("/") or "/")
-    if not os.path.lexists(src):
-        raise UsageError(f"no such local file or directory: {src}")
-    fd, path = tempfile.mkstemp(prefix="corunner-", suffix=".tar", dir=workdir)
-    with (
-        os.fdopen(fd, "wb") as f,
-        tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        tar.add(src, arcname=PAYLOAD, recursive=True)
-    regular = stat.S_ISREG(os.lstat(src).st_mode)
-    return Archive(path, os.path.basename(src), src if regular else None)
+    """The :class:`Archive` of ``src`` (UsageError if it is missing or unreadable)."""
+    return Archive(src, workdir)
 
 
 def push(conn: fabric.Connection, host: Host, archive: Archive, dest: str) -> None:
@@ -118,7 +145,10 @@ def push(conn: fabric.Connection, host: Host, archive: Archive, dest: str) -> No
         conn, host, archive.file, archive.name, dest
     ):
         return
-    need_kib = str(os.path.getsize(archive.path) // 1024 + 1)
+    try:
+        need_kib = str(os.path.getsize(archive.path) // 1024 + 1)
+    except OSError as exc:  # building the tar here, on first need: say so for this host
+        raise TransferError(host.id, f"cannot archive {archive.src}: {exc}") from exc
     done = remote.execute(
         conn, host, remote.sh(PUSH_SCRIPT, dest, archive.name, need_kib), stdin=archive.chunks()
     )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
 import socket
+import subprocess
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -41,3 +45,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def python38() -> Optional[str]:
+    """A Python 3.8 interpreter (the oldest a node may have), or None if there is none here."""
+    candidates = [shutil.which("python3.8") or ""]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python3.8")))
+    for path in candidates:
+        if not path:
+            continue
+        try:
+            done = subprocess.run(
+                [path, "-c", "import sys; print(sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except OSError:
+            continue
+        if done.returncode == 0 and done.stdout.strip() == "(3, 8)":
+            return path
+    return None

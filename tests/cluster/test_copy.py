@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -207,3 +208,25 @@ def test_one_file_travels_by_tar_to_and_from_a_node_without_sftp(lab, tmp_path, 
         conn.close()
     assert (pulled.files, pulled.bytes) == (1, 300_000)
     assert (tmp_path / "back" / node.address / "data.bin").read_bytes() == src.read_bytes()
+
+
+def test_one_file_over_sftp_needs_no_local_copy(lab, tmp_path, on_node):
+    """Pushing one file over SFTP writes no archive locally: no temporary space of its size."""
+    from corunner import remote, transfer
+    from corunner.loader import load_inventory
+
+    node = lab.nodes[5]
+    (host,) = load_inventory(str(lab.inventory)).select(node.address)
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(2_000_000))
+    work = tmp_path / "work"
+    work.mkdir()
+    archive = transfer.build_archive(str(src), str(work))
+    conn = remote.connect(host)
+    try:
+        transfer.push(conn, host, archive, "/tmp/")
+    finally:
+        conn.close()
+    assert os.listdir(work) == []
+    out = on_node(node.index, "sha256sum /tmp/data.bin").split()[0]
+    assert out == hashlib.sha256(src.read_bytes()).hexdigest()

@@ -7,7 +7,6 @@ wait_until, never bare sleeps, and every process group is killed at teardown.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from helpers import wait_until
+from helpers import python38, wait_until
 
 import corunner.executor
 from corunner.controller import BOOT, executor_bytecode
@@ -474,28 +473,8 @@ def test_bad_config_exits_2_without_running_anything(node: Node) -> None:
     assert not (node.dir / "ran").exists() and node.status() is None
 
 
-def _python38() -> Optional[str]:
-    candidates = [shutil.which("python3.8") or ""]
-    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python3.8")))
-    for path in candidates:
-        if not path:
-            continue
-        try:
-            done = subprocess.run(
-                [path, "-c", "import sys; print(sys.version_info[:2])"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-        except OSError:
-            continue
-        if done.returncode == 0 and done.stdout.strip() == "(3, 8)":
-            return path
-    return None
-
-
 def test_executor_runs_on_python_3_8(node: Node, listener: Listener) -> None:
-    python = _python38()
+    python = python38()
     if python is None:
         pytest.skip("no Python 3.8 interpreter here")
     node.configure(_controller(listener), shell="exit 3")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from helpers import wait_until
+from helpers import python38, wait_until
 
 from corunner.controller import START_SCRIPT, Payload, Program
 from corunner.listener import Listener
@@ -138,6 +138,23 @@ def test_foreground_start_runs_and_prints_the_status(tmp_path: Path) -> None:
     status = json.loads(line.split(" ", 1)[1])
     assert (status["state"], status["exit_code"]) == ("exited", 3)
     assert (run_dir / "stdout").read_text() == "out\n"
+
+
+def test_start_works_on_python_3_8(tmp_path: Path, listener: Listener) -> None:
+    python = python38()
+    if python is None:
+        pytest.skip("no Python 3.8 interpreter here")
+    program = Program(cmd="exit 6")
+    (tmp_path / "x").write_text("x")  # a --files entry: the tar path too
+    data = payload_bytes(tmp_path, program, [tmp_path / "x"], config(listener, program))
+    done = start(tmp_path / RUN_ID, data, "bg", python=python)
+    assert done.returncode == 0, done.stderr
+    finals: list = []
+    wait_until(
+        lambda: finals.extend(m for m, _ in listener.poll(0.05) if m.final) or finals, timeout=10
+    )
+    assert finals[0].exit_code == 6
+    assert (tmp_path / RUN_ID / "x").read_text() == "x"
 
 
 def test_start_failures_say_why_in_one_marked_line(tmp_path: Path) -> None:

@@ -118,3 +118,31 @@ def test_sh_passes_arguments_literally(args):
     out = subprocess.run(command, shell=True, capture_output=True, check=True).stdout
     assert out.split(b"\0")[:-1] == [a.encode() for a in args]
     assert shlex.split(command)[:2] == ["sh", "-c"]
+
+
+def test_one_file_is_archived_only_when_a_host_needs_the_tar(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"x" * 100_000)
+    archive = transfer.build_archive(str(src), str(work))
+    assert archive.file == str(src) and os.listdir(work) == []  # no copy up front
+    with tarfile.open(archive.path) as tar:  # the tar path builds it once, on demand
+        assert tar.getnames() == ["payload"]
+    assert archive.path == archive.path and len(os.listdir(work)) == 1
+
+
+def test_a_tree_is_archived_at_once_and_a_missing_source_is_a_usage_error(tmp_path):
+    import pytest
+
+    from corunner.errors import UsageError
+
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "sub" / "f").write_text("f")
+    (tmp_path / "work").mkdir()
+    archive = transfer.build_archive(str(tmp_path / "tree"), str(tmp_path / "work"))
+    assert archive.file is None and len(os.listdir(tmp_path / "work")) == 1
+    with tarfile.open(archive.path) as tar:
+        assert sorted(tar.getnames()) == ["payload", "payload/sub", "payload/sub/f"]
+    with pytest.raises(UsageError, match="no such local file or directory"):
+        transfer.build_archive(str(tmp_path / "missing"), str(tmp_path / "work"))
