@@ -465,14 +465,17 @@ class Run:
         config: Dict[str, Any],
     ) -> paramiko.Channel:
         with remote.translated(host):
-            chan = conn.client.get_transport().open_session(timeout=host.connect_timeout)
-            chan.exec_command(command)
+            chan = remote.open_command(conn, host, command, remote.stall_limit(host))
             try:
                 for chunk in payload.chunks(config):
                     chan.sendall(chunk)
                 chan.shutdown_write()
+            except socket.timeout:
+                chan.close()
+                raise remote.Stalled(f"no progress for {remote.stall_limit(host):g}s") from None
             except OSError:
                 pass  # the node's command ended early; its status tells why
+            chan.settimeout(None)  # from now on, silence is the program running
             return chan
 
     def _wakeup(self) -> None:

@@ -39,6 +39,20 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128
 _known_hosts_lock = threading.Lock()
 
 
+class Stalled(socket.timeout):
+    """A node made no progress in an SSH exchange for too long: hung or overloaded."""
+
+
+def stall_limit(host: Host) -> float:
+    """Seconds without progress after which an exchange with ``host`` is given up.
+
+    sshd answers a command request at once and data flows continuously, so a
+    node silent this long mid-exchange is stopped, hung on a disk, or drowning:
+    it is reported, never waited for forever.
+    """
+    return max(10.0, 2 * host.connect_timeout)
+
+
 def _fresh_config() -> fabric.Config:
     """A Fabric config for one connection, never shared between threads.
 
@@ -102,6 +116,8 @@ def translated(host: Host) -> Iterator[None]:
         ) from exc
     except socket.gaierror as exc:
         raise ConnectError(who, f"cannot resolve host name ({exc.strerror})") from exc
+    except Stalled as exc:
+        raise ConnectError(who, f"stalled: {exc} (host hung or overloaded)") from exc
     except (socket.timeout, TimeoutError) as exc:
         raise ConnectError(
             who, f"no answer within {host.connect_timeout:g}s (host down or port filtered)"
@@ -260,37 +276,96 @@ def execute(
     """Run ``command`` on one open connection, streaming ``stdin`` chunks to it.
 
     If the node stops reading (its command failed), sending stops and the
-    command's own error is returned rather than a broken-pipe error.
+    command's own error is returned rather than a broken-pipe error. A node
+    that makes no progress for ``timeout`` seconds (default
+    :func:`stall_limit`) fails with a "stalled" ConnectError.
     """
+    limit = stall_limit(host) if timeout is None else timeout
     with translated(host):
-        chan = conn.client.get_transport().open_session(timeout=host.connect_timeout)
+        chan = open_command(conn, host, command, limit)
         try:
-            chan.exec_command(command)
             if stdin is not None:
-                with contextlib.suppress(OSError, EOFError):
+                try:
                     for chunk in stdin:
                         chan.sendall(chunk)
+                except socket.timeout:
+                    raise Stalled(f"no progress for {limit:g}s") from None
+                except (OSError, EOFError):
+                    pass  # the node stopped reading: its command's status says why
             with contextlib.suppress(OSError, EOFError):
                 chan.shutdown_write()
-            out, err = drain(chan, timeout)
+            out, err = drain(chan, limit)
             return Completed(chan.recv_exit_status(), out, err)
         finally:
             chan.close()
+
+
+def open_command(
+    conn: fabric.Connection, host: Host, command: str, limit: float
+) -> paramiko.Channel:
+    """A session channel running ``command``; its sends and receives time out after ``limit``."""
+    chan = conn.client.get_transport().open_session(timeout=host.connect_timeout)
+    chan.settimeout(limit)
+    with _watchdog(chan, limit):
+        chan.exec_command(command)
+    return chan
+
+
+def open_sftp(conn: fabric.Connection, host: Host) -> paramiko.SFTPClient:
+    """An SFTP session whose requests time out after :func:`stall_limit` without progress."""
+    limit = stall_limit(host)
+    chan = conn.client.get_transport().open_session(timeout=host.connect_timeout)
+    chan.settimeout(limit)
+    with _watchdog(chan, limit):
+        chan.invoke_subsystem("sftp")
+    return paramiko.SFTPClient(chan)
+
+
+@contextlib.contextmanager
+def _watchdog(chan: paramiko.Channel, limit: float) -> Iterator[None]:
+    """Close ``chan`` if the request inside takes ``limit`` seconds; raise :class:`Stalled`.
+
+    Paramiko waits for the answer to a channel request without a timeout, so
+    a node that hangs right then would be waited for forever.
+    """
+    fired = threading.Event()
+
+    def expire() -> None:
+        fired.set()
+        chan.close()
+
+    timer = threading.Timer(limit, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except (paramiko.SSHException, EOFError, OSError):
+        if fired.is_set():
+            raise Stalled(f"no answer to a request for {limit:g}s") from None
+        raise
+    finally:
+        timer.cancel()
 
 
 def drain(chan: paramiko.Channel, timeout: Optional[float] = None) -> Tuple[bytes, bytes]:
     """Read stdout and stderr until the channel ends, without busy-waiting.
 
     Both streams share one flow-control window, so both are read as they come.
-    Raises ``socket.timeout`` after ``timeout`` seconds.
+    Raises :class:`Stalled` if nothing arrives for ``timeout`` seconds.
     """
     out, err = [], []
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
+        got = False
         while chan.recv_stderr_ready():
             err.append(chan.recv_stderr(CHUNK))
+            got = True
         if chan.recv_ready():
             out.append(chan.recv(CHUNK))
+            got = True
+        if got:
+            if timeout is not None:
+                deadline = time.monotonic() + timeout
             continue
         if chan.eof_received or chan.closed:
             while chan.recv_stderr_ready():
@@ -298,7 +373,7 @@ def drain(chan: paramiko.Channel, timeout: Optional[float] = None) -> Tuple[byte
             return b"".join(out), b"".join(err)
         wait = None if deadline is None else deadline - time.monotonic()
         if wait is not None and wait <= 0:
-            raise socket.timeout("remote command timed out")
+            raise Stalled(f"no progress for {timeout:g}s")
         select.select([chan], [], [], min(wait, 1.0) if wait is not None else 1.0)
 
 
@@ -358,22 +433,24 @@ def stream_from(
 
     Returns what ``consume`` returned and the command's status and stderr.
     """
+    limit = stall_limit(host) if timeout is None else timeout
     with translated(host):
-        chan = conn.client.get_transport().open_session(timeout=host.connect_timeout)
+        chan = open_command(conn, host, command, limit)
         try:
-            chan.settimeout(timeout)
-            chan.exec_command(command)
             chan.shutdown_write()
             stream = MarkedStream(chan, marker.encode())
-            result = consume(stream)  # type: ignore[arg-type]
-            while chan.recv(CHUNK):  # drain what the consumer left
-                pass
-            err = b""
-            while True:
-                part = chan.recv_stderr(CHUNK)
-                if not part:
-                    break
-                err += part
+            try:
+                result = consume(stream)  # type: ignore[arg-type]
+                while chan.recv(CHUNK):  # drain what the consumer left
+                    pass
+                err = b""
+                while True:
+                    part = chan.recv_stderr(CHUNK)
+                    if not part:
+                        break
+                    err += part
+            except socket.timeout:
+                raise Stalled(f"no progress for {limit:g}s") from None
             return result, Completed(chan.recv_exit_status(), b"", err)
         finally:
             chan.close()

@@ -25,6 +25,7 @@ import contextlib
 import os
 import posixpath
 import secrets
+import socket
 import stat
 import tarfile
 import tempfile
@@ -167,7 +168,9 @@ def _push_regular_file(conn: fabric.Connection, host: Host, src: str, name: str,
     """
     with remote.translated(host):
         try:
-            sftp = conn.client.open_sftp()
+            sftp = remote.open_sftp(conn, host)
+        except remote.Stalled:
+            raise
         except (paramiko.SSHException, OSError):
             return False  # no SFTP subsystem on this node
         try:
@@ -288,7 +291,9 @@ def _pull_regular_file(
     """
     with remote.translated(host):
         try:
-            sftp = conn.client.open_sftp()
+            sftp = remote.open_sftp(conn, host)
+        except remote.Stalled:
+            raise
         except (paramiko.SSHException, OSError):
             return None  # no SFTP subsystem on this node: the tar path streams it
         try:
@@ -306,6 +311,9 @@ def _pull_regular_file(
                     sftp.getfo(src, f, prefetch=True)
                 os.chmod(tmp, (attrs.st_mode or 0o644) & 0o755)  # as tar's data filter does
                 os.replace(tmp, target)
+            except socket.timeout:
+                os.unlink(tmp)
+                raise remote.Stalled(f"no progress for {remote.stall_limit(host):g}s") from None
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
