@@ -50,7 +50,7 @@ def stall_limit(host: Host) -> float:
     node silent this long mid-exchange is stopped, hung on a disk, or drowning:
     it is reported, never waited for forever.
     """
-    return max(10.0, 2 * host.connect_timeout)
+    return max(20.0, 2 * host.connect_timeout)
 
 
 def _fresh_config() -> fabric.Config:
