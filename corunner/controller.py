@@ -578,7 +578,12 @@ class Run:
             interrupted = True
             raise
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            # After Ctrl-C, starts already in flight are let finish (each within the
+            # connect and stall limits) and queued ones are dropped: every program
+            # that was started is then known, recorded, and stoppable.
+            pool.shutdown(wait=interrupted, cancel_futures=True)
+            if interrupted:
+                self._take_started(pending)
             report = self._report(interrupted)
             self._save(final=True, report=report)
             self.record.close()

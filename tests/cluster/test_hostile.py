@@ -362,15 +362,22 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def test_ctrl_c_at_a_terminal_asks_and_stops_the_programs(lab, cli, on_node):
+def test_ctrl_c_at_a_terminal_asks_and_stops_the_programs(lab, cli, on_node, tmp_path):
+    """Ctrl-C lands while one node's start is still in flight (its python waits 3 s):
+    that start is let finish, so the stop reaches its program too."""
     import pty
     import select
     import subprocess
     import sys
 
+    slow = lab.nodes[3]
+    on_node(slow.index, "printf '#!/bin/sh\\nsleep 3\\nexec python3 \"$@\"\\n' >/tmp/slowpy")
+    on_node(slow.index, "chmod +x /tmp/slowpy")
+    inv = inventory_with(lab, tmp_path, {"python": "/tmp/slowpy"}, [slow.address])
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "corunner", "run", "--cmd", "sleep 181", *FAST],
+        [sys.executable, "-m", "corunner", "run", "--cmd", "sleep 181", "--inventory", str(inv)]
+        + list(FAST),
         cwd=cli.workdir,
         env={**cli.env, "TERM": "xterm"},
         stdin=slave,
@@ -398,6 +405,7 @@ def test_ctrl_c_at_a_terminal_asks_and_stops_the_programs(lab, cli, on_node):
     try:
         wait_until(lambda: "sleep 181" in on_node(lab.nodes[-1].index, "ps -eo args"), timeout=60)
         read_until(b"alive", 10)
+        assert "sleep 181" not in on_node(slow.index, "ps -eo args")  # still starting
         proc.send_signal(signal.SIGINT)
         assert b"Stop the programs on the nodes? [y/N]" in read_until(b"[y/N]", 30)
         os.write(master, b"y\n")
