@@ -558,7 +558,11 @@ class Run:
             while pending or not self.fleet.finished:
                 now = self.clock()
                 if deadline is not None and now >= deadline:
+                    # Queued starts never begin; those in flight finish, so a
+                    # program that did start is recorded (timeout) and stoppable.
+                    pool.shutdown(wait=True, cancel_futures=True)
                     self._take_started(pending)
+                    now = self.clock()
                     self._changes(self.fleet.expire(now))
                     for host in pending:  # never started before the deadline
                         self._changes(

@@ -101,10 +101,24 @@ def test_frozen_node_turns_dead_then_alive_then_succeeds(healthy_lab, cli):
     ]
 
 
-def test_deadline_times_out_and_stop_ends_the_remote_programs(lab, cli, on_node):
+def test_deadline_times_out_and_stop_ends_the_remote_programs(lab, cli, on_node, tmp_path):
+    # One node is still starting at the deadline (its python waits 4 s): that
+    # start is let finish, so its program too is recorded, timed out and stopped.
+    import yaml
+
+    slow = lab.nodes[5]
+    on_node(slow.index, "printf '#!/bin/sh\\nsleep 4\\nexec python3 \"$@\"\\n' >/tmp/slowpy")
+    on_node(slow.index, "chmod +x /tmp/slowpy")
+    data = yaml.safe_load(lab.inventory.read_text())
+    data["groups"]["lab"]["hosts"] = [n.address for n in lab.nodes if n is not slow]
+    data["groups"]["slow"] = {"hosts": [slow.address], "python": "/tmp/slowpy"}
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text(yaml.safe_dump(data))
+    cli.env["CORUNNER_INVENTORY"] = str(inv)
     done, doc = cli.json("run", "--cmd", "sleep 300", "--deadline", "2", *FAST)
     assert done.returncode == EXIT_LOST
     assert {h["state"] for h in doc["hosts"]} == {"timeout"}
+    assert all(h["pid"] for h in doc["hosts"])  # the slow node's start was waited for
     run_id = doc["run_id"]
     assert "sleep 300" in on_node(lab.nodes[0].index, "ps -eo args")
     done = cli("stop", "--run", run_id)
