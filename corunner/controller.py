@@ -110,8 +110,12 @@ exec "$py" -I -S -c "$unpack" "$dir/.corunner/executor.py" start "$dir" "$@"
 #: Ask the executor on the node about a run: $1 = run directory, $2 = python, $3 = verb.
 ASK_SCRIPT = r"""
 dir=$1 py=$2 boot=@BOOT@
-if [ ! -f "$dir/.corunner/executor.py" ]; then
-  echo "CORUNNER-PROBE {\"state\": \"missing\"}"; exit 0; fi
+if [ ! -f "$dir/.corunner/executor.py" ]; then  # never started here, or removed since
+  case $3 in
+    stop) echo "CORUNNER-STOP {\"stopped\": false, \"state\": \"missing\"}" ;;
+    *) echo "CORUNNER-PROBE {\"state\": \"missing\"}" ;;
+  esac
+  exit 0; fi
 exec "$py" -I -S -c "$boot" "$dir/.corunner/executor.py" "$3" "$dir"
 """.replace("@BOOT@", shlex.quote(BOOT))
 

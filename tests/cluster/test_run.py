@@ -250,3 +250,15 @@ def test_an_unexpected_error_on_one_host_ends_that_host_not_the_run(lab, tmp_pat
     assert states[victim].error.startswith("internal error (RuntimeError at test_run.py:")
     assert states[victim].error.endswith(": boom); please report it to the corunner developers")
     assert all(row.state == "succeeded" for host, row in states.items() if host != victim)
+
+
+def test_stop_says_which_nodes_have_nothing_to_stop(lab, cli, on_node):
+    ran, gone = lab.nodes[:2]
+    done, doc = cli.json("run", "--cmd", "true", "--hosts", f"{ran.address},{gone.address}", *FAST)
+    assert done.returncode == EXIT_OK, done.stderr
+    remote_dir = {h["host"]: h["remote_dir"] for h in doc["hosts"]}[gone.address]
+    on_node(gone.index, f"rm -rf {remote_dir}")  # cleaned up by someone since
+    done = cli("stop", "--run", doc["run_id"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{ran.address}: not running (exited)" in done.stdout
+    assert f"{gone.address}: not running (missing)" in done.stdout
