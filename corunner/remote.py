@@ -332,7 +332,10 @@ def _watchdog(chan: paramiko.Channel, limit: float) -> Iterator[None]:
 
     def expire() -> None:
         fired.set()
-        chan.close()
+        # Marks the channel closed (which wakes the request) before telling the
+        # node, so a connection that is already broken may fail here harmlessly.
+        with contextlib.suppress(Exception):
+            chan.close()
 
     timer = threading.Timer(limit, expire)
     timer.daemon = True
