@@ -8,7 +8,9 @@ quoted by :func:`shlex.quote`, and every answer we parse is prefixed with a
 marker, so noisy shell start-up files on the node cannot confuse us.
 
 Paramiko and socket errors become :class:`~corunner.errors.RemoteError`
-subclasses whose one-line message names the host and what to do.
+subclasses whose one-line message names the host and what to do. No exchange
+waits forever: a node that makes no progress for :func:`stall_limit` seconds
+(hung, or drowning) ends with a "stalled" error.
 """
 
 from __future__ import annotations
