@@ -468,15 +468,16 @@ class Run:
         payload: Payload,
         config: Dict[str, Any],
     ) -> paramiko.Channel:
+        limit = remote.stall_limit(host)
         with remote.translated(host):
-            chan = remote.open_command(conn, host, command, remote.stall_limit(host))
+            chan = remote.open_command(conn, host, command, limit)
             try:
                 for chunk in payload.chunks(config):
                     chan.sendall(chunk)
                 chan.shutdown_write()
             except socket.timeout:
                 chan.close()
-                raise remote.Stalled(f"no progress for {remote.stall_limit(host):g}s") from None
+                raise remote.Stalled(limit) from None
             except OSError:
                 pass  # the node's command ended early; its status tells why
             chan.settimeout(None)  # from now on, silence is the program running

@@ -44,6 +44,9 @@ _known_hosts_lock = threading.Lock()
 class Stalled(socket.timeout):
     """A node made no progress in an SSH exchange for too long: hung or overloaded."""
 
+    def __init__(self, seconds: float, what: str = "no progress") -> None:
+        super().__init__(f"{what} for {seconds:g}s")
+
 
 def stall_limit(host: Host) -> float:
     """Seconds without progress after which an exchange with ``host`` is given up.
@@ -291,7 +294,7 @@ def execute(
                     for chunk in stdin:
                         chan.sendall(chunk)
                 except socket.timeout:
-                    raise Stalled(f"no progress for {limit:g}s") from None
+                    raise Stalled(limit) from None
                 except (OSError, EOFError):
                     pass  # the node stopped reading: its command's status says why
             with contextlib.suppress(OSError, EOFError):
@@ -306,21 +309,36 @@ def open_command(
     conn: fabric.Connection, host: Host, command: str, limit: float
 ) -> paramiko.Channel:
     """A session channel running ``command``; its sends and receives time out after ``limit``."""
-    chan = conn.client.get_transport().open_session(timeout=host.connect_timeout)
-    chan.settimeout(limit)
-    with _watchdog(chan, limit):
-        chan.exec_command(command)
-    return chan
+    return _session(conn, host, limit, lambda chan: chan.exec_command(command))
 
 
-def open_sftp(conn: fabric.Connection, host: Host) -> paramiko.SFTPClient:
-    """An SFTP session whose requests time out after :func:`stall_limit` without progress."""
-    limit = stall_limit(host)
-    chan = conn.client.get_transport().open_session(timeout=host.connect_timeout)
-    chan.settimeout(limit)
-    with _watchdog(chan, limit):
-        chan.invoke_subsystem("sftp")
+def open_sftp(conn: fabric.Connection, host: Host) -> Optional[paramiko.SFTPClient]:
+    """An SFTP session whose requests time out after :func:`stall_limit` without progress.
+
+    None if the node has no SFTP subsystem (callers then use a command
+    instead); :class:`Stalled` if it does not answer.
+    """
+    try:
+        chan = _session(conn, host, stall_limit(host), lambda c: c.invoke_subsystem("sftp"))
+    except Stalled:
+        raise
+    except (paramiko.SSHException, OSError):
+        return None
     return paramiko.SFTPClient(chan)
+
+
+def _session(
+    conn: fabric.Connection,
+    host: Host,
+    limit: float,
+    request: Callable[[paramiko.Channel], None],
+) -> paramiko.Channel:
+    """A session channel with a ``limit`` timeout, after ``request`` (exec or subsystem)."""
+    chan = conn.client.get_transport().open_session(timeout=host.connect_timeout)
+    chan.settimeout(limit)
+    with _watchdog(chan, limit):
+        request(chan)
+    return chan
 
 
 @contextlib.contextmanager
@@ -346,7 +364,7 @@ def _watchdog(chan: paramiko.Channel, limit: float) -> Iterator[None]:
         yield
     except (paramiko.SSHException, EOFError, OSError):
         if fired.is_set():
-            raise Stalled(f"no answer to a request for {limit:g}s") from None
+            raise Stalled(limit, "no answer to a request") from None
         raise
     finally:
         timer.cancel()
@@ -378,7 +396,7 @@ def drain(chan: paramiko.Channel, timeout: Optional[float] = None) -> Tuple[byte
             return b"".join(out), b"".join(err)
         wait = None if deadline is None else deadline - time.monotonic()
         if wait is not None and wait <= 0:
-            raise Stalled(f"no progress for {timeout:g}s")
+            raise Stalled(timeout)
         select.select([chan], [], [], min(wait, 1.0) if wait is not None else 1.0)
 
 
@@ -455,7 +473,7 @@ def stream_from(
                         break
                     err += part
             except socket.timeout:
-                raise Stalled(f"no progress for {limit:g}s") from None
+                raise Stalled(limit) from None
             return result, Completed(chan.recv_exit_status(), b"", err)
         finally:
             chan.close()

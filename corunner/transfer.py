@@ -167,11 +167,8 @@ def _push_regular_file(conn: fabric.Connection, host: Host, src: str, name: str,
     the tar path, which does it or names the cause (a full disk, say).
     """
     with remote.translated(host):
-        try:
-            sftp = remote.open_sftp(conn, host)
-        except remote.Stalled:
-            raise
-        except (paramiko.SSHException, OSError):
+        sftp = remote.open_sftp(conn, host)
+        if sftp is None:
             return False  # no SFTP subsystem on this node
         try:
             target = _sftp_target(sftp, dest, name)
@@ -290,11 +287,8 @@ def _pull_regular_file(
     100 ms of the node's CPU) per host; trees still travel as one tar stream.
     """
     with remote.translated(host):
-        try:
-            sftp = remote.open_sftp(conn, host)
-        except remote.Stalled:
-            raise
-        except (paramiko.SSHException, OSError):
+        sftp = remote.open_sftp(conn, host)
+        if sftp is None:
             return None  # no SFTP subsystem on this node: the tar path streams it
         try:
             try:
@@ -313,7 +307,7 @@ def _pull_regular_file(
                 os.replace(tmp, target)
             except socket.timeout:
                 os.unlink(tmp)
-                raise remote.Stalled(f"no progress for {remote.stall_limit(host):g}s") from None
+                raise remote.Stalled(remote.stall_limit(host)) from None
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)

@@ -192,10 +192,13 @@ def test_one_file_travels_by_tar_to_and_from_a_node_without_sftp(lab, tmp_path, 
     from corunner import remote, transfer
     from corunner.loader import load_inventory
 
-    def refused(client):  # what Paramiko raises when sshd refuses the subsystem
+    asked = []
+
+    def refused(channel, subsystem):  # what Paramiko raises when sshd refuses the subsystem
+        asked.append(subsystem)
         raise paramiko.SSHException("Channel closed.")
 
-    monkeypatch.setattr(paramiko.SSHClient, "open_sftp", refused)
+    monkeypatch.setattr(paramiko.Channel, "invoke_subsystem", refused)
     node = lab.nodes[4]
     (host,) = load_inventory(str(lab.inventory)).select(node.address)
     src = tmp_path / "data.bin"
@@ -208,6 +211,7 @@ def test_one_file_travels_by_tar_to_and_from_a_node_without_sftp(lab, tmp_path, 
         conn.close()
     assert (pulled.files, pulled.bytes) == (1, 300_000)
     assert (tmp_path / "back" / node.address / "data.bin").read_bytes() == src.read_bytes()
+    assert asked == ["sftp", "sftp"]  # both copies asked for SFTP, and went the tar way
 
 
 def test_one_file_over_sftp_needs_no_local_copy(lab, tmp_path, on_node):
