@@ -1,4 +1,12 @@
-"""Invoke tasks of corunner: ``inv --list`` shows them. They live in corunner.cli
-so that the installed ``corunner`` command offers the same ones."""
+"""Invoke tasks of this checkout: ``inv --list`` shows them.
 
-from corunner.cli import ns  # noqa: F401
+The product's tasks live in corunner.cli (the installed ``corunner`` command
+offers the same ones); the lab's tasks are this repository's test tooling.
+"""
+
+from invoke import Collection
+
+from corunner.cli import ns as product
+from corunner.testing.tasks import ns as lab
+
+ns = Collection(*product.tasks.values(), lab)

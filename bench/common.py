@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from corunner import lab  # noqa: E402  (needs REPO on sys.path when run as a script)
+from corunner.testing import lab  # noqa: E402  (needs REPO on sys.path when run as a script)
 
 #: Our addresses: 127.0.1.33-96. Others use 1-32, 101-108 and 201-208 meanwhile.
 FIRST = 33

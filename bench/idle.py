@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from corunner import lab
+from corunner.testing import lab
 
 from . import peers
 from .common import CLK_TCK, FIRST, Context, Nodes, cell, markdown_table

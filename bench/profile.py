@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import FIRST, MAX_NODES, Nodes, markdown_table, run_timed, snapshot_corunner  # noqa: E402
 from bench.run import STATE_DIR, prime, tool_env  # noqa: E402
-from corunner import lab  # noqa: E402
+from corunner.testing import lab  # noqa: E402
 
 #: Runs inside the corunner process: wraps functions with timers, dumps spans at exit.
 INSTRUMENT = r"""

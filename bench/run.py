@@ -45,7 +45,7 @@ from bench.common import (  # noqa: E402
     markdown_table,
     snapshot_corunner,
 )
-from corunner import lab  # noqa: E402
+from corunner.testing import lab  # noqa: E402
 from corunner.errors import LabError  # noqa: E402
 
 BENCHMARKS = ("fanout", "push", "pull", "scaling", "listener", "idle")

@@ -27,7 +27,6 @@ from typing import Any, Callable, Dict, List, Optional, TypeVar
 from invoke import Collection, Exit, Program, task
 
 from . import __version__, live, outputs, postrun, render, transfer
-from . import lab as lab_module
 from .controller import Program as RunProgram
 from .controller import Run, RunReport, RunSpec
 from .errors import (
@@ -589,52 +588,5 @@ def collect(
     _finish_transfer(outcomes, out, "collect", "pull", label, dest, began, run_id)
 
 
-# -- the local test cluster ----------------------------------------------------------
-@task(help={"nodes": "how many nodes (default 8)", "state_dir": "where keys and state go"})
-@reported
-def lab_up(c, nodes=8, state_dir=str(lab_module.DEFAULT_STATE_DIR)):
-    """Start the local test cluster: one real sshd per node on 127.0.1.<i>."""
-    began = time.monotonic()
-    the_lab = lab_module.up(int(nodes), lab_module.Path(state_dir))
-    print(
-        f"{len(the_lab.nodes)} nodes up in {time.monotonic() - began:.1f}s: "
-        f"{fold(n.address for n in the_lab.nodes)}"
-    )
-    print(f"inventory: {the_lab.inventory}")
-
-
-@task(help={"state_dir": "where keys and state go"})
-@reported
-def lab_down(c, state_dir=str(lab_module.DEFAULT_STATE_DIR)):
-    """Stop every node of the local test cluster."""
-    print(f"{lab_module.down(lab_module.Path(state_dir))} nodes stopped")
-
-
-def _lab_fault(action: str) -> Callable[..., None]:
-    @task(
-        name=action, help={"node": "node index or address", "state_dir": "where keys and state go"}
-    )
-    @reported
-    def fault(c, node, state_dir=str(lab_module.DEFAULT_STATE_DIR)):
-        the_lab = lab_module.load(lab_module.Path(state_dir))
-        target = the_lab.node(int(node) if str(node).isdigit() else node)
-        getattr(the_lab, action)(target.index)
-        print(f"{target.address}: {action}")
-
-    fault.__doc__ = {
-        "kill": "Kill a lab node (a machine that dies).",
-        "freeze": "Freeze a lab node's processes (a machine that hangs).",
-        "thaw": "Thaw a frozen lab node.",
-        "restart": "Start a killed lab node again.",
-    }[action]
-    return fault
-
-
-lab_ns = Collection("lab")
-lab_ns.add_task(lab_up, name="up")
-lab_ns.add_task(lab_down, name="down")
-for _action in ("kill", "freeze", "thaw", "restart"):
-    lab_ns.add_task(_lab_fault(_action))
-
-ns = Collection(hosts, cp, run, status, stop, collect, lab_ns)
+ns = Collection(hosts, cp, run, status, stop, collect)
 program = Program(namespace=ns, version=__version__, name="corunner", binary="corunner")

@@ -121,4 +121,4 @@ class PartialFailure(CorunnerError):
 
 
 class LabError(CorunnerError):
-    """The local test cluster (corunner.lab) cannot start or be used here; says how to fix it."""
+    """The local test cluster (corunner.testing.lab) cannot start or be used here; says how to fix it."""

@@ -22,9 +22,9 @@ from typing import IO, Any, Iterator, List
 import pytest
 from helpers import wait_until
 
-from corunner import lab as lab_module
+from corunner.testing import lab as lab_module
 from corunner.errors import LabError
-from corunner.lab import Lab
+from corunner.testing.lab import Lab
 
 __all__ = ["wait_until"]
 

@@ -13,7 +13,7 @@ from typing import Callable, Dict, Optional
 import paramiko
 import pytest
 
-from corunner.lab import Lab
+from corunner.testing.lab import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from helpers import wait_until
 
-from corunner import lab as lab_module
+from corunner.testing import lab as lab_module
 from corunner.errors import LabError
-from corunner.lab import NETWORK, Lab, Node, read_banner
+from corunner.testing.lab import NETWORK, Lab, Node, read_banner
 
 #: Addresses 127.0.1.1 .. 127.0.1.32: where a user's own lab (``inv lab.up``, up to
 #: 32 nodes) may run while the tests do. Neither the session lab nor the throw-away

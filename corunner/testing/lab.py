@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple, Union
 
-from .errors import LabError
+from ..errors import LabError
 
 DEFAULT_STATE_DIR = Path(".corunner/lab")
 
