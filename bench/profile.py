@@ -67,7 +67,7 @@ wrap(paramiko.Transport, "open_session", "open session")
 wrap(paramiko.Channel, "exec_command", "exec request")
 wrap(remote, "drain", "wait for the node to start the executor")
 wrap(remote, "execute", "upload + start (total)")
-wrap(controller.Run, "_dispatch", "dispatch (total, incl. close)")
+wrap(controller.Run, "_start", "dispatch (total, incl. close)")
 
 def dump():
     with open(os.environ["BENCH_SPANS"], "w") as f:

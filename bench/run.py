@@ -45,8 +45,8 @@ from bench.common import (  # noqa: E402
     markdown_table,
     snapshot_corunner,
 )
-from corunner.testing import lab  # noqa: E402
 from corunner.errors import LabError  # noqa: E402
+from corunner.testing import lab  # noqa: E402
 
 BENCHMARKS = ("fanout", "push", "pull", "scaling", "listener", "idle")
 #: The benchmarks that share the main lab (the others bring their own or need none).

@@ -27,8 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, TypeVar
 from invoke import Collection, Exit, Program, task
 
 from . import __version__, live, outputs, postrun, render, transfer
-from .controller import Program as RunProgram
-from .controller import Run, RunReport, RunSpec
+from .controller import Run
 from .errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -43,6 +42,9 @@ from .inventory import Host
 from .liveness import State
 from .loader import load_inventory
 from .record import find_run
+from .report import RunReport
+from .spec import Program as RunProgram
+from .spec import RunSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -380,7 +382,7 @@ def run(
     chosen_stream = _stream(stream)
     out = Out(json)
     spec = RunSpec(
-        program=RunProgram(script=script, args=tuple(shlex.split(args or "")), cmd=cmd),
+        program=RunProgram.load(script=script, args=tuple(shlex.split(args or "")), cmd=cmd),
         files=tuple(f for f in (files or "").split(",") if f),
         interval=_number("interval", interval, 1.0),
         dead_after=_optional_number("dead-after", dead_after),

@@ -1,15 +1,15 @@
 """The one exception tree of corunner, and the exit codes it maps to.
 
 Every error a user can meet derives from :class:`CorunnerError` and renders as
-one line that names the file or host and the cause. The task layer turns them
-into exit codes in one place (:func:`exit_code_for`), so codes stay identical
-across tasks.
+one line that names the file or host and the cause. Exit codes are decided
+here and only here: an error carries its ``exit_code``, and the outcome of
+many hosts maps to one code by :func:`exit_code_for`, for every task.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Iterable, Optional
 
 #: Exit codes, documented in README.md. 1 is left to Invoke's own parser errors.
 EXIT_OK = 0
@@ -17,6 +17,26 @@ EXIT_USAGE = 2  # bad options, inventory or run record: nothing was attempted
 EXIT_FAILED = 3  # every node was reached, some programs or transfers failed
 EXIT_LOST = 4  # some nodes were dead, unreachable or timed out
 EXIT_INTERRUPTED = 130  # Ctrl-C
+
+#: Host states (liveness states, and ``unreachable``/``stalled`` for copies)
+#: that mean no result came back from the host: it was lost.
+LOST_STATES = frozenset({"dead", "unreachable", "timeout", "pending", "alive", "stalled"})
+#: Host states that mean the host was reached but its program or copy failed.
+FAILED_STATES = frozenset({"failed"})
+
+
+def exit_code_for(states: Iterable[str]) -> int:
+    """The one exit code for the outcome of many hosts, given each host's state.
+
+    Lost (4) wins over failed (3), which wins over success (0): a job that
+    lost a node cannot claim that every program ran.
+    """
+    seen = {str(s) for s in states}
+    if seen & LOST_STATES:
+        return EXIT_LOST
+    if seen & FAILED_STATES:
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 class CorunnerError(Exception):
@@ -84,6 +104,14 @@ class TransferError(RemoteError):
     exit_code = EXIT_FAILED
 
 
+class StalledError(RemoteError):
+    """A connected host stopped answering mid-exchange: hung, or drowning.
+
+    Not ``unreachable``: the host was reached, and what it already holds
+    (results, a copy's first files) stays there to collect later.
+    """
+
+
 class StartError(RemoteError):
     """The executor could not be uploaded or started on the host."""
 
@@ -110,14 +138,6 @@ class InternalError(RemoteError):
             f"internal error ({type(exc).__name__}{where}: {text}); please report it "
             f"to the corunner developers",
         )
-
-
-class PartialFailure(CorunnerError):
-    """Raised by tasks after every host ended, when some did not succeed."""
-
-    def __init__(self, summary: str, exit_code: int):
-        self.exit_code = exit_code
-        super().__init__(summary)
 
 
 class LabError(CorunnerError):

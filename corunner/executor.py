@@ -1260,6 +1260,40 @@ def _emit(marker: str, doc: Dict[str, Any]) -> None:
         pass  # nobody is listening any more; status.json stays the truth
 
 
+def read_marked(output: bytes, marker: str) -> Optional[Dict[str, Any]]:
+    """The JSON object on the last line of ``output`` that starts with ``marker``.
+
+    The reading side of :func:`_emit`, for the controller. Node output is
+    untrusted (a program may print anything, shell start-up files too): a
+    line that is not a JSON object counts as no line. None if there is none.
+    """
+    prefix = marker.encode() + b" "
+    for line in reversed(output.splitlines()):
+        if not line.startswith(prefix):
+            continue
+        try:
+            doc = json_loads(line[len(prefix) :].decode("utf-8"))
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+    return None
+
+
+def final_outcome(
+    status: Optional[Dict[str, Any]],
+) -> Optional[Tuple[Optional[int], Optional[int]]]:
+    """(exit code, signal) of a final status document, or None if it does not hold one."""
+    if status is None:
+        return None
+    code, sig = status.get("exit_code"), status.get("signal")
+    for value in (code, sig):
+        if value is not None and (type(value) is not int or not -(1 << 31) <= value < 1 << 31):
+            return None
+    if (code is None) == (sig is None):
+        return None
+    return code, sig
+
+
 # --------------------------------------------------------------------------
 # probe and stop
 # --------------------------------------------------------------------------

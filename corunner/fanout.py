@@ -18,10 +18,9 @@ import fabric
 from . import remote
 from .errors import InternalError, RemoteError
 from .inventory import Host
+from .spec import DEFAULT_PARALLEL
 
 T = TypeVar("T")
-
-DEFAULT_PARALLEL = 64
 
 
 @dataclass(frozen=True)

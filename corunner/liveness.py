@@ -68,9 +68,24 @@ def _move(
     return moved, [Change(node.host, node.state, new, now, reason)]
 
 
-def started(node: Node, now: float) -> Node:
-    """The executor is running on the node: its silence is measured from now."""
-    return replace(node, started_at=now, since=now) if node.state is State.PENDING else node
+def started(node: Node, sent_at: float, now: float) -> Node:
+    """The executor runs on the node; its start command was sent at ``sent_at``.
+
+    The run time counts from ``sent_at``, even when the node's first
+    heartbeat (or its final one) arrived before the start was confirmed; a
+    pending node's silence counts from ``now``, the confirmation.
+    """
+    first = sent_at if node.started_at is None else min(node.started_at, sent_at)
+    if node.state is State.PENDING:
+        return replace(node, started_at=first, since=now)
+    return replace(node, started_at=first)
+
+
+def _silence_reference(node: Node) -> Optional[float]:
+    """What a live node's silence is measured from: its last heartbeat, else its start."""
+    if node.last_seen is not None:
+        return node.last_seen
+    return node.since if node.started_at is not None else None
 
 
 def unreachable(node: Node, now: float, error: str) -> Tuple[Node, List[Change]]:
@@ -125,7 +140,7 @@ def check_silence(node: Node, now: float, dead_after: float) -> Tuple[Node, List
     """A pending or alive node that has been silent for ``dead_after`` seconds is dead."""
     if node.state not in LIVE:
         return node, []
-    reference = node.last_seen if node.last_seen is not None else node.started_at
+    reference = _silence_reference(node)
     if reference is None or now - reference < dead_after:
         return node, []
     return _move(node, State.DEAD, now, f"silent for {now - reference:.1f}s")
@@ -135,7 +150,7 @@ def silence_deadline(node: Node, dead_after: float) -> Optional[float]:
     """When ``check_silence`` would next change this node, or None."""
     if node.state not in LIVE:
         return None
-    reference = node.last_seen if node.last_seen is not None else node.started_at
+    reference = _silence_reference(node)
     return None if reference is None else reference + dead_after
 
 
@@ -177,8 +192,8 @@ class Fleet:
         self.changes.extend(changes)
         return changes
 
-    def started(self, host: str, now: float) -> None:
-        self.nodes[host] = started(self.nodes[host], now)
+    def started(self, host: str, sent_at: float, now: float) -> None:
+        self.nodes[host] = started(self.nodes[host], sent_at, now)
         self.quiet_until = min(self.quiet_until, now + self.dead_after)
 
     def unreachable(self, host: str, now: float, error: str) -> List[Change]:
@@ -210,7 +225,11 @@ class Fleet:
         return out
 
     def _earliest_deadline(self) -> float:
-        times = [t for n in self.nodes.values() if (t := silence_deadline(n, self.dead_after))]
+        times = [
+            t
+            for n in self.nodes.values()
+            if (t := silence_deadline(n, self.dead_after)) is not None
+        ]
         return min(times) if times else float("inf")
 
     def expire(self, now: float) -> List[Change]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Callable, Dict, List, Optional
 
 from . import remote, transfer
-from .controller import ASK_SCRIPT, run_dir
+from .bootstrap import ASK_SCRIPT, run_dir
 from .errors import InventoryError, RemoteError
 from .fanout import DEFAULT_PARALLEL, Outcome, on_each
 from .inventory import Host, Inventory

@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import selectors
 import shlex
 import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import IO, Callable, Iterable, Iterator, Optional, Tuple, TypeVar
+from typing import IO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 import fabric
 import paramiko
@@ -477,3 +478,96 @@ def stream_from(
             return result, Completed(chan.recv_exit_status(), b"", err)
         finally:
             chan.close()
+
+
+#: Bytes of a watched session's stdout kept per host: the tail, where the
+#: executor's final status line is. Output beyond it says nothing we read.
+SESSION_TAIL = 1 << 16
+
+
+def keep_tail(kept: bytes, chunk: bytes, cap: int = SESSION_TAIL) -> bytes:
+    """``kept + chunk``, cut to its last ``cap`` bytes: a bound on the whole, not each chunk."""
+    joined = kept + chunk
+    return joined[-cap:] if len(joined) > cap else joined
+
+
+class ChannelWatcher:
+    """Waits on many open SSH sessions in one selector (heartbeats off).
+
+    :meth:`poll` returns the hosts whose session ended, with the tail of what
+    the session printed on stdout; stderr is read and dropped so that a
+    chatty program cannot fill the flow-control window and stall.
+    """
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.waker_r, self.waker_w = socket.socketpair()
+        self.waker_r.setblocking(False)
+        self.selector.register(self.waker_r, selectors.EVENT_READ, None)
+        self.output: Dict[str, bytes] = {}
+        self.open: Dict[str, Tuple[paramiko.Channel, fabric.Connection]] = {}
+
+    def watch(self, host: str, chan: paramiko.Channel, conn: fabric.Connection) -> None:
+        self.output[host] = b""
+        self.open[host] = (chan, conn)
+        self.selector.register(chan, selectors.EVENT_READ, host)
+
+    def wakeup(self) -> None:
+        with contextlib.suppress(OSError):
+            self.waker_w.send(b"x")
+
+    def poll(self, timeout: float) -> List[Tuple[str, bytes]]:
+        """Hosts whose session ended within ``timeout`` seconds, with their stdout's tail."""
+        ended = []
+        for key, _ in self.selector.select(timeout):
+            if key.data is None:
+                with contextlib.suppress(OSError):
+                    self.waker_r.recv(4096)
+                continue
+            host, chan = key.data, key.fileobj
+            while chan.recv_ready():
+                self.output[host] = keep_tail(self.output[host], chan.recv(CHUNK))
+            while chan.recv_stderr_ready():
+                chan.recv_stderr(CHUNK)
+            if chan.eof_received or chan.closed:
+                ended.append((host, self.output.pop(host)))
+                self.forget(host)
+        return ended
+
+    def forget(self, host: str) -> None:
+        chan, conn = self.open.pop(host)
+        self.selector.unregister(chan)
+        chan.close()
+        conn.close()
+
+    def close(self) -> None:
+        for host in list(self.open):
+            self.forget(host)
+        self.selector.close()
+        self.waker_r.close()
+        self.waker_w.close()
+
+
+def start_streaming(
+    conn: fabric.Connection, host: Host, command: str, stdin: Iterable[bytes]
+) -> paramiko.Channel:
+    """Run ``command``, send it ``stdin``, and hand back its still-open channel.
+
+    For a command whose end is the news (the executor in the foreground):
+    once the upload is sent, silence is the program running, so the channel
+    no longer times out.
+    """
+    limit = stall_limit(host)
+    with translated(host):
+        chan = open_command(conn, host, command, limit)
+        try:
+            for chunk in stdin:
+                chan.sendall(chunk)
+            chan.shutdown_write()
+        except socket.timeout:
+            chan.close()
+            raise Stalled(limit) from None
+        except OSError:
+            pass  # the node's command ended early; its status tells why
+        chan.settimeout(None)
+        return chan

@@ -16,8 +16,8 @@ from .liveness import Change, State
 from .outputs import OutputGroup, groups_json
 
 if TYPE_CHECKING:  # only for annotations: rendering needs no SSH
-    from .controller import RunReport
     from .fanout import Outcome
+    from .report import RunReport
 
 #: The order states are listed in summaries: worst news last, where eyes land.
 STATE_ORDER = [

@@ -22,8 +22,8 @@ from typing import IO, Any, Iterator, List
 import pytest
 from helpers import wait_until
 
-from corunner.testing import lab as lab_module
 from corunner.errors import LabError
+from corunner.testing import lab as lab_module
 from corunner.testing.lab import Lab
 
 __all__ = ["wait_until"]

@@ -15,6 +15,7 @@ import pytest
 
 from corunner import controller, fanout, remote, transfer
 from corunner.loader import load_inventory
+from corunner.spec import Program, RunSpec
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_a_node_that_hangs_as_the_run_starts_is_reported_and_the_run_ends(
     victim = healthy_lab.nodes[1]
     freeze_on(paramiko.Channel, "exec_command", victim)  # sshd never answers "exec"
     hosts = load_inventory(str(healthy_lab.inventory)).select(None)
-    spec = controller.RunSpec(controller.Program(cmd="true"), interval=0.2, dead_after=1.5)
+    spec = RunSpec(Program(cmd="true"), interval=0.2, dead_after=1.5)
     report = finish(controller.Run(hosts, spec, records=str(tmp_path / "runs")).execute)
     states = {row.host: row for row in report.hosts}
     assert states[victim.address].state == "unreachable"

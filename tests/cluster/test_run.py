@@ -230,20 +230,21 @@ def test_an_unexpected_error_on_one_host_ends_that_host_not_the_run(lab, tmp_pat
     # A bug hit while starting one node (here: a crash inside connect) must end
     # that node with a one-line error; before, the node stayed pending and
     # the run waited forever.
-    from corunner import controller
+    from corunner import controller, dispatch
     from corunner.loader import load_inventory
+    from corunner.spec import Program, RunSpec
 
     victim = lab.nodes[2].address
-    connect = controller.remote.connect
+    connect = dispatch.remote.connect
 
     def crashing_connect(host, *args):
         if host.name == victim:
             raise RuntimeError("boom\nsecond line")
         return connect(host, *args)
 
-    monkeypatch.setattr(controller.remote, "connect", crashing_connect)
+    monkeypatch.setattr(dispatch.remote, "connect", crashing_connect)
     hosts = load_inventory(str(lab.inventory)).select(None)
-    spec = controller.RunSpec(controller.Program(cmd="true"), interval=0.2, dead_after=1.5)
+    spec = RunSpec(Program(cmd="true"), interval=0.2, dead_after=1.5)
     report = controller.Run(hosts, spec, records=str(tmp_path / "runs")).execute()
     states = {row.host: row for row in report.hosts}
     assert states[victim].state == "unreachable"

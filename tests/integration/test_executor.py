@@ -21,7 +21,7 @@ import pytest
 from helpers import python38, wait_until
 
 import corunner.executor
-from corunner.controller import BOOT, executor_bytecode
+from corunner.bootstrap import BOOT, executor_bytecode
 from corunner.executor import Heartbeat
 from corunner.listener import Listener
 

@@ -19,8 +19,9 @@ from typing import Any, Optional
 import pytest
 from helpers import python38, wait_until
 
-from corunner.controller import START_SCRIPT, Payload, Program
+from corunner.bootstrap import START_SCRIPT, Payload
 from corunner.listener import Listener
+from corunner.spec import Program
 
 RUN_ID = "20260101-120000-start"
 HOST = "127.0.1.4"
@@ -91,7 +92,7 @@ def test_detached_start_unpacks_everything_and_leaves_the_session(
     os.symlink("sub/tool", tree / "link")
     single = tmp_path / "notes.txt"
     single.write_text("notes")
-    program = Program(script=str(script))
+    program = Program.load(script=str(script))
     data = payload_bytes(tmp_path, program, [tree, single], config(listener, program))
     run_dir = tmp_path / "node" / "runs" / RUN_ID  # parents made as mkdir -p would
 

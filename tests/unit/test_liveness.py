@@ -11,7 +11,7 @@ def fleet(*hosts: str) -> Fleet:
 
 def test_started_node_is_pending_until_first_heartbeat():
     f = fleet()
-    f.started("n1", 1.0)
+    f.started("n1", 1.0, 1.0)
     assert f.nodes["n1"].state is State.PENDING
     [change] = f.heartbeat("n1", 1.5)
     assert (change.old, change.new, change.reason) == (State.PENDING, State.ALIVE, "heartbeat")
@@ -19,7 +19,7 @@ def test_started_node_is_pending_until_first_heartbeat():
 
 def test_node_that_never_reports_turns_dead_after_dead_after_from_start():
     f = fleet()
-    f.started("n1", 10.0)
+    f.started("n1", 10.0, 10.0)
     assert f.tick(14.9) == []
     [change] = f.tick(15.0)
     assert change.new is State.DEAD
@@ -33,7 +33,7 @@ def test_node_not_yet_started_is_never_dead_by_silence():
 
 def test_silent_node_turns_dead_then_alive_when_it_reports_again():
     f = fleet()
-    f.started("n1", 0.0)
+    f.started("n1", 0.0, 0.0)
     f.heartbeat("n1", 1.0)
     assert f.tick(5.9) == []
     [dead] = f.tick(6.0)
@@ -47,7 +47,7 @@ def test_silent_node_turns_dead_then_alive_when_it_reports_again():
 
 def test_heartbeats_keep_a_node_alive():
     f = fleet()
-    f.started("n1", 0.0)
+    f.started("n1", 0.0, 0.0)
     for t in range(1, 100):
         f.heartbeat("n1", float(t))
         assert f.tick(t + 0.9) == []
@@ -57,7 +57,7 @@ def test_heartbeats_keep_a_node_alive():
 def test_exit_codes_and_signals_decide_success():
     f = fleet("a", "b", "c")
     for h in "abc":
-        f.started(h, 0.0)
+        f.started(h, 0.0, 0.0)
     f.exited("a", 1.0, 0, None)
     f.exited("b", 1.0, 3, None)
     f.exited("c", 1.0, None, 9)
@@ -69,7 +69,7 @@ def test_exit_codes_and_signals_decide_success():
 
 def test_dead_node_can_still_report_its_exit():
     f = fleet()
-    f.started("n1", 0.0)
+    f.started("n1", 0.0, 0.0)
     f.tick(6.0)
     f.exited("n1", 7.0, 0, None)
     assert f.nodes["n1"].state is State.SUCCEEDED
@@ -77,7 +77,7 @@ def test_dead_node_can_still_report_its_exit():
 
 def test_final_states_are_final():
     f = fleet()
-    f.started("n1", 0.0)
+    f.started("n1", 0.0, 0.0)
     f.exited("n1", 1.0, 0, None)
     assert f.heartbeat("n1", 2.0) == []
     assert f.exited("n1", 2.0, 1, None) == []
@@ -90,15 +90,15 @@ def test_unreachable_node_is_finished_with_its_error():
     [change] = f.unreachable("a", 0.5, "connection refused")
     assert change.new is State.UNREACHABLE and f.nodes["a"].error == "connection refused"
     assert not f.finished
-    f.started("b", 0.5)
+    f.started("b", 0.5, 0.5)
     f.exited("b", 1.0, 0, None)
     assert f.finished
 
 
 def test_run_is_finished_when_only_dead_nodes_remain():
     f = fleet("a", "b")
-    f.started("a", 0.0)
-    f.started("b", 0.0)
+    f.started("a", 0.0, 0.0)
+    f.started("b", 0.0, 0.0)
     f.heartbeat("a", 1.0)
     f.exited("b", 2.0, 0, None)
     assert not f.finished
@@ -109,7 +109,7 @@ def test_run_is_finished_when_only_dead_nodes_remain():
 def test_deadline_times_out_live_nodes_but_not_dead_or_finished_ones():
     f = fleet("live", "dead", "done")
     for h in ("live", "dead", "done"):
-        f.started(h, 0.0)
+        f.started(h, 0.0, 0.0)
     f.heartbeat("live", 4.0)
     f.exited("done", 1.0, 0, None)
     f.tick(5.0)
@@ -125,8 +125,8 @@ def test_deadline_times_out_live_nodes_but_not_dead_or_finished_ones():
 def test_next_check_is_the_earliest_silence_deadline():
     f = fleet("a", "b")
     assert f.next_check() is None
-    f.started("a", 0.0)
-    f.started("b", 2.0)
+    f.started("a", 0.0, 0.0)
+    f.started("b", 2.0, 2.0)
     f.heartbeat("a", 3.0)
     # A lower bound between scans (cheap to keep), exact after one.
     assert f.next_check() <= 7.0
@@ -136,8 +136,8 @@ def test_next_check_is_the_earliest_silence_deadline():
 
 def test_tick_skips_the_scan_until_a_node_might_be_due_but_never_misses_one():
     f = fleet("a", "b")
-    f.started("a", 0.0)
-    f.started("b", 0.0)
+    f.started("a", 0.0, 0.0)
+    f.started("b", 0.0, 0.0)
     for t in range(1, 20):
         f.heartbeat("a", float(t))
         f.tick(t + 0.5)
@@ -150,8 +150,8 @@ def test_tick_skips_the_scan_until_a_node_might_be_due_but_never_misses_one():
 
 def test_lost_session_makes_a_live_node_dead_but_not_a_finished_one():
     f = fleet("a", "b")
-    f.started("a", 0.0)
-    f.started("b", 0.0)
+    f.started("a", 0.0, 0.0)
+    f.started("b", 0.0, 0.0)
     f.exited("b", 1.0, 0, None)
     [change] = f.lost("a", 2.0, "SSH session ended without a status")
     assert change.new is State.DEAD

@@ -1,0 +1,169 @@
+"""The node bootstrap: what the controller sends to start or ask the executor.
+
+Three shell scripts (start, ask) run under POSIX ``sh`` whatever the login
+shell, a few lines of Python that unpack the executor from stdin, the
+executor's bytecode, and the upload itself (:class:`Payload`). The upload's
+frame format is defined once, in the executor (``frame_header``/``unpack``),
+which parses it on the node; this module only builds it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import marshal
+import os
+import shlex
+import shutil
+import sys
+import tarfile
+import tempfile
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+
+from . import executor as executor_module
+from . import remote
+from .errors import UsageError
+from .inventory import Host
+from .spec import Program
+
+EXECUTOR_SOURCE = executor_module.__file__
+
+#: How a node loads the executor for probe and stop ($1 of the Python command
+#: line, so that its processes read ``.../executor.py VERB ...``): imported,
+#: not run as a script, so that Python loads the bytecode shipped beside it
+#: (see executor_bytecode) instead of compiling ~1,500 lines on every node.
+BOOT = (
+    "import sys, os.path; sys.path.insert(0, os.path.dirname(sys.argv.pop(1)));"
+    " from executor import main; sys.exit(main())"
+)
+
+#: The first code a node runs (``python -I -S -c``, argv: the executor's path,
+#: then its own arguments): make the run directory, write the executor and
+#: its bytecode from the first two pieces of stdin (see executor.unpack for
+#: the format), import it and hand over; the executor unpacks the rest.
+_UNPACK = r"""
+import os, sys
+x = sys.argv.pop(1)
+d = os.path.dirname(os.path.dirname(x))
+def take(n):
+    b = b""
+    while len(b) < n:
+        k = os.read(0, n - len(b))
+        if not k:
+            sys.exit("CORUNNER-ERROR the upload ended early")
+        b += k
+    return b
+os.umask(0o077)
+try:
+    os.makedirs(d + "/.corunner/__pycache__", exist_ok=True)
+    os.chdir(d)
+    for i in (0, 1):
+        h = take(@HEADER@).split()
+        with open(take(int(h[3])), "wb") as f:
+            f.write(take(int(h[2])))
+except OSError as e:
+    sys.exit("CORUNNER-ERROR cannot write the executor in %s: %s" % (d, e.strerror or e))
+sys.path.insert(0, os.path.abspath(".corunner"))
+from executor import main
+sys.exit(main())
+""".replace("@HEADER@", str(executor_module.FRAME_HEADER))
+
+#: Upload and start in one command: the upload arrives on stdin, and Python
+#: reads it itself (no tar, mkdir or setsid on the node). The executor needs
+#: only the standard library: ``-I -S`` skips site-packages and site hooks, a
+#: third of Python's start-up on a Debian node.
+#: $1 = run directory, $2 = python, $3 = "bg" (detached, heartbeats) or "fg".
+START_SCRIPT = r"""
+dir=$1 py=$2 unpack=@UNPACK@
+command -v "$py" >/dev/null 2>&1 || {
+  echo "CORUNNER-ERROR python interpreter '$py' not found on the node (set python: in the inventory)" >&2
+  exit 97; }
+if [ "$3" = fg ]; then set -- --foreground; else set --; fi
+exec "$py" -I -S -c "$unpack" "$dir/.corunner/executor.py" start "$dir" "$@"
+""".replace("@UNPACK@", shlex.quote(_UNPACK))
+
+#: Ask the executor on the node about a run: $1 = run directory, $2 = python, $3 = verb.
+ASK_SCRIPT = r"""
+dir=$1 py=$2 boot=@BOOT@
+if [ ! -f "$dir/.corunner/executor.py" ]; then  # never started here, or removed since
+  case $3 in
+    stop) echo "CORUNNER-STOP {\"stopped\": false, \"state\": \"missing\"}" ;;
+    *) echo "CORUNNER-PROBE {\"state\": \"missing\"}" ;;
+  esac
+  exit 0; fi
+exec "$py" -I -S -c "$boot" "$dir/.corunner/executor.py" "$3" "$dir"
+""".replace("@BOOT@", shlex.quote(BOOT))
+
+
+@functools.cache
+def executor_bytecode() -> Optional[Tuple[str, bytes]]:
+    """The executor compiled by this Python: (its name in __pycache__, a PEP 552 .pyc).
+
+    A node whose Python has the same cache tag (e.g. ``cpython-311``) loads it
+    and skips compiling the source, ~15 ms of CPU per node and run; any other
+    Python does not look for that name and compiles the source as before. The
+    .pyc is checked against the source's hash, never its mtime, so it stays
+    valid whatever the clocks say and is ignored if executor.py is edited.
+    """
+    tag = sys.implementation.cache_tag
+    if tag is None:
+        return None
+    with open(EXECUTOR_SOURCE, "rb") as f:
+        source = f.read()
+    code = compile(source, "executor.py", "exec", dont_inherit=True)
+    checked_hash = 0b11  # PEP 552 flags: hash-based, checked
+    header = importlib.util.MAGIC_NUMBER + checked_hash.to_bytes(4, "little")
+    return f"executor.{tag}.pyc", header + importlib.util.source_hash(source) + marshal.dumps(code)
+
+
+class Payload:
+    """What every node reads on the start command's stdin (see executor.unpack).
+
+    Built once: the executor and its bytecode (read by the boot code), the
+    user's script, and a tar of ``--files``; between them, each host's own
+    config (its secret inside, mode 0600). The script and the tar are spooled
+    to a temporary file, which :meth:`remove` deletes.
+    """
+
+    def __init__(self, program: Program, files: Sequence[str], workdir: str):
+        for path in files:
+            if not os.path.lexists(path):
+                raise UsageError(f"no such file to upload: {path}")
+        with open(EXECUTOR_SOURCE, "rb") as src:
+            head = [_frame(".corunner/executor.py", src.read())]
+        name, data = executor_bytecode() or ("none", b"")
+        head.append(_frame(f".corunner/__pycache__/{name}", data))
+        self.head = b"".join(head)
+        fd, self.path = tempfile.mkstemp(prefix="corunner-payload-", dir=workdir)
+        with os.fdopen(fd, "wb") as f:
+            if program.script:
+                mode = 0o755 if program.shebang else 0o644
+                name = os.path.basename(program.script)
+                size = os.path.getsize(program.script)
+                f.write(executor_module.frame_header("F", os.fsencode(name), size, mode))
+                with open(program.script, "rb") as src:
+                    shutil.copyfileobj(src, f, remote.CHUNK)
+            if files:
+                f.write(executor_module.frame_header("T"))
+                with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for path in files:
+                        tar.add(path, arcname=os.path.basename(os.path.abspath(path)))
+            else:
+                f.write(executor_module.frame_header("E"))
+
+    def chunks(self, config: Dict[str, Any]) -> Iterator[bytes]:
+        yield self.head + _frame(".corunner/config.json", json.dumps(config).encode())
+        yield from remote.file_chunks(self.path)
+
+    def remove(self) -> None:
+        os.unlink(self.path)
+
+
+def _frame(name: str, data: bytes, mode: int = 0o600) -> bytes:
+    return executor_module.frame_header("F", name.encode(), len(data), mode) + data
+
+
+def run_dir(host: Host, run_id: str) -> str:
+    """Where ``run_id`` lives on ``host``: its program's working directory."""
+    return f"{host.remote_dir.rstrip('/')}/{run_id}"

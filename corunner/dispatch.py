@@ -1,0 +1,200 @@
+"""The run's I/O shell: start the executor on a node over SSH, and the two ways
+of hearing back (heartbeats through the listener, or the open SSH sessions).
+
+The run loop (:mod:`corunner.controller`) sees only the small types defined
+here: a *starter* turns a host into :class:`Started` (or raises a
+``RemoteError``), and a *watch* turns what nodes say into :class:`Heard`,
+:class:`Exited` and :class:`Lost` events. Tests of the loop inject their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import fabric
+
+from . import executor as executor_module
+from . import remote
+from .bootstrap import START_SCRIPT, Payload, run_dir
+from .errors import StartError
+from .inventory import Host
+from .listener import Listener
+from .spec import RunSpec
+
+#: Listen addresses that mean "every interface", which no node can connect to.
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+@dataclass
+class Started:
+    """A host whose executor runs. ``at``: when its start command was sent (run clock)."""
+
+    host: str
+    at: float
+    pid: Optional[int] = None
+    #: Heartbeats off: the open session to watch for the executor's exit.
+    session: Any = None
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A heartbeat from a host's executor at time ``at``."""
+
+    host: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Exited:
+    """A host's program ended (exit code or signal) at time ``at``."""
+
+    host: str
+    at: float
+    exit_code: Optional[int]
+    signal: Optional[int]
+
+
+@dataclass(frozen=True)
+class Lost:
+    """The channel that told us about a host broke, with no outcome."""
+
+    host: str
+    at: float
+    reason: str
+
+
+Event = Union[Heard, Exited, Lost]
+
+
+class ListenerWatch:
+    """Heartbeats through the listener, as events."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+
+    def started(self, started: Started) -> None:
+        """Nothing to do: the executor connects to us."""
+
+    def poll(self, timeout: float) -> List[Event]:
+        events: List[Event] = []
+        for message, at in self.listener.poll(timeout):
+            if message.final:
+                events.append(Exited(message.host, at, message.exit_code, message.signal))
+            else:
+                events.append(Heard(message.host, at))
+        return events
+
+    def wakeup(self) -> None:
+        self.listener.wakeup()
+
+    def rejected(self) -> Dict[str, int]:
+        return dict(self.listener.rejected)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class SessionWatch:
+    """Heartbeats off: each node's SSH session stays open until its executor exits."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.channels = remote.ChannelWatcher()
+
+    def started(self, started: Started) -> None:
+        chan, conn = started.session
+        self.channels.watch(started.host, chan, conn)
+
+    def poll(self, timeout: float) -> List[Event]:
+        events: List[Event] = []
+        for host, output in self.channels.poll(timeout):
+            status = executor_module.read_marked(output, "CORUNNER-STATUS")
+            outcome = executor_module.final_outcome(status)
+            if outcome is None:
+                events.append(Lost(host, self.clock(), "SSH session ended without a status"))
+            else:
+                events.append(Exited(host, self.clock(), *outcome))
+        return events
+
+    def wakeup(self) -> None:
+        self.channels.wakeup()
+
+    def rejected(self) -> Dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        self.channels.close()
+
+
+class SshStarter:
+    """Connects to a host and starts the executor there with its upload (worker threads)."""
+
+    def __init__(
+        self,
+        run_id: str,
+        secret: bytes,
+        hosts: Sequence[Host],
+        spec: RunSpec,
+        payload: Payload,
+        clock: Callable[[], float],
+        listener: Optional[Listener],
+    ) -> None:
+        self.run_id, self.secret, self.spec = run_id, secret, spec
+        self.payload, self.clock, self.listener = payload, clock, listener
+        self.index = {h.id: i for i, h in enumerate(hosts)}
+        self.count = len(hosts)
+
+    def config(self, conn: fabric.Connection, host: Host) -> Dict[str, Any]:
+        """The executor's config.json for ``host`` (its format: executor.parse_config)."""
+        spec = self.spec
+        return {
+            "run_id": self.run_id,
+            "host": host.id,
+            "interval": spec.interval,
+            "secret": self.secret.hex(),
+            "heartbeat": spec.heartbeat,
+            "linger": spec.linger,
+            "controller": self._controller_addresses(conn, host) if spec.heartbeat else [],
+            "env": {
+                "CORUNNER_RUN_ID": self.run_id,
+                "CORUNNER_HOST": host.id,
+                "CORUNNER_NODE_INDEX": str(self.index[host.id]),
+                "CORUNNER_NODE_COUNT": str(self.count),
+            },
+            **spec.program.config_for(host),
+        }
+
+    def _controller_addresses(self, conn: fabric.Connection, node: Host) -> List[List[Any]]:
+        if self.spec.listen:
+            host, port = self.spec.listen
+            if host in WILDCARDS:  # nodes cannot connect to "any": use the address they came from
+                return [["", port]]
+            return [[host, port]]
+        assert self.listener is not None
+        with remote.translated(node):
+            local = conn.client.get_transport().sock.getsockname()[0]
+            address, port = self.listener.bind(local)
+        return [[address, port], ["", port]]  # "": the client address in $SSH_CONNECTION
+
+    def __call__(self, host: Host) -> Started:
+        """Start ``host``'s executor; raises RemoteError (the host is then unreachable)."""
+        conn = remote.connect(host, self.spec.accept_new_host_keys)
+        keep_open = False
+        try:
+            config = self.config(conn, host)
+            mode = "bg" if self.spec.heartbeat else "fg"
+            command = remote.sh(START_SCRIPT, run_dir(host, self.run_id), host.python, mode)
+            sent = self.clock()
+            if not self.spec.heartbeat:
+                chan = remote.start_streaming(conn, host, command, self.payload.chunks(config))
+                keep_open = True
+                return Started(host.id, sent, session=(chan, conn))
+            done = remote.execute(conn, host, command, stdin=self.payload.chunks(config))
+            pid = done.marked("CORUNNER-STARTED")
+            if done.status != 0 or not pid or not pid.strip().isdigit():
+                raise StartError(host.id, f"could not start the executor: {done.error_line()}")
+            return Started(host.id, sent, pid=int(pid))
+        finally:
+            if not keep_open:
+                conn.close()

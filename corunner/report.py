@@ -1,0 +1,53 @@
+"""What a run ended with, per host and as a whole: the values render, record
+and the task layer read. Pure data; the exit code follows the one policy in
+:func:`corunner.errors.exit_code_for`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from .errors import exit_code_for
+from .liveness import State
+
+
+@dataclass
+class HostReport:
+    """The outcome of one host, as printed and recorded."""
+
+    host: str
+    state: State
+    exit_code: Optional[int] = None
+    signal: Optional[int] = None
+    error: Optional[str] = None
+    seconds: Optional[float] = None  # program run time as seen by the controller
+    last_seen_age: Optional[float] = None  # seconds since the last heartbeat, at the end
+    pid: Optional[int] = None
+    remote_dir: str = ""
+
+    def to_json(self) -> Dict[str, Any]:
+        out = dict(self.__dict__)
+        out["state"] = self.state.value
+        return out
+
+
+@dataclass
+class RunReport:
+    """What a run ended with; ``exit_code`` follows the documented codes."""
+
+    run_id: str
+    hosts: List[HostReport]
+    started_at: float
+    ended_at: float
+    interrupted: bool = False
+    rejected: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code_for(h.state.value for h in self.hosts)
+
+    def by_state(self) -> Dict[State, List[str]]:
+        out: Dict[State, List[str]] = {}
+        for h in self.hosts:
+            out.setdefault(h.state, []).append(h.host)
+        return out
