@@ -29,12 +29,11 @@ from invoke import Collection, Exit, Program, task
 from . import __version__, live, outputs, postrun, render, transfer
 from .controller import Run
 from .errors import (
-    EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_LOST,
-    EXIT_OK,
     CorunnerError,
     UsageError,
+    exit_code_for,
 )
 from .fanout import DEFAULT_PARALLEL, Outcome, on_each
 from .hostrange import fold
@@ -142,10 +141,7 @@ def _failures(outcomes: Dict[str, Outcome], out: Out) -> int:
         f"ok ({len(good)}): {fold(good) or '-'}"
         + (f"   failed ({len(bad)}): {fold(failed)}{_retry_hint(failed)}" if bad else "")
     )
-    if not bad:
-        return EXIT_OK
-    states = {render.transfer_state(o) for o in bad}
-    return EXIT_LOST if "unreachable" in states else EXIT_FAILED
+    return exit_code_for(render.transfer_state(o) for o in outcomes.values())
 
 
 def _show_outputs(
@@ -476,16 +472,17 @@ def status(
     chosen_stream = _stream(stream)
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     data = record.load()
-    code = EXIT_OK
     run_hosts: List[Host] = []
     if refresh or show:
         inv = load_inventory(inventory or data.get("inventory"))
         run_hosts = postrun.record_hosts(data, inv)
+    unasked: List[str] = []
     if refresh:
-        outcomes = postrun.refresh(record, run_hosts, workers)
+        outcomes = postrun.refresh(record, run_hosts, workers, accept_new_host_keys)
         for o in outcomes.values():
             if not o.ok:
                 out.line(f"{o.host.id}: could not ask the node: {o.error.cause}")
+                unasked.append("unreachable")
         data = record.load()
     rows, by_state = [], {}
     for host, entry in data["hosts"].items():
@@ -510,7 +507,8 @@ def status(
             record.run_id, ran, chosen_stream, diff, out, workers, accept_new_host_keys
         )
         if doc["outputs"]["errors"]:
-            code = EXIT_LOST
+            unasked.append("unreachable")
+    code = exit_code_for([*(str(e.get("state")) for e in data["hosts"].values()), *unasked])
     if json:
         out.document(doc)
     if code:

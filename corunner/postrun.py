@@ -113,20 +113,45 @@ def _ask(run_id: str, verb: str, marker: str):
     return work
 
 
+#: Recorded states that are outcomes: what a node says later never replaces
+#: them with less (a node whose status.json could not be finished says "dead").
+OUTCOMES = frozenset({State.SUCCEEDED.value, State.FAILED.value})
+
+
+def replaces(recorded: Optional[str], told: str) -> bool:
+    """Whether a node's own word ``told`` replaces the ``recorded`` state of a host.
+
+    An outcome (exit code or signal) is never overwritten by a weaker word;
+    "missing" (no run directory) only fills a host that never got further
+    than pending. Anything else the node says is fresher than the record.
+    """
+    if recorded in OUTCOMES:
+        return False
+    if told == "missing":
+        return recorded in (None, State.PENDING.value)
+    return True
+
+
 def refresh(
-    record: RunRecord, hosts: List[Host], parallel: int = DEFAULT_PARALLEL
+    record: RunRecord,
+    hosts: List[Host],
+    parallel: int = DEFAULT_PARALLEL,
+    accept_new_host_keys: bool = False,
 ) -> Dict[str, Outcome]:
     """Read every node's status.json and write what they say into the run record."""
-    outcomes = on_each(hosts, _ask(record.run_id, "probe", "CORUNNER-PROBE"), parallel)
+    outcomes = on_each(
+        hosts, _ask(record.run_id, "probe", "CORUNNER-PROBE"), parallel, accept_new_host_keys
+    )
     data = record.load()
     for host_id, outcome in outcomes.items():
         entry = data["hosts"].setdefault(host_id, {})
         entry["refreshed_at"] = time.time()
         if outcome.ok:
             status = NodeStatus.from_probe(host_id, outcome.value)
-            if status.state != "missing" or entry.get("state") in (None, "pending"):
+            if replaces(entry.get("state"), status.state):
                 entry.update(state=status.state, exit_code=status.exit_code, signal=status.signal)
             entry["node"] = status.detail
+            entry.pop("refresh_error", None)
         else:
             entry["refresh_error"] = str(outcome.error.cause)
     record.save(data)

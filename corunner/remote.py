@@ -29,7 +29,7 @@ from typing import IO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 import fabric
 import paramiko
 
-from .errors import AuthError, ConnectError, HostKeyError, RemoteError
+from .errors import AuthError, ConnectError, HostKeyError, RemoteError, StalledError
 from .inventory import Host
 
 T = TypeVar("T")
@@ -123,7 +123,7 @@ def translated(host: Host) -> Iterator[None]:
     except socket.gaierror as exc:
         raise ConnectError(who, f"cannot resolve host name ({exc.strerror})") from exc
     except Stalled as exc:
-        raise ConnectError(who, f"stalled: {exc} (host hung or overloaded)") from exc
+        raise StalledError(who, f"stalled: {exc} (host hung or overloaded)") from exc
     except (socket.timeout, TimeoutError) as exc:
         raise ConnectError(
             who, f"no answer within {host.connect_timeout:g}s (host down or port filtered)"

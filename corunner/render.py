@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
-from .errors import TransferError
+from .errors import StalledError, TransferError
 from .hostrange import fold
 from .inventory import Host
 from .liveness import Change, State
@@ -111,10 +111,13 @@ def _head(task: str) -> Dict[str, Any]:
 
 
 def transfer_state(outcome: Outcome) -> str:
-    """A copy's outcome on one host: succeeded, failed (reached, copy failed), unreachable."""
+    """A copy's outcome on one host: succeeded, failed (reached, copy failed),
+    stalled (reached, then stopped answering) or unreachable."""
     if outcome.ok:
         return "succeeded"
-    return "failed" if isinstance(outcome.error, TransferError) else "unreachable"
+    if isinstance(outcome.error, TransferError):
+        return "failed"
+    return "stalled" if isinstance(outcome.error, StalledError) else "unreachable"
 
 
 def hosts_document(source: str, hosts: Sequence[Host]) -> Dict[str, Any]:
