@@ -9,27 +9,43 @@ marker, so noisy shell start-up files on the node cannot confuse us.
 
 Paramiko and socket errors become :class:`~corunner.errors.RemoteError`
 subclasses whose one-line message names the host and what to do. No exchange
-waits forever: a node that makes no progress for :func:`stall_limit` seconds
-(hung, or drowning) ends with a "stalled" error.
+waits forever, and none gives up on a host that is merely slow: every
+connection's health is judged as OpenSSH's ``ServerAliveInterval`` and
+``ServerAliveCountMax`` do, by keepalive requests that sshd answers itself
+while the user's shell is still busy. A host that answers nothing for
+:data:`ALIVE_LIMIT` seconds (hung, or gone) ends with a "stalled" error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import selectors
 import shlex
 import socket
-import threading
 import time
 from dataclasses import dataclass
-from typing import IO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
+from typing import (
+    IO,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+)
 
 import fabric
 import paramiko
 
-from .errors import AuthError, ConnectError, HostKeyError, RemoteError, StalledError
+from . import hostkeys
+from .errors import AuthError, ConnectError, RemoteError, StalledError
 from .inventory import Host
 
 T = TypeVar("T")
@@ -39,24 +55,89 @@ CHUNK = 1 << 18
 #: Prefer AES-GCM: it needs no separate MAC pass, which is most of Paramiko's CPU.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr")
 
-_known_hosts_lock = threading.Lock()
+#: Seconds between keepalive requests on a connection that has heard nothing
+#: (OpenSSH's ServerAliveInterval) ...
+ALIVE_INTERVAL = 5.0
+#: ... and how many may go unanswered before the host is given up
+#: (ServerAliveCountMax, whose default is also 3).
+ALIVE_COUNT_MAX = 3
+#: Seconds of total silence after which a connected host is hung: it is
+#: reported at the next keepalive after that, so within ALIVE_LIMIT + ALIVE_INTERVAL.
+ALIVE_LIMIT = ALIVE_INTERVAL * ALIVE_COUNT_MAX
+
+# Paramiko logs every broken connection at ERROR with a traceback; with no
+# handler configured, Python's last-resort handler would print it at the user.
+# Each failure reaches the user once, as corunner's own one-line message.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class Stalled(socket.timeout):
-    """A node made no progress in an SSH exchange for too long: hung or overloaded."""
+    """An exchange with an explicit time limit made no progress for that long."""
 
     def __init__(self, seconds: float, what: str = "no progress") -> None:
         super().__init__(f"{what} for {seconds:g}s")
 
 
-def stall_limit(host: Host) -> float:
-    """Seconds without progress after which an exchange with ``host`` is given up.
+class Unanswered(paramiko.SSHException):
+    """The host answered none of the last keepalives: hung, or gone."""
 
-    sshd answers a command request at once and data flows continuously, so a
-    node silent this long mid-exchange is stopped, hung on a disk, or drowning:
-    it is reported, never waited for forever.
+
+class HealthTransport(paramiko.Transport):
+    """A Paramiko transport that knows when it last heard from the host.
+
+    Any packet counts as a sign of life. When the connection has been quiet
+    for ALIVE_INTERVAL, a ``keepalive@openssh.com`` request asks sshd for an
+    answer (sshd gives one however busy the user's shell is); after
+    ALIVE_LIMIT seconds of silence the transport ends with :class:`Unanswered`,
+    which every waiting channel then raises. One thread per connection, the
+    transport's own: nothing here grows with the fleet.
     """
-    return max(20.0, 2 * host.connect_timeout)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_heard = time.monotonic()
+        self.unanswered: Optional[Unanswered] = None
+        read = self.packetizer.read_message
+
+        def read_message() -> Any:
+            message = read()
+            self.last_heard = time.monotonic()
+            return message
+
+        self.packetizer.read_message = read_message  # type: ignore[method-assign]
+        self.packetizer.set_keepalive(ALIVE_INTERVAL, self._keepalive)
+
+    def _keepalive(self) -> None:
+        """Called by the transport's own thread after ALIVE_INTERVAL without a write."""
+        silent = time.monotonic() - self.last_heard
+        if silent >= ALIVE_LIMIT:
+            self.unanswered = Unanswered(f"no answer to keepalives for {silent:.0f}s")
+            raise self.unanswered  # ends the transport; its channels raise it
+        # Never wait here behind a writer or a key exchange: this thread reads for them.
+        if self.clear_to_send.is_set() and not self.clear_to_send_lock.locked():
+            request = paramiko.Message()
+            request.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
+            request.add_string("keepalive@openssh.com")
+            request.add_boolean(True)  # want a reply: the reply is the sign of life
+            self._send_user_message(request)
+
+
+def unanswered(conn: Optional[fabric.Connection]) -> Optional[Unanswered]:
+    """The keepalive verdict of ``conn``'s transport, if it gave the host up."""
+    client = getattr(conn, "client", None)
+    transport = client.get_transport() if client is not None else None
+    return getattr(transport, "unanswered", None)
+
+
+def raise_if_hung(conn: Optional[fabric.Connection]) -> None:
+    """Raise :class:`Unanswered` if ``conn`` ended because the host stopped answering.
+
+    A channel of a dead transport reads as closed, which would otherwise look
+    like a command that ended; call this before trusting such an end.
+    """
+    verdict = unanswered(conn)
+    if verdict is not None:
+        raise verdict
 
 
 def _fresh_config() -> fabric.Config:
@@ -71,46 +152,32 @@ def _fresh_config() -> fabric.Config:
     return fabric.Config(lazy=True, overrides={"load_ssh_configs": False})
 
 
-class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """Like OpenSSH's ``StrictHostKeyChecking accept-new``: record unknown keys.
-
-    A key that *differs* from a recorded one is still refused by Paramiko
-    (``BadHostKeyException``); only hosts never seen before are added.
-    """
-
-    def __init__(self, known_hosts: str):
-        self.known_hosts = known_hosts
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        entry = paramiko.hostkeys.HostKeyEntry([hostname], key).to_line()
-        with _known_hosts_lock:
-            os.makedirs(os.path.dirname(self.known_hosts) or ".", exist_ok=True)
-            with open(self.known_hosts, "a") as f:
-                f.write(entry)
-        client.get_host_keys().add(hostname, key.get_name(), key)
-
-
-def _known_hosts_name(host: Host) -> str:
-    return host.name if host.port == 22 else f"[{host.name}]:{host.port}"
-
-
 @contextlib.contextmanager
-def translated(host: Host) -> Iterator[None]:
-    """Turn Paramiko and socket errors into one-line ``RemoteError``s naming the host."""
+def translated(host: Host, conn: Optional[fabric.Connection] = None) -> Iterator[None]:
+    """Turn Paramiko and socket errors into one-line ``RemoteError``s naming the host.
+
+    With ``conn``, any failure on a connection whose host stopped answering
+    keepalives is reported as that (stalled), whatever error surfaced first.
+    """
     who = host.id
     try:
         yield
     except RemoteError:
         raise
-    except paramiko.BadHostKeyException as exc:
-        raise HostKeyError(
-            who,
-            f"host key differs from the one in {host.known_hosts}: possible "
-            f"man-in-the-middle; if the host was reinstalled, run "
-            f"ssh-keygen -R {_known_hosts_name(host)} -f {host.known_hosts}",
-        ) from exc
+    except (Unanswered, Stalled) as exc:
+        raise StalledError(who, f"stalled: {exc} (host hung or overloaded)") from exc
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        verdict = unanswered(conn)
+        if verdict is not None:
+            raise StalledError(who, f"stalled: {verdict} (host hung or overloaded)") from exc
+        _raise_translated(host, exc)
+
+
+def _raise_translated(host: Host, error: BaseException) -> None:
+    """Raise the RemoteError for a Paramiko or socket ``error`` (see :func:`translated`)."""
+    who = host.id
+    try:
+        raise error
     except paramiko.AuthenticationException as exc:
         key = host.key or "the SSH agent and default keys"
         raise AuthError(
@@ -122,20 +189,12 @@ def translated(host: Host) -> Iterator[None]:
         ) from exc
     except socket.gaierror as exc:
         raise ConnectError(who, f"cannot resolve host name ({exc.strerror})") from exc
-    except Stalled as exc:
-        raise StalledError(who, f"stalled: {exc} (host hung or overloaded)") from exc
     except (socket.timeout, TimeoutError) as exc:
         raise ConnectError(
             who, f"no answer within {host.connect_timeout:g}s (host down or port filtered)"
         ) from exc
     except paramiko.SSHException as exc:
         text = str(exc)
-        if "not found in known_hosts" in text:
-            raise HostKeyError(
-                who,
-                f"host key not in {host.known_hosts} (add it with ssh-keyscan -p "
-                f"{host.port} {host.name} >> {host.known_hosts}, or pass --accept-new-host-keys)",
-            ) from exc
         if "No authentication methods available" in text:
             raise AuthError(
                 who,
@@ -163,8 +222,6 @@ def connect(host: Host, accept_new_host_keys: bool = False) -> fabric.Connection
         )
     with translated(host):
         conn.open()
-        transport = conn.client.get_transport()
-        transport.set_keepalive(15)
     return conn
 
 
@@ -174,6 +231,7 @@ def connection(host: Host, accept_new_host_keys: bool = False) -> fabric.Connect
     Safe to call from many threads at once: each gets a config of its own.
     """
     key_given = bool(host.key)
+    known = hostkeys.default_paths([host.known_hosts] if host.known_hosts else [])
     conn = fabric.Connection(
         host.name,
         user=host.user,
@@ -188,17 +246,43 @@ def connection(host: Host, accept_new_host_keys: bool = False) -> fabric.Connect
             "banner_timeout": host.connect_timeout,
             "auth_timeout": host.connect_timeout,
             "channel_timeout": host.connect_timeout,
+            "transport_factory": HealthTransport,
+            **_host_key_algorithms(hostkeys.known_hosts_for(known).key_types(host.name, host.port)),
         },
     )
-    client: paramiko.SSHClient = conn.client
-    known = host.known_hosts
-    if known and os.path.exists(known):
-        client.load_host_keys(known)
-    if accept_new_host_keys and known:
-        client.set_missing_host_key_policy(AcceptNewPolicy(known))
-    else:
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    # Paramiko's own store stays empty, so every key goes to the policy, which
+    # checks it against the files parsed once per process (corunner.hostkeys).
+    conn.client.set_missing_host_key_policy(
+        hostkeys.HostKeyPolicy(
+            host.id,
+            host.name,
+            host.port,
+            known,
+            accept_new=accept_new_host_keys and bool(host.known_hosts),
+            write_path=host.known_hosts,
+        )
+    )
     return conn
+
+
+def _host_key_algorithms(known_types: Sequence[str]) -> Dict[str, Any]:
+    """Ask only for the key types known_hosts holds for the host, as OpenSSH does.
+
+    Otherwise the server picks its preferred type (say ed25519) while
+    known_hosts has only the host's RSA key: "unknown", and accept-new would
+    add a second key. Nothing known: every type, the server's choice.
+    """
+    if not known_types:
+        return {}
+
+    def known(algorithm: str) -> bool:
+        return any(
+            algorithm == t or (t == "ssh-rsa" and algorithm.startswith("rsa-sha2-"))
+            for t in known_types
+        )
+
+    refused = [a for a in paramiko.Transport._preferred_keys if not known(a)]
+    return {"disabled_algorithms": {"keys": refused}} if refused else {}
 
 
 def _prefer_fast_ciphers() -> None:
@@ -283,47 +367,45 @@ def execute(
 
     If the node stops reading (its command failed), sending stops and the
     command's own error is returned rather than a broken-pipe error. A node
-    that makes no progress for ``timeout`` seconds (default
-    :func:`stall_limit`) fails with a "stalled" ConnectError.
+    that stops answering fails with a "stalled" StalledError; so does one
+    that makes no progress for ``timeout`` seconds, when a timeout is given.
     """
-    limit = stall_limit(host) if timeout is None else timeout
-    with translated(host):
-        chan = open_command(conn, host, command, limit)
+    with translated(host, conn):
+        chan = open_command(conn, host, command, timeout)
         try:
             if stdin is not None:
                 try:
                     for chunk in stdin:
                         chan.sendall(chunk)
                 except socket.timeout:
-                    raise Stalled(limit) from None
+                    raise Stalled(timeout or 0) from None
                 except (OSError, EOFError):
-                    pass  # the node stopped reading: its command's status says why
+                    pass  # the node stopped reading (or went): the status says which
             with contextlib.suppress(OSError, EOFError):
                 chan.shutdown_write()
-            out, err = drain(chan, limit)
+            out, err = drain(chan, timeout)
             return Completed(chan.recv_exit_status(), out, err)
         finally:
             chan.close()
 
 
 def open_command(
-    conn: fabric.Connection, host: Host, command: str, limit: float
+    conn: fabric.Connection, host: Host, command: str, timeout: Optional[float] = None
 ) -> paramiko.Channel:
-    """A session channel running ``command``; its sends and receives time out after ``limit``."""
-    return _session(conn, host, limit, lambda chan: chan.exec_command(command))
+    """A session channel running ``command`` (sends and receives time out after ``timeout``)."""
+    return _session(conn, host, timeout, lambda chan: chan.exec_command(command))
 
 
 def open_sftp(conn: fabric.Connection, host: Host) -> Optional[paramiko.SFTPClient]:
-    """An SFTP session whose requests time out after :func:`stall_limit` without progress.
+    """An SFTP session on ``conn``, or None if the node has no SFTP subsystem.
 
-    None if the node has no SFTP subsystem (callers then use a command
-    instead); :class:`Stalled` if it does not answer.
+    Callers then use a command instead. A node that stops answering raises
+    :class:`Unanswered` (through the transport's keepalives).
     """
     try:
-        chan = _session(conn, host, stall_limit(host), lambda c: c.invoke_subsystem("sftp"))
-    except Stalled:
-        raise
-    except (paramiko.SSHException, OSError):
+        chan = _session(conn, host, None, lambda c: c.invoke_subsystem("sftp"))
+    except (paramiko.SSHException, OSError, EOFError):
+        raise_if_hung(conn)
         return None
     return paramiko.SFTPClient(chan)
 
@@ -331,51 +413,33 @@ def open_sftp(conn: fabric.Connection, host: Host) -> Optional[paramiko.SFTPClie
 def _session(
     conn: fabric.Connection,
     host: Host,
-    limit: float,
+    timeout: Optional[float],
     request: Callable[[paramiko.Channel], None],
 ) -> paramiko.Channel:
-    """A session channel with a ``limit`` timeout, after ``request`` (exec or subsystem)."""
+    """A session channel, after ``request`` (exec or subsystem) was answered.
+
+    Paramiko waits for the answer with no time limit of its own; the
+    transport's keepalives end that wait if the host stops answering.
+    """
     chan = conn.client.get_transport().open_session(timeout=host.connect_timeout)
-    chan.settimeout(limit)
-    with _watchdog(chan, limit):
-        request(chan)
+    chan.settimeout(timeout)
+    request(chan)
     return chan
 
 
-@contextlib.contextmanager
-def _watchdog(chan: paramiko.Channel, limit: float) -> Iterator[None]:
-    """Close ``chan`` if the request inside takes ``limit`` seconds; raise :class:`Stalled`.
-
-    Paramiko waits for the answer to a channel request without a timeout, so
-    a node that hangs right then would be waited for forever.
-    """
-    fired = threading.Event()
-
-    def expire() -> None:
-        fired.set()
-        # Marks the channel closed (which wakes the request) before telling the
-        # node, so a connection that is already broken may fail here harmlessly.
-        with contextlib.suppress(Exception):
-            chan.close()
-
-    timer = threading.Timer(limit, expire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    except (paramiko.SSHException, EOFError, OSError):
-        if fired.is_set():
-            raise Stalled(limit, "no answer to a request") from None
-        raise
-    finally:
-        timer.cancel()
+def _raise_if_channel_hung(chan: paramiko.Channel) -> None:
+    """A closed channel of a transport that gave its host up: raise that, not an end."""
+    verdict = getattr(chan.get_transport(), "unanswered", None)
+    if verdict is not None:
+        raise verdict
 
 
 def drain(chan: paramiko.Channel, timeout: Optional[float] = None) -> Tuple[bytes, bytes]:
     """Read stdout and stderr until the channel ends, without busy-waiting.
 
     Both streams share one flow-control window, so both are read as they come.
-    Raises :class:`Stalled` if nothing arrives for ``timeout`` seconds.
+    Raises :class:`Stalled` if nothing arrives for ``timeout`` seconds (when
+    given) and :class:`Unanswered` if the host stopped answering.
     """
     out, err = [], []
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -394,10 +458,11 @@ def drain(chan: paramiko.Channel, timeout: Optional[float] = None) -> Tuple[byte
         if chan.eof_received or chan.closed:
             while chan.recv_stderr_ready():
                 err.append(chan.recv_stderr(CHUNK))
+            _raise_if_channel_hung(chan)
             return b"".join(out), b"".join(err)
         wait = None if deadline is None else deadline - time.monotonic()
         if wait is not None and wait <= 0:
-            raise Stalled(timeout)
+            raise Stalled(timeout or 0)
         select.select([chan], [], [], min(wait, 1.0) if wait is not None else 1.0)
 
 
@@ -413,11 +478,21 @@ class MarkedStream:
         self.marker = marker + b"\n"
         self.buffer = b""
         self.found = False
+        #: stderr, read as it comes: stdout and stderr share one flow-control
+        #: window, so unread stderr would stop stdout too.
+        self.stderr: List[bytes] = []
 
     def _fill(self) -> bool:
-        data = self.chan.recv(CHUNK)
-        self.buffer += data
-        return bool(data)
+        chan = self.chan
+        while True:
+            while chan.recv_stderr_ready():
+                self.stderr.append(chan.recv_stderr(CHUNK))
+            if chan.recv_ready() or chan.eof_received or chan.closed:
+                data = chan.recv(CHUNK)
+                self.buffer += data
+                return bool(data)
+            if not select.select([chan], [], [], chan.gettimeout())[0]:
+                raise socket.timeout()
 
     def _find_marker(self) -> None:
         while not self.found:
@@ -455,26 +530,22 @@ def stream_from(
 ) -> Tuple[T, Completed]:
     """Run ``command`` and hand its stdout after ``marker`` to ``consume``.
 
-    Returns what ``consume`` returned and the command's status and stderr.
+    stderr is read as it comes (in the channel's own buffer, so a command
+    that writes much of it never blocks on a full window). Returns what
+    ``consume`` returned and the command's status and stderr.
     """
-    limit = stall_limit(host) if timeout is None else timeout
-    with translated(host):
-        chan = open_command(conn, host, command, limit)
+    with translated(host, conn):
+        chan = open_command(conn, host, command, timeout)
         try:
             chan.shutdown_write()
             stream = MarkedStream(chan, marker.encode())
             try:
                 result = consume(stream)  # type: ignore[arg-type]
-                while chan.recv(CHUNK):  # drain what the consumer left
-                    pass
-                err = b""
-                while True:
-                    part = chan.recv_stderr(CHUNK)
-                    if not part:
-                        break
-                    err += part
+                _, err = drain(chan, timeout)  # what the consumer left, and stderr
             except socket.timeout:
-                raise Stalled(limit) from None
+                raise Stalled(timeout or 0) from None
+            _raise_if_channel_hung(chan)
+            err = b"".join(stream.stderr) + err
             return result, Completed(chan.recv_exit_status(), b"", err)
         finally:
             chan.close()
@@ -557,17 +628,12 @@ def start_streaming(
     once the upload is sent, silence is the program running, so the channel
     no longer times out.
     """
-    limit = stall_limit(host)
-    with translated(host):
-        chan = open_command(conn, host, command, limit)
+    with translated(host, conn):
+        chan = open_command(conn, host, command)
         try:
             for chunk in stdin:
                 chan.sendall(chunk)
             chan.shutdown_write()
-        except socket.timeout:
-            chan.close()
-            raise Stalled(limit) from None
-        except OSError:
-            pass  # the node's command ended early; its status tells why
-        chan.settimeout(None)
+        except (OSError, EOFError):
+            raise_if_hung(conn)  # else the node's command ended early; its status tells why
         return chan

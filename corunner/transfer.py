@@ -25,7 +25,6 @@ import contextlib
 import os
 import posixpath
 import secrets
-import socket
 import stat
 import tarfile
 import tempfile
@@ -166,7 +165,7 @@ def _push_regular_file(conn: fabric.Connection, host: Host, src: str, name: str,
     destination to create, a directory in the way, any SFTP error) goes to
     the tar path, which does it or names the cause (a full disk, say).
     """
-    with remote.translated(host):
+    with remote.translated(host, conn):
         sftp = remote.open_sftp(conn, host)
         if sftp is None:
             return False  # no SFTP subsystem on this node
@@ -286,7 +285,7 @@ def _pull_regular_file(
     SFTP runs no login shell on the node, which saves a shell start-up (often
     100 ms of the node's CPU) per host; trees still travel as one tar stream.
     """
-    with remote.translated(host):
+    with remote.translated(host, conn):
         sftp = remote.open_sftp(conn, host)
         if sftp is None:
             return None  # no SFTP subsystem on this node: the tar path streams it
@@ -305,12 +304,10 @@ def _pull_regular_file(
                     sftp.getfo(src, f, prefetch=True)
                 os.chmod(tmp, (attrs.st_mode or 0o644) & 0o755)  # as tar's data filter does
                 os.replace(tmp, target)
-            except socket.timeout:
-                os.unlink(tmp)
-                raise remote.Stalled(remote.stall_limit(host)) from None
-            except OSError as exc:
+            except (OSError, EOFError, paramiko.SSHException) as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+                remote.raise_if_hung(conn)  # the host stopped answering: stalled
                 raise TransferError(host.id, f"copy of {src} failed: {exc}") from exc
             return Pulled(files=1, bytes=attrs.st_size or 0)
         finally:

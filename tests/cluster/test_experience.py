@@ -229,10 +229,11 @@ def test_every_json_document_matches_its_schema(lab, cli, tmp_path):
     assert len(doc["outputs"]["groups"]) == 8  # each host printed its own name
 
     done, doc = cli.json("status", "--inventory", inventory)
-    assert done.returncode == EXIT_OK
+    assert done.returncode == EXIT_LOST  # status exits as the run did (one exit-code policy)
     validate("status", doc)
     assert doc["run_id"] == run_id and doc["exit_code"] == EXIT_LOST
     done, doc = cli.json("status", "--refresh", "--output", "--inventory", inventory)
+    assert done.returncode == EXIT_LOST
     validate("status", doc)
     entry = doc["hosts"][one.address]
     assert entry["ended_at"] >= entry["started_at"] > 0

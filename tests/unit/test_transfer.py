@@ -84,17 +84,43 @@ def test_marker_is_found_after_shell_noise():
     assert remote.find_marked(b"CORUNNER-STARTEDX 1\n", "CORUNNER-STARTED") is None
 
 
+class FakeChannel:
+    """stdout parts, each preceded by what stderr holds by then; then EOF."""
+
+    def __init__(self, parts, stderr=()):
+        self.parts = list(parts)
+        self.stderr = list(stderr)
+        self.eof_received = False
+        self.closed = False
+
+    def recv_stderr_ready(self):
+        return bool(self.stderr)
+
+    def recv_stderr(self, n):
+        return self.stderr.pop(0)
+
+    def recv_ready(self):
+        return True  # data, or the end (recv then returns b"")
+
+    def recv(self, n):
+        if not self.parts:
+            self.eof_received = True
+            return b""
+        return self.parts.pop(0)
+
+
 def test_marked_stream_skips_noise_before_the_marker():
-    class FakeChannel:
-        def __init__(self, parts):
-            self.parts = list(parts)
-
-        def recv(self, n):
-            return self.parts.pop(0) if self.parts else b""
-
     chan = FakeChannel([b"noise\nMARK", b"\nDATA", b"MORE"])
     stream = remote.MarkedStream(chan, b"MARK")  # type: ignore[arg-type]
     assert stream.read() == b"DATAMORE"
+
+
+def test_marked_stream_reads_stderr_as_it_comes():
+    # stdout and stderr share one SSH window: stderr left unread would stop stdout.
+    chan = FakeChannel([b"MARK\n", b"DATA"], stderr=[b"tar: warning 1\n", b"tar: warning 2\n"])
+    stream = remote.MarkedStream(chan, b"MARK")  # type: ignore[arg-type]
+    assert stream.read() == b"DATA"
+    assert b"".join(stream.stderr) == b"tar: warning 1\ntar: warning 2\n"
 
 
 def test_error_line_prefers_our_marker():
