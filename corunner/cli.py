@@ -17,14 +17,13 @@ import functools
 import json
 import math
 import os
-import posixpath
 import shlex
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, cast
 
-from invoke import Collection, Exit, Program, task
+from invoke import Collection, Context, Exit, Program, task
 
 from . import __version__, live, outputs, postrun, render, transfer
 from .controller import Run
@@ -37,11 +36,11 @@ from .errors import (
 )
 from .fanout import DEFAULT_PARALLEL, Outcome, on_each
 from .hostrange import fold
-from .inventory import Host
+from .inventory import Host, Inventory, clean_remote_dir
 from .liveness import State
 from .loader import load_inventory
 from .record import find_run
-from .report import RunReport
+from .report import RunReport, group_by_state
 from .spec import Program as RunProgram
 from .spec import RunSpec
 
@@ -93,10 +92,10 @@ def reported(fn: F) -> F:
                 code=EXIT_INTERRUPTED,
             ) from None
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
-def _select(inventory: Optional[str], hosts: Optional[str]) -> tuple:
+def _select(inventory: Optional[str], hosts: Optional[str]) -> Tuple[Inventory, List[Host]]:
     inv = load_inventory(inventory)
     return inv, inv.select(hosts)
 
@@ -132,11 +131,11 @@ def _retry_hint(bad: List[str]) -> str:
 
 def _failures(outcomes: Dict[str, Outcome], out: Out) -> int:
     """Print one line per failed host and a summary; return the exit code."""
-    bad = [o for o in outcomes.values() if not o.ok]
-    for o in bad:
-        out.line(f"{o.host.id}: {o.error.cause}")
+    bad = [(o.host.id, o.error.cause) for o in outcomes.values() if o.error is not None]
+    for line in render.errors(bad):
+        out.line(line)
     good = [h for h, o in outcomes.items() if o.ok]
-    failed = [o.host.id for o in bad]
+    failed = [host for host, _ in bad]
     out.line(
         f"ok ({len(good)}): {fold(good) or '-'}"
         + (f"   failed ({len(bad)}): {fold(failed)}{_retry_hint(failed)}" if bad else "")
@@ -159,8 +158,8 @@ def _show_outputs(
         fetched = postrun.fetch_outputs(
             run_id, hosts, stream, cap, parallel, accept_new_host_keys, view.done
         )
-    got = {h: o.value for h, o in fetched.items() if o.ok}
-    errors = {h: o.error.cause for h, o in fetched.items() if not o.ok}
+    got = {h: o.value for h, o in fetched.items() if o.value is not None}
+    errors = {h: o.error.cause for h, o in fetched.items() if o.error is not None}
     groups = outputs.group(got)
     out.line(
         f"{stream} of run {run_id}: {len(groups)} distinct output(s) from {len(got)} host(s)"
@@ -183,7 +182,9 @@ def _show_outputs(
     }
 )
 @reported
-def hosts(c, hosts=None, inventory=None, json=False):
+def hosts(
+    c: Context, hosts: Optional[str] = None, inventory: Optional[str] = None, json: bool = False
+) -> None:
     """List the selected hosts with their user and port, their count and folded form."""
     inv, selected = _select(inventory, hosts)
     out = Out(json)
@@ -208,17 +209,17 @@ def hosts(c, hosts=None, inventory=None, json=False):
 )
 @reported
 def cp(
-    c,
-    src,
-    dest,
-    pull=False,
-    divide=False,
-    hosts=None,
-    inventory=None,
-    parallel=None,
-    json=False,
-    accept_new_host_keys=False,
-):
+    c: Context,
+    src: str,
+    dest: str,
+    pull: bool = False,
+    divide: bool = False,
+    hosts: Optional[str] = None,
+    inventory: Optional[str] = None,
+    parallel: Optional[str] = None,
+    json: bool = False,
+    accept_new_host_keys: bool = False,
+) -> None:
     """Copy a file or tree to every node at once, or (--pull) from every node."""
     if divide and not pull:
         raise UsageError(
@@ -275,7 +276,7 @@ def _finish_transfer(
 
 
 # -- run -----------------------------------------------------------------------
-def _parse_listen(listen: Optional[str]) -> Optional[tuple]:
+def _parse_listen(listen: Optional[str]) -> Optional[Tuple[str, int]]:
     if not listen:
         return None
     host, sep, port = listen.rpartition(":")
@@ -290,11 +291,10 @@ def _remote_dir(hosts: List[Host], remote_dir: Optional[str]) -> List[Host]:
     """The hosts with ``remote_dir`` in place of the inventory's, if given."""
     if remote_dir is None:
         return hosts
-    clean = posixpath.normpath(remote_dir)
-    if not remote_dir.startswith("/") or clean in ("/", "//"):
-        raise UsageError(
-            f"--remote-dir must be an absolute directory on the nodes other than /, got {remote_dir!r}"
-        )
+    try:
+        clean = clean_remote_dir(remote_dir)
+    except ValueError as exc:
+        raise UsageError(f"--remote-dir {exc}") from None
     return [dataclasses.replace(h, remote_dir=clean) for h in hosts]
 
 
@@ -303,7 +303,7 @@ def print_report(report: RunReport, out: Out) -> None:
         (
             h.host,
             h.state.value,
-            render.outcome(h.state, h.exit_code, h.signal),
+            render.outcome(h.exit_code, h.signal),
             render.seconds(h.seconds),
             render.seconds(h.last_seen_age),
             h.error or "",
@@ -351,26 +351,26 @@ def _next_steps(report: RunReport) -> str:
 )
 @reported
 def run(
-    c,
-    script=None,
-    cmd=None,
-    args="",
-    files="",
-    hosts=None,
-    inventory=None,
-    parallel=None,
-    interval=None,
-    dead_after=None,
-    deadline=None,
-    heartbeat=True,
-    listen=None,
-    json=False,
-    accept_new_host_keys=False,
-    remote_dir=None,
-    show_output=False,
-    diff=False,
-    stream=None,
-):
+    c: Context,
+    script: Optional[str] = None,
+    cmd: Optional[str] = None,
+    args: str = "",
+    files: str = "",
+    hosts: Optional[str] = None,
+    inventory: Optional[str] = None,
+    parallel: Optional[str] = None,
+    interval: Optional[str] = None,
+    dead_after: Optional[str] = None,
+    deadline: Optional[str] = None,
+    heartbeat: bool = True,
+    listen: Optional[str] = None,
+    json: bool = False,
+    accept_new_host_keys: bool = False,
+    remote_dir: Optional[str] = None,
+    show_output: bool = False,
+    diff: bool = False,
+    stream: Optional[str] = None,
+) -> None:
     """Run a script or command on every selected node at once and watch it to the end."""
     inv, selected = _select(inventory, hosts)
     selected = _remote_dir(selected, remote_dir)
@@ -454,17 +454,17 @@ def _interrupted(the_run: Run, selected: List[Host], out: Out) -> None:
 )
 @reported
 def status(
-    c,
-    run=None,
-    refresh=False,
-    output=False,
-    diff=False,
-    stream=None,
-    inventory=None,
-    parallel=None,
-    json=False,
-    accept_new_host_keys=False,
-):
+    c: Context,
+    run: Optional[str] = None,
+    refresh: bool = False,
+    output: bool = False,
+    diff: bool = False,
+    stream: Optional[str] = None,
+    inventory: Optional[str] = None,
+    parallel: Optional[str] = None,
+    json: bool = False,
+    accept_new_host_keys: bool = False,
+) -> None:
     """Show how a run went, from its record or (--refresh) from the nodes themselves."""
     record = find_run(run)
     out = Out(json)
@@ -480,19 +480,19 @@ def status(
     if refresh:
         outcomes = postrun.refresh(record, run_hosts, workers, accept_new_host_keys)
         for o in outcomes.values():
-            if not o.ok:
+            if o.error is not None:
                 out.line(f"{o.host.id}: could not ask the node: {o.error.cause}")
                 unasked.append("unreachable")
         data = record.load()
-    rows, by_state = [], {}
+    rows = []
     for host, entry in data["hosts"].items():
-        state = entry.get("state", "?")
-        by_state.setdefault(state, []).append(host)
-        result = render.outcome(None, entry.get("exit_code"), entry.get("signal"))  # type: ignore[arg-type]
-        rows.append((host, state, result, entry.get("error") or entry.get("refresh_error") or ""))
+        result = render.outcome(entry.get("exit_code"), entry.get("signal"))
+        error = entry.get("error") or entry.get("refresh_error") or ""
+        rows.append((host, entry.get("state", "?"), result, error))
     out.line(f"run {data['run_id']}: {data.get('program', '')}")
     for line in render.table(rows, ("HOST", "STATE", "RESULT", "ERROR")):
         out.line(line)
+    by_state = group_by_state((h, e.get("state", "?")) for h, e in data["hosts"].items())
     for state, hosts_in in sorted(by_state.items()):
         out.line(f"{state} ({len(hosts_in)}): {fold(hosts_in)}")
     if not data.get("finished"):
@@ -524,7 +524,13 @@ def status(
     }
 )
 @reported
-def stop(c, run=None, hosts=None, inventory=None, json=False):
+def stop(
+    c: Context,
+    run: Optional[str] = None,
+    hosts: Optional[str] = None,
+    inventory: Optional[str] = None,
+    json: bool = False,
+) -> None:
     """Terminate a run's program (its whole process group) on every node still running it."""
     record = find_run(run)
     data = record.load()
@@ -533,7 +539,7 @@ def stop(c, run=None, hosts=None, inventory=None, json=False):
     out = Out(json)
     outcomes = postrun.stop(record, postrun.record_hosts(data, inv, only))
     for o in outcomes.values():
-        if o.ok:
+        if o.value is not None:
             state = "stopped" if o.value.get("stopped") else f"not running ({o.value.get('state')})"
             out.line(f"{o.host.id}: {state}")
     code = _failures(outcomes, out)
@@ -554,17 +560,17 @@ def stop(c, run=None, hosts=None, inventory=None, json=False):
 )
 @reported
 def collect(
-    c,
-    run=None,
-    src=None,
-    dest=None,
-    divide=False,
-    hosts=None,
-    inventory=None,
-    parallel=None,
-    json=False,
-    accept_new_host_keys=False,
-):
+    c: Context,
+    run: Optional[str] = None,
+    src: Optional[str] = None,
+    dest: Optional[str] = None,
+    divide: bool = False,
+    hosts: Optional[str] = None,
+    inventory: Optional[str] = None,
+    parallel: Optional[str] = None,
+    json: bool = False,
+    accept_new_host_keys: bool = False,
+) -> None:
     """Pull a run's directory (or --src) from every node that ran it."""
     out = Out(json)
     run_id = None

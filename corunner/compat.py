@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from .errors import EXIT_USAGE
 
@@ -155,7 +155,11 @@ def _execute(argvs: Sequence[List[str]], explain: bool) -> None:
                 raise
 
 
-def _main(parser: argparse.ArgumentParser, build, argv: Optional[Sequence[str]]) -> None:
+def _main(
+    parser: argparse.ArgumentParser,
+    build: Callable[[argparse.Namespace], List[List[str]]],
+    argv: Optional[Sequence[str]],
+) -> None:
     args = parser.parse_args(argv)
     try:
         argvs = build(args)

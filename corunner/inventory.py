@@ -340,14 +340,10 @@ class _Builder:
         return os.path.normpath(expanded)
 
     def remote_dir(self, value: object, path: KeyPath) -> str:
-        if not isinstance(value, str) or not value.startswith("/"):
-            raise self.error(
-                f"remote_dir must be an absolute path on the nodes, not {_kind(value)}", path
-            )
-        clean = posixpath.normpath(value)
-        if clean in ("/", "//"):
-            raise self.error("remote_dir must not be '/': corunner writes and cleans in it", path)
-        return clean
+        try:
+            return clean_remote_dir(value)
+        except ValueError as exc:
+            raise self.error(f"remote_dir {exc}", path) from None
 
     def python(self, value: object, path: KeyPath) -> str:
         if not isinstance(value, str) or not value.strip():
@@ -355,12 +351,29 @@ class _Builder:
         return value.strip()
 
     def connect_timeout(self, value: object, path: KeyPath) -> float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             raise self.error(
                 f"connect_timeout must be a positive number of seconds, not {_kind(value)}", path
             )
-        return float(value)  # type: ignore[arg-type]
+        return float(value)
+
+
+def clean_remote_dir(value: object) -> str:
+    """A remote_dir (inventory setting or ``run --remote-dir``), normalised.
+
+    Raises ValueError saying what is wrong: not an absolute path, or ``/``.
+    """
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(f"must be an absolute path on the nodes, not {_kind(value)}")
+    clean = posixpath.normpath(value)
+    if clean in ("/", "//"):
+        raise ValueError("must not be '/': corunner writes and cleans in it")
+    return clean
 
 
 def _with_group(host: Host, group: str) -> Host:
@@ -383,5 +396,5 @@ def _kind(value: object) -> str:
         return "empty (null)"
     if isinstance(value, (str, int, float)):
         return repr(value)
-    names = {dict: "a mapping", list: "a list"}
+    names: dict[type, str] = {dict: "a mapping", list: "a list"}
     return names.get(type(value), f"a {type(value).__name__}")

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from corunner.executor import MAX_LINE, Heartbeat, ProtocolError, ack_line, decoder
 
@@ -85,8 +85,11 @@ class _ReadReadiness:
     """
 
     def __init__(self) -> None:
-        self._epoll = select.epoll() if hasattr(select, "epoll") else None
-        self._selector = None if self._epoll else selectors.DefaultSelector()
+        if hasattr(select, "epoll"):
+            self._epoll: Optional[select.epoll] = select.epoll()
+        else:
+            self._epoll = None
+            self._selector = selectors.DefaultSelector()  # only where there is no epoll
         self._targets: dict[int, object] = {}
 
     def register(self, sock: socket.socket, target: object) -> None:
@@ -255,7 +258,7 @@ class Listener:
             elif data is _WAKE:
                 woken = True
                 self._drain_wake()
-            else:
+            elif isinstance(data, _Listening):
                 self._accept(data.sock)
         return woken
 

@@ -19,7 +19,19 @@ import os
 import threading
 import time
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Type, Union
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    List,
+    Optional,
+    Sequence,
+    Type,
+    TypeVar,
+    Union,
+)
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -54,6 +66,9 @@ def is_terminal(stream: IO[str]) -> bool:
     return bool(isatty and isatty()) and os.environ.get("TERM", "") != "dumb"
 
 
+V = TypeVar("V", bound="_View")
+
+
 class _View:
     """A context manager with ``on_change``; the base prints nothing.
 
@@ -63,7 +78,7 @@ class _View:
 
     widget: Any = None
 
-    def __enter__(self) -> _View:
+    def __enter__(self: V) -> V:
         if self.widget is not None:
             self.widget.start()
         return self
@@ -173,7 +188,7 @@ class LiveRunView(_View):
             Text(f"{finished}/{self.total} finished"),
             Text(render.elapsed(now - self.began, self.deadline), style="dim"),
         )
-        lines: list = [counts_line, bar]
+        lines: List[RenderableType] = [counts_line, bar]
         for state, folded, count in recent:
             text = Text()
             text.append("  last ", style="dim")

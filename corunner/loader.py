@@ -91,10 +91,12 @@ class _Walker:
             self.check_tag(node, _SEQ_TAG)
             self.active.add(id(node))
             result = [self.value(item, path + (i,)) for i, item in enumerate(node.value)]
-        else:
+        elif isinstance(node, yaml.MappingNode):
             self.check_tag(node, _MAP_TAG)
             self.active.add(id(node))
             result = self.mapping(node, path)
+        else:  # composing makes no other kind of node
+            raise self.unsupported(node)
         self.active.discard(id(node))
         self.done[id(node)] = result
         return result

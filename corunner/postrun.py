@@ -97,7 +97,7 @@ def started_hosts(data: Dict[str, Any], hosts: List[Host]) -> List[Host]:
     return [h for h in hosts if entries.get(h.id, {}).get("state") != State.UNREACHABLE.value]
 
 
-def _ask(run_id: str, verb: str, marker: str):
+def _ask(run_id: str, verb: str, marker: str) -> Callable[[Any, Host], Dict[str, Any]]:
     def work(conn: Any, host: Host) -> Dict[str, Any]:
         done = remote.execute(
             conn, host, remote.sh(ASK_SCRIPT, run_dir(host, run_id), host.python, verb), timeout=60
@@ -106,9 +106,12 @@ def _ask(run_id: str, verb: str, marker: str):
         if found is None:
             raise RemoteError(host.id, f"could not read the run's status: {done.error_line()}")
         try:
-            return json.loads(found)
+            answer = json.loads(found)
         except ValueError:
-            raise RemoteError(host.id, f"unreadable status from the node: {found[:80]}") from None
+            answer = None
+        if not isinstance(answer, dict):  # a hostile or broken node: not a status at all
+            raise RemoteError(host.id, f"unreadable status from the node: {found[:80]}")
+        return answer
 
     return work
 
@@ -137,7 +140,7 @@ def refresh(
     hosts: List[Host],
     parallel: int = DEFAULT_PARALLEL,
     accept_new_host_keys: bool = False,
-) -> Dict[str, Outcome]:
+) -> Dict[str, Outcome[Dict[str, Any]]]:
     """Read every node's status.json and write what they say into the run record."""
     outcomes = on_each(
         hosts, _ask(record.run_id, "probe", "CORUNNER-PROBE"), parallel, accept_new_host_keys
@@ -146,26 +149,26 @@ def refresh(
     for host_id, outcome in outcomes.items():
         entry = data["hosts"].setdefault(host_id, {})
         entry["refreshed_at"] = time.time()
-        if outcome.ok:
+        if outcome.error is not None:
+            entry["refresh_error"] = str(outcome.error.cause)
+        elif outcome.value is not None:
             status = NodeStatus.from_probe(host_id, outcome.value)
             if replaces(entry.get("state"), status.state):
                 entry.update(state=status.state, exit_code=status.exit_code, signal=status.signal)
             entry["node"] = status.detail
             entry.pop("refresh_error", None)
-        else:
-            entry["refresh_error"] = str(outcome.error.cause)
     record.save(data)
     return outcomes
 
 
 def stop(
     record: RunRecord, hosts: List[Host], parallel: int = DEFAULT_PARALLEL
-) -> Dict[str, Outcome]:
+) -> Dict[str, Outcome[Dict[str, Any]]]:
     """Terminate the run's program (its whole process group) on every node."""
     outcomes = on_each(hosts, _ask(record.run_id, "stop", "CORUNNER-STOP"), parallel)
     data = record.load()
     for host_id, outcome in outcomes.items():
-        if outcome.ok and outcome.value.get("stopped"):
+        if outcome.value is not None and outcome.value.get("stopped"):
             data["hosts"].setdefault(host_id, {})["stopped_at"] = time.time()
     record.save(data)
     return outcomes
@@ -180,7 +183,7 @@ def collect(
     parallel: int = DEFAULT_PARALLEL,
     accept_new_host_keys: bool = False,
     done: Done = None,
-) -> Dict[str, Outcome]:
+) -> Dict[str, Outcome[transfer.Pulled]]:
     """Pull ``src`` (default: the run's directory, without its secret) from every host.
 
     ``done(outcome)`` is called from a worker thread as each host ends, for progress.
@@ -202,7 +205,7 @@ def fetch_outputs(
     parallel: int = DEFAULT_PARALLEL,
     accept_new_host_keys: bool = False,
     done: Done = None,
-) -> Dict[str, Outcome]:
+) -> Dict[str, Outcome[NodeOutput]]:
     """Fetch the first ``cap`` bytes of the run's ``stream`` file from every host.
 
     One command per node; each outcome's value is a :class:`NodeOutput`. Shell

@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import time
-from typing import Any, Dict, Optional
+from typing import IO, Any, Dict, Optional
 
 from .errors import RecordError
 
@@ -49,7 +49,7 @@ class RunRecord:
         self.run_id = run_id
         self.root = root or records_root()
         self.dir = os.path.join(self.root, run_id)
-        self._events = None
+        self._events: Optional[IO[str]] = None
 
     @property
     def path(self) -> str:
@@ -88,13 +88,6 @@ class RunRecord:
             ) from None
         except (OSError, json.JSONDecodeError) as exc:
             raise RecordError(f"{self.path}: unreadable run record ({exc})") from exc
-
-    def events(self) -> list:
-        try:
-            with open(self.events_path) as f:
-                return [json.loads(line) for line in f if line.strip()]
-        except FileNotFoundError:
-            return []
 
 
 def find_run(run_id: Optional[str], root: Optional[str] = None) -> RunRecord:

@@ -104,7 +104,7 @@ class HealthTransport(paramiko.Transport):
             self.last_heard = time.monotonic()
             return message
 
-        self.packetizer.read_message = read_message  # type: ignore[method-assign]
+        self.packetizer.read_message = read_message
         self.packetizer.set_keepalive(ALIVE_INTERVAL, self._keepalive)
 
     def _keepalive(self) -> None:
@@ -595,7 +595,8 @@ class ChannelWatcher:
                 with contextlib.suppress(OSError):
                     self.waker_r.recv(4096)
                 continue
-            host, chan = key.data, key.fileobj
+            host: str = key.data
+            chan, _ = self.open[host]
             while chan.recv_ready():
                 self.output[host] = keep_tail(self.output[host], chan.recv(CHUNK))
             while chan.recv_stderr_ready():

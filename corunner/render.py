@@ -14,10 +14,10 @@ from .hostrange import fold
 from .inventory import Host
 from .liveness import Change, State
 from .outputs import OutputGroup, groups_json
+from .report import RunReport, group_by_state
 
 if TYPE_CHECKING:  # only for annotations: rendering needs no SSH
     from .fanout import Outcome
-    from .report import RunReport
 
 #: The order states are listed in summaries: worst news last, where eyes land.
 STATE_ORDER = [
@@ -54,7 +54,8 @@ def folded_by_state(by_state: Dict[State, List[str]]) -> List[str]:
     return lines
 
 
-def outcome(state: State, exit_code: Optional[int], signal: Optional[int]) -> str:
+def outcome(exit_code: Optional[int], signal: Optional[int]) -> str:
+    """A program's result in a table cell: ``signal 9``, ``exit 3``, or ``-``."""
     if signal is not None:
         return f"signal {signal}"
     if exit_code is not None:
@@ -229,15 +230,12 @@ def status_document(data: Mapping[str, Any]) -> Dict[str, Any]:
     """The document of ``status``, from a run record (``run.json``)."""
     run_id = data["run_id"]
     hosts: Dict[str, Any] = {}
-    by_state: Dict[str, List[str]] = {}
     for host, entry in data.get("hosts", {}).items():
-        state = entry.get("state", "pending")
-        by_state.setdefault(state, []).append(host)
         node = entry.get("node")
         hosts[host] = {
             "host": host,
             "run_id": run_id,
-            "state": state,
+            "state": entry.get("state", "pending"),
             "exit_code": entry.get("exit_code"),
             "signal": entry.get("signal"),
             "error": entry.get("error"),
@@ -251,6 +249,7 @@ def status_document(data: Mapping[str, Any]) -> Dict[str, Any]:
             "refresh_error": entry.get("refresh_error"),
             "node": node,
         }
+    by_state = group_by_state((host, entry["state"]) for host, entry in hosts.items())
     return {
         **_head("status"),
         "run_id": run_id,
@@ -268,7 +267,7 @@ def status_document(data: Mapping[str, Any]) -> Dict[str, Any]:
 
 def stop_document(run_id: str, exit_code: int, outcomes: Mapping[str, Outcome]) -> Dict[str, Any]:
     """The document of ``stop``: whether each host's program was stopped."""
-    hosts = []
+    hosts: List[Dict[str, Any]] = []
     for o in outcomes.values():
         answer = o.value if o.ok and isinstance(o.value, dict) else {}
         hosts.append(

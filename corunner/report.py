@@ -5,10 +5,20 @@ and the task layer read. Pure data; the exit code follows the one policy in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple, TypeVar
 
 from .errors import exit_code_for
 from .liveness import State
+
+S = TypeVar("S")
+
+
+def group_by_state(pairs: Iterable[Tuple[str, S]]) -> Dict[S, List[str]]:
+    """Hosts by state, from ``(host, state)`` pairs; states and hosts in the order first seen."""
+    out: Dict[S, List[str]] = {}
+    for host, state in pairs:
+        out.setdefault(state, []).append(host)
+    return out
 
 
 @dataclass
@@ -47,7 +57,4 @@ class RunReport:
         return exit_code_for(h.state.value for h in self.hosts)
 
     def by_state(self) -> Dict[State, List[str]]:
-        out: Dict[State, List[str]] = {}
-        for h in self.hosts:
-            out.setdefault(h.state, []).append(h.host)
-        return out
+        return group_by_state((h.host, h.state) for h in self.hosts)

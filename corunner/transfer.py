@@ -263,6 +263,11 @@ def pull(
     single = _pull_regular_file(conn, host, src, into, rename)
     if single is not None:
         return single
+    if not hasattr(tarfile, "data_filter"):  # 3.10 before 3.10.12, 3.11 before 3.11.4
+        raise TransferError(
+            host.id,
+            f"copy of {src} needs tarfile's data filter: use Python 3.10.12, 3.11.4 or later",
+        )
     command = remote.sh(PULL_SCRIPT, src, exclude or "", MARKER)
 
     def consume(stream: IO[bytes]) -> Optional[Pulled]:
@@ -322,7 +327,7 @@ def extract(stream: IO[bytes], into: str, rename_top: Optional[str] = None) -> P
     links that stay inside are kept as links, never followed.
     """
     pulled = Pulled()
-    with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             if rename_top:
                 top, sep, rest = member.name.partition("/")

@@ -274,7 +274,7 @@ def test_the_last_valid_status_line_of_a_session_is_its_outcome():
     clock = FakeClock()
     watch = SessionWatch(clock)
     watch.channels.close()
-    noise = b"pyenv: warning\nCORUNNER-STATUS {\"exit_code\": 1}\n"
+    noise = b'pyenv: warning\nCORUNNER-STATUS {"exit_code": 1}\n'
     watch.channels = FakeChannels(  # type: ignore[assignment]
         [("a", noise + b'CORUNNER-STATUS {"exit_code": null, "signal": 15}\n')]
     )
