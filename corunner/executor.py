@@ -1369,6 +1369,10 @@ def stop(run_dir: str, grace: float) -> Dict[str, Any]:
 # The upload: what the start command reads from its stdin
 # --------------------------------------------------------------------------
 
+# The one definition of the upload's format: the controller builds it with
+# frame_header, frame, TAR_MARKER and END_MARKER (corunner.bootstrap.Payload),
+# the node reads it with parse_frame_header and unpack.
+
 #: Each piece of the upload begins with a header of this many bytes:
 #: ``KIND MODE SIZE NAMELEN`` (mode in octal), space-padded, ending in a newline;
 #: the name and then SIZE bytes of data follow. KIND is F (a file, written at
@@ -1376,7 +1380,11 @@ def stop(run_dir: str, grace: float) -> Dict[str, Any]:
 #: stream is a tar of the user's files) or E (the end). The controller's boot
 #: code reads the first two F pieces (this file and its bytecode) the same way.
 FRAME_HEADER = 40
-_FRAME_KINDS = ("F", "T", "E")
+FRAME_FILE, FRAME_TAR, FRAME_END = "F", "T", "E"
+_FRAME_KINDS = (FRAME_FILE, FRAME_TAR, FRAME_END)
+
+#: Where the upload puts the run's config (see parse_config), in the run directory.
+CONFIG_PATH = ".corunner/config.json"
 
 
 def frame_header(kind: str, name: bytes = b"", size: int = 0, mode: int = 0o600) -> bytes:
@@ -1387,6 +1395,17 @@ def frame_header(kind: str, name: bytes = b"", size: int = 0, mode: int = 0o600)
     if len(text) >= FRAME_HEADER:
         raise ValueError(f"frame header too long: {text!r}")
     return text.ljust(FRAME_HEADER - 1) + b"\n" + name
+
+
+def frame(name: str, data: bytes, mode: int = 0o600) -> bytes:
+    """One file of the upload: ``data``, to be written at ``name`` with exactly ``mode``."""
+    return frame_header(FRAME_FILE, os.fsencode(name), len(data), mode) + data
+
+
+#: The last piece of an upload: after TAR_MARKER, the rest of it is a tar of
+#: the user's files; after END_MARKER, there is nothing more.
+TAR_MARKER = frame_header(FRAME_TAR)
+END_MARKER = frame_header(FRAME_END)
 
 
 def parse_frame_header(header: bytes) -> Tuple[str, int, int, int]:
@@ -1421,8 +1440,8 @@ def unpack(fd: int) -> bool:
     """
     while True:
         kind, mode, size, name_len = parse_frame_header(_take(fd, FRAME_HEADER))
-        if kind != "F":
-            return kind == "T"
+        if kind != FRAME_FILE:
+            return kind == FRAME_TAR
         name = _take(fd, name_len)
         if not name or name.startswith(b"/") or b".." in name.split(b"/"):
             raise ValueError(f"unsafe name in the upload: {name!r}")
@@ -1480,7 +1499,7 @@ def cmd_start(run_dir: str, foreground: bool) -> int:
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"CORUNNER-ERROR cannot unpack the upload in {run_dir}: {exc}\n")
         return 99
-    config = os.path.join(".corunner", "config.json")
+    config = CONFIG_PATH
     if foreground:
         return cmd_run(config, True)
     sys.stdout.flush()
