@@ -37,7 +37,7 @@ from operator import itemgetter
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
-    from typing import Any, Callable, Dict, List, Optional, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 # --------------------------------------------------------------------------
 # Wire protocol: pure functions, the one source of truth for both sides.
@@ -349,7 +349,7 @@ def parse_ack(line: bytes) -> Optional[int]:
     return None
 
 
-def valid_name(name: str) -> bool:
+def valid_name(name: object) -> bool:
     """Whether ``name`` can travel as a run id or host field."""
     return isinstance(name, str) and 0 < len(name) <= 128 and not name.strip(_NAME_CHARS)
 
@@ -484,14 +484,56 @@ class Config(_Frozen):
         )
 
 
+def config_document(
+    *,
+    run_id: str,
+    host: str,
+    argv: Optional[List[str]],
+    shell: Optional[str],
+    controller: Sequence[Sequence[Any]],
+    interval: float,
+    secret: bytes,
+    heartbeat: bool,
+    linger: float,
+    env: Dict[str, str],
+) -> Dict[str, Any]:
+    """config.json as the controller writes it, for :func:`parse_config` on the node.
+
+    Its keys are the fields of :class:`Config`, in order; ``controller`` is a
+    list of (host, port), host "" for the SSH client's address.
+    """
+    return {
+        "run_id": run_id,
+        "host": host,
+        "argv": argv,
+        "shell": shell,
+        "controller": [[address, port] for address, port in controller],
+        "interval": interval,
+        "secret": secret.hex(),
+        "heartbeat": heartbeat,
+        "linger": linger,
+        "env": env,
+    }
+
+
 def parse_config(data: Any) -> Config:
-    """Validate the decoded JSON of config.json; raises ValueError naming the bad key."""
+    """Validate the decoded JSON of config.json; raises ValueError naming the bad key.
+
+    Every key of :func:`config_document` must be there, and no other.
+    """
     if not isinstance(data, dict):
         raise ValueError("config must be a JSON object")
+    keys = Config.__match_args__
+    for key in keys:
+        if key not in data:
+            raise ValueError(f"config lacks {key}")
+    for key in data:
+        if key not in keys:
+            raise ValueError(f"unknown config key {key!r}")
     for key in ("run_id", "host"):
-        if not valid_name(data.get(key)):
+        if not valid_name(data[key]):
             raise ValueError(f"{key} must match [A-Za-z0-9._:@-]{{1,128}}")
-    argv, shell = data.get("argv"), data.get("shell")
+    argv, shell = data["argv"], data["shell"]
     if (argv is None) == (shell is None):
         raise ValueError("exactly one of argv and shell must be set")
     if argv is not None and (
@@ -500,8 +542,11 @@ def parse_config(data: Any) -> Config:
         raise ValueError("argv must be a non-empty list of strings")
     if shell is not None and not isinstance(shell, str):
         raise ValueError("shell must be a string")
+    controller = data["controller"]
+    if not isinstance(controller, list):
+        raise ValueError("controller must be a list of [host, port]")
     addrs = []
-    for item in data.get("controller") or []:
+    for item in controller:
         if (
             not isinstance(item, (list, tuple))
             or len(item) != 2
@@ -512,14 +557,14 @@ def parse_config(data: Any) -> Config:
             raise ValueError("controller must be a list of [host, port]")
         addrs.append((item[0], item[1]))
     try:
-        interval = float(data.get("interval", 1.0))
-        linger = float(data.get("linger", 60.0))
-        secret = bytes.fromhex(data.get("secret") or "")
+        interval = float(data["interval"])
+        linger = float(data["linger"])
+        secret = bytes.fromhex(data["secret"])
     except (TypeError, ValueError):
         raise ValueError("interval, linger must be numbers and secret a hex string") from None
     if not interval > 0 or not linger >= 0:
         raise ValueError("interval must be > 0 and linger >= 0")
-    env = data.get("env") or {}
+    env = data["env"]
     if not isinstance(env, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
@@ -532,7 +577,7 @@ def parse_config(data: Any) -> Config:
         controller=addrs,
         interval=interval,
         secret=secret,
-        heartbeat=bool(data.get("heartbeat", True)),
+        heartbeat=bool(data["heartbeat"]),
         linger=linger,
         env=dict(env),
     )

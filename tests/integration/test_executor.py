@@ -22,7 +22,7 @@ from helpers import python38, wait_until
 
 import corunner.executor
 from corunner.bootstrap import BOOT, executor_bytecode
-from corunner.executor import Heartbeat
+from corunner.executor import Heartbeat, config_document
 from corunner.listener import Listener
 
 EXECUTOR = Path(corunner.executor.__file__)
@@ -100,17 +100,18 @@ class Node:
         heartbeat: bool = True,
         linger: float = 20.0,
     ) -> None:
-        config = {
-            "run_id": RUN_ID,
-            "host": HOST,
-            "argv": argv,
-            "shell": shell,
-            "controller": controller,
-            "interval": INTERVAL,
-            "secret": SECRET.hex(),
-            "heartbeat": heartbeat,
-            "linger": linger,
-        }
+        config = config_document(
+            run_id=RUN_ID,
+            host=HOST,
+            argv=argv,
+            shell=shell,
+            controller=controller,
+            interval=INTERVAL,
+            secret=SECRET,
+            heartbeat=heartbeat,
+            linger=linger,
+            env={},
+        )
         path = self.dir / ".corunner" / "config.json"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
