@@ -6,16 +6,18 @@ from there, to use the bytecode the controller ships beside it); the
 controller imports the same file for :func:`encode` and :func:`decode`, so both
 sides share one definition of the protocol.
 
-Subcommands (each prints one marker line the controller searches for, since
-remote shells may print noise around it):
+Commands, exactly as corunner.bootstrap's scripts send them (each prints one
+marker line the controller searches for, since remote shells may print noise
+around it):
 
 - ``start RUN_DIR [--foreground]``: how the controller starts a run (see
-  :func:`cmd_start`): unpack the rest of the upload from stdin, then ``run``,
-  detached (printing ``CORUNNER-STARTED <pid>``) or in the foreground.
-- ``run [--foreground] CONFIG``: run the program, keep ``status.json`` and send
-  heartbeats to the controller until the final message is acknowledged.
+  :func:`cmd_start`): unpack the rest of the upload from stdin, then run the
+  program, keep ``status.json`` and send heartbeats to the controller until
+  the final message is acknowledged; detached (printing ``CORUNNER-STARTED
+  <pid>``), or in the foreground without heartbeats (printing
+  ``CORUNNER-STATUS <json>`` at the end).
 - ``probe RUN_DIR``: print ``CORUNNER-PROBE <json>``.
-- ``stop RUN_DIR [--grace S]``: stop the program's process group and print
+- ``stop RUN_DIR``: stop the program's process group and print
   ``CORUNNER-STOP <json>``.
 """
 
@@ -1385,7 +1387,7 @@ def _wait_for(cond: Any, timeout: float) -> bool:
         time.sleep(0.05)
 
 
-def stop(run_dir: str, grace: float) -> Dict[str, Any]:
+def stop(run_dir: str, grace: float = 5.0) -> Dict[str, Any]:
     """SIGTERM the running program's group, SIGKILL it after ``grace`` seconds."""
     import signal
 
@@ -1568,122 +1570,31 @@ def cmd_start(run_dir: str, foreground: bool) -> int:
 # Command line
 # --------------------------------------------------------------------------
 
-
-_USAGE = """\
-usage: executor.py start RUN_DIR [--foreground]
-       executor.py run [--foreground] CONFIG
-       executor.py probe RUN_DIR
-       executor.py stop RUN_DIR [--grace S]"""
-
-#: The long options of each subcommand. As with argparse, "--grace=S" and
-#: unique prefixes ("--fore") work, and options may come after the path.
-_OPTIONS = {
-    "start": ("--foreground", "--help"),
-    "run": ("--foreground", "--help"),
-    "probe": ("--help",),
-    "stop": ("--grace", "--help"),
-}
-
-
-class _UsageError(Exception):
-    """A bad command line; the message says what is wrong."""
-
-
-def _option(word: str, options: Tuple[str, ...]) -> Optional[str]:
-    """The option that ``word`` names exactly or by a unique prefix, or None."""
-    if word in options:
-        return word
-    matches = [opt for opt in options if len(word) > 2 and opt.startswith(word)]
-    return matches[0] if len(matches) == 1 else None
-
-
-def _negative_number(word: str) -> bool:
-    """``-5``, ``-1.5`` or ``-.5``: argparse took these for values, not options."""
-    if word[:1] != "-":
-        return False
-    whole, dot, frac = word[1:].partition(".")
-    if not dot:
-        return _digits(whole, len(word))
-    return (not whole or _digits(whole, len(word))) and _digits(frac, len(word))
-
-
-def _parse_args(argv: List[str]) -> Optional[Tuple[str, str, bool, float]]:
-    """(command, path, foreground, grace) from a command line, or None if help was asked.
-
-    Hand written: argparse (with gettext) costs ~10 ms per start. Raises
-    _UsageError for anything but the three documented forms.
-    """
-    words = iter(argv)
-    cmd = next(words, None)
-    if cmd is not None and _option(cmd, ("-h", "--help")):
-        return None
-    if cmd not in _OPTIONS:
-        if cmd is None:
-            raise _UsageError("the following arguments are required: cmd")
-        raise _UsageError(
-            f"argument cmd: invalid choice: {cmd!r} (choose from 'start', 'run', 'probe', 'stop')"
-        )
-    paths: List[str] = []
-    foreground, grace = False, 5.0
-    for word in words:
-        if word == "--":
-            paths.extend(words)
-            break
-        if word[:1] != "-" or word == "-":
-            paths.append(word)
-            continue
-        name, eq, value = word.partition("=")
-        opt = "--help" if word == "-h" else _option(name, _OPTIONS[cmd])
-        if opt == "--help" and not eq:
-            return None
-        if opt == "--foreground" and not eq:
-            foreground = True
-        elif opt == "--grace":
-            if not eq:
-                following = next(words, None)
-                if following is None:
-                    raise _UsageError("argument --grace: expected one argument")
-                value = following
-            try:
-                grace = float(value)
-            except ValueError:
-                raise _UsageError(f"argument --grace: invalid float value: {value!r}") from None
-        elif " " in word or _negative_number(word):
-            paths.append(word)  # argparse took these for paths, not options
-        else:
-            raise _UsageError(f"unrecognized arguments: {word}")
-    if not paths:
-        name = "config" if cmd == "run" else "run_dir"
-        raise _UsageError(f"the following arguments are required: {name}")
-    if len(paths) > 1:
-        raise _UsageError("unrecognized arguments: " + " ".join(paths[1:]))
-    return cmd, paths[0], foreground, grace
+_USAGE = "usage: executor.py start RUN_DIR [--foreground] | probe RUN_DIR | stop RUN_DIR"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run one subcommand; the exit status of the process.
+    """Run the command the controller sent (see the top of this file); the exit status.
 
-    Like argparse before, --help prints the usage and exits 0, and a bad
-    command line prints it to stderr and exits 2 (both via SystemExit).
+    Exactly the forms corunner.bootstrap's scripts send, parsed by hand
+    (argparse and gettext cost ~10 ms per start); anything else gets one line
+    of usage on stderr and status 2.
     """
-    try:
-        parsed = _parse_args(sys.argv[1:] if argv is None else list(argv))
-    except _UsageError as exc:
-        sys.stderr.write(f"{_USAGE}\nexecutor.py: error: {exc}\n")
-        sys.exit(2)
-    if parsed is None:
-        sys.stdout.write(f"{_USAGE}\n\n{(__doc__ or '').splitlines()[0]}\n")
-        sys.exit(0)
-    cmd, path, foreground, grace = parsed
-    if cmd == "start":
-        return cmd_start(path, foreground)
-    if cmd == "run":
-        return cmd_run(path, foreground)
-    if cmd == "probe":
-        _emit("CORUNNER-PROBE", probe(path))
-        return 0
-    _emit("CORUNNER-STOP", stop(path, grace))
-    return 0
+    args = sys.argv[1:] if argv is None else list(argv)
+    if len(args) == 3 and args[0] == "start" and args[2] == "--foreground":
+        return cmd_start(args[1], True)
+    if len(args) == 2:
+        cmd, run_dir = args
+        if cmd == "start":
+            return cmd_start(run_dir, False)
+        if cmd == "probe":
+            _emit("CORUNNER-PROBE", probe(run_dir))
+            return 0
+        if cmd == "stop":
+            _emit("CORUNNER-STOP", stop(run_dir))
+            return 0
+    sys.stderr.write(f"{_USAGE} (not {' '.join(args) or 'nothing'})\n")
+    return 2
 
 
 if __name__ == "__main__":
