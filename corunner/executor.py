@@ -24,7 +24,7 @@ around it):
 from __future__ import annotations
 
 # Lean imports: this file is loaded and started on every node for every run, so
-# what ``run`` imports is paid per node. Measured on a 2-core Debian node against
+# what ``start`` imports is paid per node. Measured on a 2-core Debian node against
 # ~8 ms for the bare interpreter: json (with re and enum) ~12 ms, subprocess
 # ~5 ms, hmac ~4 ms, socket ~4 ms; argparse, dataclasses and typing ~20 ms. So
 # the run path uses the C modules behind them (_json, _socket, _sha256 or _sha2,
@@ -1064,7 +1064,7 @@ class Session:
     def start(self) -> Dict[str, Any]:
         """Start the program in its own session; on failure the status says error.
 
-        The executor's working directory is the run directory (cmd_run), which
+        The executor's working directory is the run directory (cmd_start), which
         the program inherits.
         """
         cfg = self.cfg
@@ -1275,21 +1275,16 @@ def _try_write_status(run_dir: str, status: Dict[str, Any]) -> None:
         _log(f"cannot write status.json: {exc}")
 
 
-def run_dir_of(config_path: str) -> str:
-    """The run directory: the parent of the ``.corunner/`` folder holding the config."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(config_path)))
-
-
-def cmd_run(config_path: str, foreground: bool) -> int:
+def cmd_run(foreground: bool) -> int:
+    """Run the program as the config says, in the run directory (the working directory)."""
     signal = _signal_module()
     try:
-        with open(config_path) as fh:
+        with open(CONFIG_PATH) as fh:
             cfg = parse_config(json_loads(fh.read()))
     except (OSError, ValueError) as exc:
-        _log(f"bad config {config_path}: {exc}")
+        _log(f"bad config {CONFIG_PATH}: {exc}")
         return 2
-    run_dir = run_dir_of(config_path)
-    os.chdir(run_dir)
+    run_dir = os.getcwd()
     # The program must outlive the SSH session: a hangup or a closed pipe is not a stop.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -1546,9 +1541,8 @@ def cmd_start(run_dir: str, foreground: bool) -> int:
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"CORUNNER-ERROR cannot unpack the upload in {run_dir}: {exc}\n")
         return 99
-    config = CONFIG_PATH
     if foreground:
-        return cmd_run(config, True)
+        return cmd_run(True)
     sys.stdout.flush()
     pid = os.fork()
     if pid:
@@ -1563,7 +1557,7 @@ def cmd_start(run_dir: str, foreground: bool) -> int:
     os.dup2(log, 2)
     os.close(null)
     os.close(log)
-    return cmd_run(config, False)
+    return cmd_run(False)
 
 
 # --------------------------------------------------------------------------
