@@ -838,7 +838,7 @@ class Link:
         self.sock: Optional[socket.socket] = None
         self.fd = -1  # the socket's descriptor while it is registered
         self.connected = False
-        self.fresh = False  # set on connect; the run loop clears it after sending
+        self.fresh = False  # set on connect; Session.serve clears it
         self.index = 0
         self.deadline = 0.0  # connect timeout while connecting
         self.next_attempt = 0.0
@@ -1126,81 +1126,81 @@ class Session:
             return -os.WTERMSIG(wait_status)
         return os.WEXITSTATUS(wait_status)
 
-    def watch(self) -> int:
-        """Wait for the program, sending a heartbeat every interval while it runs."""
-        link, interval = self.link, self.cfg.interval
-        next_beat = time.monotonic()
+    def serve(self, status: Dict[str, Any]) -> bool:
+        """The event loop, from the program's start to its final message's ACK.
+
+        While the program runs, a heartbeat goes out as soon as a connection is
+        up and every interval after; when it ends, ``status`` records how. Then
+        the final message goes out once on each new connection until one is
+        acknowledged (True) or ``linger`` seconds pass (False; at once without
+        a link). A connection that brings no ACK within ``ack_wait`` is dropped
+        and the next carries a fresh seq, so a lost ACK or a half-dead
+        connection never leaves the listener rejecting a replay.
+        """
+        link, cfg = self.link, self.cfg
+        ack_wait = max(2.0, 4 * cfg.interval)
+        running = self.pid != 0
+        now = time.monotonic()
+        end = float("inf") if running else now + cfg.linger  # then the final message is late
+        due = now  # running: the next heartbeat; ended: the final message's ACK deadline
+        pending = True  # ended: the current connection has not carried the final message
+        first_seq = 0  # ended: the seq of the first final message sent
         while True:
-            rc = self.returncode()
-            if rc is not None:
-                return rc
-            now = time.monotonic()
-            wake = now + 1.0  # safety net in case an exit wakeup is ever missed
+            if running:
+                rc = self.returncode()
+                if rc is not None:
+                    self._ended(status, rc)
+                    running, now = False, time.monotonic()
+                    end, due = now + cfg.linger, float("inf")
+            if not running and (link is None or now >= end):
+                break
+            wake = now + 1.0 if running else end  # running: in case an exit wakeup is missed
             if link is not None:
                 link.tick(now)
-                if link.fresh:
-                    link.fresh = False
-                    next_beat = now
-                if now >= next_beat:
-                    if link.connected:
-                        link.send(self.message(STATE_RUNNING, None, None), now)
-                    next_beat = max(next_beat + interval, now)
-                wake = min(wake, next_beat, link.wake_at())
-            self.wait(wake - now)
-
-    def deliver_final(self, exit_code: Optional[int], sig: Optional[int]) -> bool:
-        """Send the final message until acknowledged or ``linger`` seconds pass.
-
-        Each attempt is a fresh connection with a fresh seq, so a lost ACK or a
-        half-dead connection never leaves the listener rejecting a replay.
-        """
-        link = self.link
-        if link is None:
-            return False
-        now = time.monotonic()
-        end = now + self.cfg.linger
-        ack_wait = max(2.0, 4 * self.cfg.interval)
-        first_seq: Optional[int] = None
-        sent_at: Optional[float] = None
-        pending = True  # the current connection has not carried the final message yet
-        while now < end:
-            link.tick(now)
-            if link.fresh:
-                link.fresh = False
-                pending = True
-            if pending and link.connected:
-                if link.send(self.message(STATE_EXITED, exit_code, sig), now):
-                    pending = False
-                    first_seq = self.seq if first_seq is None else first_seq
-                    sent_at = now
-            if first_seq is not None and link.acked >= first_seq:
-                link.close()
-                return True
-            if sent_at is not None and now - sent_at > ack_wait:
-                sent_at = None
-                if link.connected:
-                    link.drop(now, "no ACK for the final message")
-            wake = min(end, link.wake_at(), sent_at + ack_wait if sent_at is not None else end)
+                fresh, link.fresh = link.fresh, False
+                if running:
+                    if fresh:
+                        due = now
+                    if now >= due:
+                        if link.connected:
+                            link.send(self.message(STATE_RUNNING, None, None), now)
+                        due = max(due + cfg.interval, now)
+                else:
+                    pending = pending or fresh
+                    if pending and link.connected:
+                        final = self.message(STATE_EXITED, status["exit_code"], status["signal"])
+                        if link.send(final, now):
+                            pending, due = False, now + ack_wait
+                            first_seq = first_seq or self.seq
+                    if first_seq and link.acked >= first_seq:
+                        link.close()
+                        return True
+                    if now >= due:
+                        due = float("inf")
+                        if link.connected:
+                            link.drop(now, "no ACK for the final message")
+                wake = min(wake, due, link.wake_at())
             self.wait(wake - now)
             now = time.monotonic()
-        link.close()
+        if link is not None:
+            link.close()
         return False
 
-    def run(self, foreground: bool) -> Dict[str, Any]:
+    def _ended(self, status: Dict[str, Any], returncode: int) -> None:
+        """Record the program's end in ``status`` and status.json."""
+        self._unwatch_exit()
+        exit_code, sig = outcome(returncode)
+        status.update(state="exited", exit_code=exit_code, signal=sig, ended_at=time.time())
+        _try_write_status(self.run_dir, status)
+
+    def run(self) -> Dict[str, Any]:
+        """Start the program and serve its run; its last status."""
         status = self.start()
         _try_write_status(self.run_dir, status)
-        if self.pid:
-            rc = self.watch()
-            self._unwatch_exit()
-            exit_code, sig = outcome(rc)
-            status.update(state="exited", exit_code=exit_code, signal=sig, ended_at=time.time())
-            _try_write_status(self.run_dir, status)
-        if not foreground:
-            code, sig = status["exit_code"], status["signal"]
-            if self.deliver_final(code, sig):
-                _log("final message acknowledged")
-            elif self.link is not None:
-                _log(f"final message not acknowledged after {self.cfg.linger:.1f}s")
+        if self.serve(status):
+            _log("final message acknowledged")
+        elif self.link is not None:
+            _log(f"final message not acknowledged after {self.cfg.linger:.1f}s")
         return status
 
 
@@ -1288,7 +1288,7 @@ def cmd_run(foreground: bool) -> int:
     # The program must outlive the SSH session: a hangup or a closed pipe is not a stop.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    status = Session(cfg, run_dir, foreground).run(foreground)
+    status = Session(cfg, run_dir, foreground).run()
     if foreground:
         _emit("CORUNNER-STATUS", status)
     return 0

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from helpers import python38, wait_until
 
 import corunner.executor
 from corunner.bootstrap import BOOT, executor_bytecode
-from corunner.executor import END_MARKER, Heartbeat, config_document, main, stop
+from corunner.executor import END_MARKER, Heartbeat, ack_line, config_document, decode, main, stop
 from corunner.listener import Listener
 
 EXECUTOR = Path(corunner.executor.__file__)
@@ -416,6 +417,45 @@ def test_final_message_gets_through_once_the_controller_appears(node: Node) -> N
         assert inbox.finals()[0].exit_code == 3
         proc.wait()
     assert "Connection refused" in node.log()
+
+
+def _messages(conn: socket.socket, until: Callable[[list[Heartbeat]], bool]) -> list[Heartbeat]:
+    """Read messages from ``conn`` until ``until`` holds; whole lines only, nothing after."""
+    got: list[Heartbeat] = []
+    pending = b""
+    while not until(got):
+        chunk = conn.recv(4096)
+        assert chunk, got
+        *complete, pending = (pending + chunk).split(b"\n")
+        got.extend(decode(line, SECRET) for line in complete)
+    assert pending == b""
+    return got
+
+
+def test_an_unacknowledged_final_message_goes_again_on_a_new_connection(node: Node) -> None:
+    """Heartbeats, then the final message once per connection; no ACK: a new one, a new seq."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(10)
+        node.configure([["127.0.0.1", server.getsockname()[1]]], shell=WAIT_FOR_RELEASE)
+        proc = node.start()
+        first, _ = server.accept()
+        with first:
+            first.settimeout(10)
+            beats = _messages(first, lambda got: len(got) >= 2)
+            assert not any(m.final for m in beats)
+            (node.dir / "release").touch()
+            sent = _messages(first, lambda got: any(m.final for m in got))
+            assert [m.final for m in sent].count(True) == 1 and sent[-1].exit_code == 3
+            assert first.recv(4096) == b""  # dropped after ack_wait (2 s), nothing more sent
+        second, _ = server.accept()
+        with second:
+            second.settimeout(10)
+            (again,) = _messages(second, lambda got: len(got) >= 1)
+            assert again.final and again.exit_code == 3 and again.seq > sent[-1].seq
+            second.sendall(ack_line(again.seq))
+            proc.wait()
+    log = node.log()
+    assert "no ACK for the final message" in log and "final message acknowledged" in log
 
 
 def test_heartbeats_start_when_the_controller_comes_up(node: Node) -> None:
