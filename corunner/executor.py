@@ -381,7 +381,7 @@ def json_loads(text: str) -> Any:
     try:
         from _json import make_scanner
 
-        value, end = make_scanner(_ScanContext)(text, 0)
+        value, end = make_scanner(_ScanContext)(text, 0)  # type: ignore[arg-type]
         if end == len(text) or text[end:].isspace():
             return value
     except Exception:  # noqa: BLE001 - whatever went wrong, json.loads decides
@@ -396,6 +396,7 @@ def json_dumps(doc: Dict[str, Any]) -> str:
 
     Other documents (nested values, non-finite floats, no C module) go to json.dumps.
     """
+    quote: Optional[Callable[[str], str]]
     try:
         from _json import encode_basestring_ascii as quote
     except ImportError:
@@ -757,7 +758,7 @@ def _socket_module() -> Any:
     try:
         import _socket as socket
     except ImportError:
-        import socket
+        import socket  # type: ignore[no-redef]
     return socket
 
 
@@ -1074,7 +1075,7 @@ class Session:
         env.update(
             CORUNNER_RUN_ID=cfg.run_id, CORUNNER_HOST=cfg.host, CORUNNER_RUN_DIR=self.run_dir
         )
-        argv = cfg.argv if cfg.argv is not None else ["/bin/sh", "-c", cfg.shell]
+        argv = cfg.argv if cfg.argv is not None else ["/bin/sh", "-c", cfg.shell or ""]
         try:
             out = open(os.path.join(self.run_dir, "stdout"), "wb")
             err = open(os.path.join(self.run_dir, "stderr"), "wb")
@@ -1355,7 +1356,8 @@ def probe(run_dir: str) -> Dict[str, Any]:
     if status is None:
         return {"state": "missing", "program_alive": False, "executor_alive": False}
     running = status.get("state") == "running"
-    pid, pgid = status.get("pid"), status.get("pgid")
+    pid: Any = status.get("pid")
+    pgid = status.get("pgid")
     program = running and pid_alive(pid) and _pgid_of(pid) in (pgid, None)
     executor = executor_alive(status.get("executor_pid"))
     status["program_alive"] = bool(program)
