@@ -28,9 +28,9 @@ from corunner.bootstrap import BOOT, executor_bytecode
 from corunner.executor import END_MARKER, Heartbeat, ack_line, config_document, decode, main, stop
 from corunner.listener import Listener
 
+# The node's way to load the executor: bootstrap.BOOT, with the compiled
+# executor shipped beside it (bootstrap.executor_bytecode).
 EXECUTOR = Path(corunner.executor.__file__)
-# The node's way to load the executor: controller.BOOT, with the compiled
-# executor shipped beside it (controller.executor_bytecode).
 RUN_ID = "20260101-120000-exec"
 HOST = "127.0.1.3"
 SECRET = bytes.fromhex("c0ffee" * 10)
