@@ -1,10 +1,10 @@
 """The node bootstrap: what the controller sends to start or ask the executor.
 
-Three shell scripts (start, ask) run under POSIX ``sh`` whatever the login
+Two shell scripts (start, ask) run under POSIX ``sh`` whatever the login
 shell, a few lines of Python that unpack the executor from stdin, the
 executor's bytecode, and the upload itself (:class:`Payload`). The upload's
-frame format is defined once, in the executor (``frame_header``/``unpack``),
-which parses it on the node; this module only builds it.
+frame format is defined once, in the executor: this module builds it with
+``frame``, ``frame_header`` and the markers, the node reads it with ``unpack``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 from . import executor as executor_module
 from . import remote
 from .errors import UsageError
+from .executor import CONFIG_PATH, END_MARKER, FRAME_FILE, TAR_MARKER, frame, frame_header
 from .inventory import Host
 from .spec import Program
 
@@ -131,37 +132,33 @@ class Payload:
             if not os.path.lexists(path):
                 raise UsageError(f"no such file to upload: {path}")
         with open(EXECUTOR_SOURCE, "rb") as src:
-            head = [_frame(".corunner/executor.py", src.read())]
+            head = [frame(".corunner/executor.py", src.read())]
         name, data = executor_bytecode() or ("none", b"")
-        head.append(_frame(f".corunner/__pycache__/{name}", data))
+        head.append(frame(f".corunner/__pycache__/{name}", data))
         self.head = b"".join(head)
         fd, self.path = tempfile.mkstemp(prefix="corunner-payload-", dir=workdir)
         with os.fdopen(fd, "wb") as f:
             if program.script:
                 mode = 0o755 if program.shebang else 0o644
-                name = os.path.basename(program.script)
+                script = os.fsencode(os.path.basename(program.script))
                 size = os.path.getsize(program.script)
-                f.write(executor_module.frame_header("F", os.fsencode(name), size, mode))
+                f.write(frame_header(FRAME_FILE, script, size, mode))
                 with open(program.script, "rb") as src:
                     shutil.copyfileobj(src, f, remote.CHUNK)
             if files:
-                f.write(executor_module.frame_header("T"))
+                f.write(TAR_MARKER)
                 with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
                     for path in files:
                         tar.add(path, arcname=os.path.basename(os.path.abspath(path)))
             else:
-                f.write(executor_module.frame_header("E"))
+                f.write(END_MARKER)
 
     def chunks(self, config: Dict[str, Any]) -> Iterator[bytes]:
-        yield self.head + _frame(".corunner/config.json", json.dumps(config).encode())
+        yield self.head + frame(CONFIG_PATH, json.dumps(config).encode())
         yield from remote.file_chunks(self.path)
 
     def remove(self) -> None:
         os.unlink(self.path)
-
-
-def _frame(name: str, data: bytes, mode: int = 0o600) -> bytes:
-    return executor_module.frame_header("F", name.encode(), len(data), mode) + data
 
 
 def run_dir(host: Host, run_id: str) -> str:

@@ -146,24 +146,24 @@ class SshStarter:
         self.count = len(hosts)
 
     def config(self, conn: fabric.Connection, host: Host) -> Dict[str, Any]:
-        """The executor's config.json for ``host`` (its format: executor.parse_config)."""
+        """The executor's config.json for ``host`` (its format: executor.config_document)."""
         spec = self.spec
-        return {
-            "run_id": self.run_id,
-            "host": host.id,
-            "interval": spec.interval,
-            "secret": self.secret.hex(),
-            "heartbeat": spec.heartbeat,
-            "linger": spec.linger,
-            "controller": self._controller_addresses(conn, host) if spec.heartbeat else [],
-            "env": {
+        return executor_module.config_document(
+            run_id=self.run_id,
+            host=host.id,
+            interval=spec.interval,
+            secret=self.secret,
+            heartbeat=spec.heartbeat,
+            linger=spec.linger,
+            controller=self._controller_addresses(conn, host) if spec.heartbeat else [],
+            env={
                 "CORUNNER_RUN_ID": self.run_id,
                 "CORUNNER_HOST": host.id,
                 "CORUNNER_NODE_INDEX": str(self.index[host.id]),
                 "CORUNNER_NODE_COUNT": str(self.count),
             },
             **spec.program.config_for(host),
-        }
+        )
 
     def _controller_addresses(self, conn: fabric.Connection, node: Host) -> List[List[Any]]:
         if self.spec.listen:

@@ -6,23 +6,25 @@ from there, to use the bytecode the controller ships beside it); the
 controller imports the same file for :func:`encode` and :func:`decode`, so both
 sides share one definition of the protocol.
 
-Subcommands (each prints one marker line the controller searches for, since
-remote shells may print noise around it):
+Commands, exactly as corunner.bootstrap's scripts send them (each prints one
+marker line the controller searches for, since remote shells may print noise
+around it):
 
 - ``start RUN_DIR [--foreground]``: how the controller starts a run (see
-  :func:`cmd_start`): unpack the rest of the upload from stdin, then ``run``,
-  detached (printing ``CORUNNER-STARTED <pid>``) or in the foreground.
-- ``run [--foreground] CONFIG``: run the program, keep ``status.json`` and send
-  heartbeats to the controller until the final message is acknowledged.
+  :func:`cmd_start`): unpack the rest of the upload from stdin, then run the
+  program, keep ``status.json`` and send heartbeats to the controller until
+  the final message is acknowledged; detached (printing ``CORUNNER-STARTED
+  <pid>``), or in the foreground without heartbeats (printing
+  ``CORUNNER-STATUS <json>`` at the end).
 - ``probe RUN_DIR``: print ``CORUNNER-PROBE <json>``.
-- ``stop RUN_DIR [--grace S]``: stop the program's process group and print
+- ``stop RUN_DIR``: stop the program's process group and print
   ``CORUNNER-STOP <json>``.
 """
 
 from __future__ import annotations
 
 # Lean imports: this file is loaded and started on every node for every run, so
-# what ``run`` imports is paid per node. Measured on a 2-core Debian node against
+# what ``start`` imports is paid per node. Measured on a 2-core Debian node against
 # ~8 ms for the bare interpreter: json (with re and enum) ~12 ms, subprocess
 # ~5 ms, hmac ~4 ms, socket ~4 ms; argparse, dataclasses and typing ~20 ms. So
 # the run path uses the C modules behind them (_json, _socket, _sha256 or _sha2,
@@ -37,7 +39,7 @@ from operator import itemgetter
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
-    from typing import Any, Callable, Dict, List, Optional, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 # --------------------------------------------------------------------------
 # Wire protocol: pure functions, the one source of truth for both sides.
@@ -349,7 +351,7 @@ def parse_ack(line: bytes) -> Optional[int]:
     return None
 
 
-def valid_name(name: str) -> bool:
+def valid_name(name: object) -> bool:
     """Whether ``name`` can travel as a run id or host field."""
     return isinstance(name, str) and 0 < len(name) <= 128 and not name.strip(_NAME_CHARS)
 
@@ -379,7 +381,7 @@ def json_loads(text: str) -> Any:
     try:
         from _json import make_scanner
 
-        value, end = make_scanner(_ScanContext)(text, 0)
+        value, end = make_scanner(_ScanContext)(text, 0)  # type: ignore[arg-type]
         if end == len(text) or text[end:].isspace():
             return value
     except Exception:  # noqa: BLE001 - whatever went wrong, json.loads decides
@@ -394,6 +396,7 @@ def json_dumps(doc: Dict[str, Any]) -> str:
 
     Other documents (nested values, non-finite floats, no C module) go to json.dumps.
     """
+    quote: Optional[Callable[[str], str]]
     try:
         from _json import encode_basestring_ascii as quote
     except ImportError:
@@ -484,14 +487,56 @@ class Config(_Frozen):
         )
 
 
+def config_document(
+    *,
+    run_id: str,
+    host: str,
+    argv: Optional[List[str]],
+    shell: Optional[str],
+    controller: Sequence[Sequence[Any]],
+    interval: float,
+    secret: bytes,
+    heartbeat: bool,
+    linger: float,
+    env: Dict[str, str],
+) -> Dict[str, Any]:
+    """config.json as the controller writes it, for :func:`parse_config` on the node.
+
+    Its keys are the fields of :class:`Config`, in order; ``controller`` is a
+    list of (host, port), host "" for the SSH client's address.
+    """
+    return {
+        "run_id": run_id,
+        "host": host,
+        "argv": argv,
+        "shell": shell,
+        "controller": [[address, port] for address, port in controller],
+        "interval": interval,
+        "secret": secret.hex(),
+        "heartbeat": heartbeat,
+        "linger": linger,
+        "env": env,
+    }
+
+
 def parse_config(data: Any) -> Config:
-    """Validate the decoded JSON of config.json; raises ValueError naming the bad key."""
+    """Validate the decoded JSON of config.json; raises ValueError naming the bad key.
+
+    Every key of :func:`config_document` must be there, and no other.
+    """
     if not isinstance(data, dict):
         raise ValueError("config must be a JSON object")
+    keys = Config.__match_args__
+    for key in keys:
+        if key not in data:
+            raise ValueError(f"config lacks {key}")
+    for key in data:
+        if key not in keys:
+            raise ValueError(f"unknown config key {key!r}")
     for key in ("run_id", "host"):
-        if not valid_name(data.get(key)):
+        if not valid_name(data[key]):
             raise ValueError(f"{key} must match [A-Za-z0-9._:@-]{{1,128}}")
-    argv, shell = data.get("argv"), data.get("shell")
+    argv, shell = data["argv"], data["shell"]
     if (argv is None) == (shell is None):
         raise ValueError("exactly one of argv and shell must be set")
     if argv is not None and (
@@ -500,8 +545,11 @@ def parse_config(data: Any) -> Config:
         raise ValueError("argv must be a non-empty list of strings")
     if shell is not None and not isinstance(shell, str):
         raise ValueError("shell must be a string")
+    controller = data["controller"]
+    if not isinstance(controller, list):
+        raise ValueError("controller must be a list of [host, port]")
     addrs = []
-    for item in data.get("controller") or []:
+    for item in controller:
         if (
             not isinstance(item, (list, tuple))
             or len(item) != 2
@@ -512,14 +560,14 @@ def parse_config(data: Any) -> Config:
             raise ValueError("controller must be a list of [host, port]")
         addrs.append((item[0], item[1]))
     try:
-        interval = float(data.get("interval", 1.0))
-        linger = float(data.get("linger", 60.0))
-        secret = bytes.fromhex(data.get("secret") or "")
+        interval = float(data["interval"])
+        linger = float(data["linger"])
+        secret = bytes.fromhex(data["secret"])
     except (TypeError, ValueError):
         raise ValueError("interval, linger must be numbers and secret a hex string") from None
     if not interval > 0 or not linger >= 0:
         raise ValueError("interval must be > 0 and linger >= 0")
-    env = data.get("env") or {}
+    env = data["env"]
     if not isinstance(env, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
@@ -532,7 +580,7 @@ def parse_config(data: Any) -> Config:
         controller=addrs,
         interval=interval,
         secret=secret,
-        heartbeat=bool(data.get("heartbeat", True)),
+        heartbeat=bool(data["heartbeat"]),
         linger=linger,
         env=dict(env),
     )
@@ -710,7 +758,7 @@ def _socket_module() -> Any:
     try:
         import _socket as socket
     except ImportError:
-        import socket
+        import socket  # type: ignore[no-redef]
     return socket
 
 
@@ -791,7 +839,7 @@ class Link:
         self.sock: Optional[socket.socket] = None
         self.fd = -1  # the socket's descriptor while it is registered
         self.connected = False
-        self.fresh = False  # set on connect; the run loop clears it after sending
+        self.fresh = False  # set on connect; Session.serve clears it
         self.index = 0
         self.deadline = 0.0  # connect timeout while connecting
         self.next_attempt = 0.0
@@ -1017,7 +1065,7 @@ class Session:
     def start(self) -> Dict[str, Any]:
         """Start the program in its own session; on failure the status says error.
 
-        The executor's working directory is the run directory (cmd_run), which
+        The executor's working directory is the run directory (cmd_start), which
         the program inherits.
         """
         cfg = self.cfg
@@ -1027,7 +1075,7 @@ class Session:
         env.update(
             CORUNNER_RUN_ID=cfg.run_id, CORUNNER_HOST=cfg.host, CORUNNER_RUN_DIR=self.run_dir
         )
-        argv = cfg.argv if cfg.argv is not None else ["/bin/sh", "-c", cfg.shell]
+        argv = cfg.argv if cfg.argv is not None else ["/bin/sh", "-c", cfg.shell or ""]
         try:
             out = open(os.path.join(self.run_dir, "stdout"), "wb")
             err = open(os.path.join(self.run_dir, "stderr"), "wb")
@@ -1079,81 +1127,81 @@ class Session:
             return -os.WTERMSIG(wait_status)
         return os.WEXITSTATUS(wait_status)
 
-    def watch(self) -> int:
-        """Wait for the program, sending a heartbeat every interval while it runs."""
-        link, interval = self.link, self.cfg.interval
-        next_beat = time.monotonic()
+    def serve(self, status: Dict[str, Any]) -> bool:
+        """The event loop, from the program's start to its final message's ACK.
+
+        While the program runs, a heartbeat goes out as soon as a connection is
+        up and every interval after; when it ends, ``status`` records how. Then
+        the final message goes out once on each new connection until one is
+        acknowledged (True) or ``linger`` seconds pass (False; at once without
+        a link). A connection that brings no ACK within ``ack_wait`` is dropped
+        and the next carries a fresh seq, so a lost ACK or a half-dead
+        connection never leaves the listener rejecting a replay.
+        """
+        link, cfg = self.link, self.cfg
+        ack_wait = max(2.0, 4 * cfg.interval)
+        running = self.pid != 0
+        now = time.monotonic()
+        end = float("inf") if running else now + cfg.linger  # then the final message is late
+        due = now  # running: the next heartbeat; ended: the final message's ACK deadline
+        pending = True  # ended: the current connection has not carried the final message
+        first_seq = 0  # ended: the seq of the first final message sent
         while True:
-            rc = self.returncode()
-            if rc is not None:
-                return rc
-            now = time.monotonic()
-            wake = now + 1.0  # safety net in case an exit wakeup is ever missed
+            if running:
+                rc = self.returncode()
+                if rc is not None:
+                    self._ended(status, rc)
+                    running, now = False, time.monotonic()
+                    end, due = now + cfg.linger, float("inf")
+            if not running and (link is None or now >= end):
+                break
+            wake = now + 1.0 if running else end  # running: in case an exit wakeup is missed
             if link is not None:
                 link.tick(now)
-                if link.fresh:
-                    link.fresh = False
-                    next_beat = now
-                if now >= next_beat:
-                    if link.connected:
-                        link.send(self.message(STATE_RUNNING, None, None), now)
-                    next_beat = max(next_beat + interval, now)
-                wake = min(wake, next_beat, link.wake_at())
-            self.wait(wake - now)
-
-    def deliver_final(self, exit_code: Optional[int], sig: Optional[int]) -> bool:
-        """Send the final message until acknowledged or ``linger`` seconds pass.
-
-        Each attempt is a fresh connection with a fresh seq, so a lost ACK or a
-        half-dead connection never leaves the listener rejecting a replay.
-        """
-        link = self.link
-        if link is None:
-            return False
-        now = time.monotonic()
-        end = now + self.cfg.linger
-        ack_wait = max(2.0, 4 * self.cfg.interval)
-        first_seq: Optional[int] = None
-        sent_at: Optional[float] = None
-        pending = True  # the current connection has not carried the final message yet
-        while now < end:
-            link.tick(now)
-            if link.fresh:
-                link.fresh = False
-                pending = True
-            if pending and link.connected:
-                if link.send(self.message(STATE_EXITED, exit_code, sig), now):
-                    pending = False
-                    first_seq = self.seq if first_seq is None else first_seq
-                    sent_at = now
-            if first_seq is not None and link.acked >= first_seq:
-                link.close()
-                return True
-            if sent_at is not None and now - sent_at > ack_wait:
-                sent_at = None
-                if link.connected:
-                    link.drop(now, "no ACK for the final message")
-            wake = min(end, link.wake_at(), sent_at + ack_wait if sent_at is not None else end)
+                fresh, link.fresh = link.fresh, False
+                if running:
+                    if fresh:
+                        due = now
+                    if now >= due:
+                        if link.connected:
+                            link.send(self.message(STATE_RUNNING, None, None), now)
+                        due = max(due + cfg.interval, now)
+                else:
+                    pending = pending or fresh
+                    if pending and link.connected:
+                        final = self.message(STATE_EXITED, status["exit_code"], status["signal"])
+                        if link.send(final, now):
+                            pending, due = False, now + ack_wait
+                            first_seq = first_seq or self.seq
+                    if first_seq and link.acked >= first_seq:
+                        link.close()
+                        return True
+                    if now >= due:
+                        due = float("inf")
+                        if link.connected:
+                            link.drop(now, "no ACK for the final message")
+                wake = min(wake, due, link.wake_at())
             self.wait(wake - now)
             now = time.monotonic()
-        link.close()
+        if link is not None:
+            link.close()
         return False
 
-    def run(self, foreground: bool) -> Dict[str, Any]:
+    def _ended(self, status: Dict[str, Any], returncode: int) -> None:
+        """Record the program's end in ``status`` and status.json."""
+        self._unwatch_exit()
+        exit_code, sig = outcome(returncode)
+        status.update(state="exited", exit_code=exit_code, signal=sig, ended_at=time.time())
+        _try_write_status(self.run_dir, status)
+
+    def run(self) -> Dict[str, Any]:
+        """Start the program and serve its run; its last status."""
         status = self.start()
         _try_write_status(self.run_dir, status)
-        if self.pid:
-            rc = self.watch()
-            self._unwatch_exit()
-            exit_code, sig = outcome(rc)
-            status.update(state="exited", exit_code=exit_code, signal=sig, ended_at=time.time())
-            _try_write_status(self.run_dir, status)
-        if not foreground:
-            code, sig = status["exit_code"], status["signal"]
-            if self.deliver_final(code, sig):
-                _log("final message acknowledged")
-            elif self.link is not None:
-                _log(f"final message not acknowledged after {self.cfg.linger:.1f}s")
+        if self.serve(status):
+            _log("final message acknowledged")
+        elif self.link is not None:
+            _log(f"final message not acknowledged after {self.cfg.linger:.1f}s")
         return status
 
 
@@ -1228,25 +1276,20 @@ def _try_write_status(run_dir: str, status: Dict[str, Any]) -> None:
         _log(f"cannot write status.json: {exc}")
 
 
-def run_dir_of(config_path: str) -> str:
-    """The run directory: the parent of the ``.corunner/`` folder holding the config."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(config_path)))
-
-
-def cmd_run(config_path: str, foreground: bool) -> int:
+def cmd_run(foreground: bool) -> int:
+    """Run the program as the config says, in the run directory (the working directory)."""
     signal = _signal_module()
     try:
-        with open(config_path) as fh:
+        with open(CONFIG_PATH) as fh:
             cfg = parse_config(json_loads(fh.read()))
     except (OSError, ValueError) as exc:
-        _log(f"bad config {config_path}: {exc}")
+        _log(f"bad config {CONFIG_PATH}: {exc}")
         return 2
-    run_dir = run_dir_of(config_path)
-    os.chdir(run_dir)
+    run_dir = os.getcwd()
     # The program must outlive the SSH session: a hangup or a closed pipe is not a stop.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    status = Session(cfg, run_dir, foreground).run(foreground)
+    status = Session(cfg, run_dir, foreground).run()
     if foreground:
         _emit("CORUNNER-STATUS", status)
     return 0
@@ -1313,7 +1356,8 @@ def probe(run_dir: str) -> Dict[str, Any]:
     if status is None:
         return {"state": "missing", "program_alive": False, "executor_alive": False}
     running = status.get("state") == "running"
-    pid, pgid = status.get("pid"), status.get("pgid")
+    pid: Any = status.get("pid")
+    pgid = status.get("pgid")
     program = running and pid_alive(pid) and _pgid_of(pid) in (pgid, None)
     executor = executor_alive(status.get("executor_pid"))
     status["program_alive"] = bool(program)
@@ -1340,7 +1384,7 @@ def _wait_for(cond: Any, timeout: float) -> bool:
         time.sleep(0.05)
 
 
-def stop(run_dir: str, grace: float) -> Dict[str, Any]:
+def stop(run_dir: str, grace: float = 5.0) -> Dict[str, Any]:
     """SIGTERM the running program's group, SIGKILL it after ``grace`` seconds."""
     import signal
 
@@ -1369,6 +1413,10 @@ def stop(run_dir: str, grace: float) -> Dict[str, Any]:
 # The upload: what the start command reads from its stdin
 # --------------------------------------------------------------------------
 
+# The one definition of the upload's format: the controller builds it with
+# frame_header, frame, TAR_MARKER and END_MARKER (corunner.bootstrap.Payload),
+# the node reads it with parse_frame_header and unpack.
+
 #: Each piece of the upload begins with a header of this many bytes:
 #: ``KIND MODE SIZE NAMELEN`` (mode in octal), space-padded, ending in a newline;
 #: the name and then SIZE bytes of data follow. KIND is F (a file, written at
@@ -1376,7 +1424,11 @@ def stop(run_dir: str, grace: float) -> Dict[str, Any]:
 #: stream is a tar of the user's files) or E (the end). The controller's boot
 #: code reads the first two F pieces (this file and its bytecode) the same way.
 FRAME_HEADER = 40
-_FRAME_KINDS = ("F", "T", "E")
+FRAME_FILE, FRAME_TAR, FRAME_END = "F", "T", "E"
+_FRAME_KINDS = (FRAME_FILE, FRAME_TAR, FRAME_END)
+
+#: Where the upload puts the run's config (see parse_config), in the run directory.
+CONFIG_PATH = ".corunner/config.json"
 
 
 def frame_header(kind: str, name: bytes = b"", size: int = 0, mode: int = 0o600) -> bytes:
@@ -1387,6 +1439,17 @@ def frame_header(kind: str, name: bytes = b"", size: int = 0, mode: int = 0o600)
     if len(text) >= FRAME_HEADER:
         raise ValueError(f"frame header too long: {text!r}")
     return text.ljust(FRAME_HEADER - 1) + b"\n" + name
+
+
+def frame(name: str, data: bytes, mode: int = 0o600) -> bytes:
+    """One file of the upload: ``data``, to be written at ``name`` with exactly ``mode``."""
+    return frame_header(FRAME_FILE, os.fsencode(name), len(data), mode) + data
+
+
+#: The last piece of an upload: after TAR_MARKER, the rest of it is a tar of
+#: the user's files; after END_MARKER, there is nothing more.
+TAR_MARKER = frame_header(FRAME_TAR)
+END_MARKER = frame_header(FRAME_END)
 
 
 def parse_frame_header(header: bytes) -> Tuple[str, int, int, int]:
@@ -1421,8 +1484,8 @@ def unpack(fd: int) -> bool:
     """
     while True:
         kind, mode, size, name_len = parse_frame_header(_take(fd, FRAME_HEADER))
-        if kind != "F":
-            return kind == "T"
+        if kind != FRAME_FILE:
+            return kind == FRAME_TAR
         name = _take(fd, name_len)
         if not name or name.startswith(b"/") or b".." in name.split(b"/"):
             raise ValueError(f"unsafe name in the upload: {name!r}")
@@ -1480,9 +1543,8 @@ def cmd_start(run_dir: str, foreground: bool) -> int:
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"CORUNNER-ERROR cannot unpack the upload in {run_dir}: {exc}\n")
         return 99
-    config = os.path.join(".corunner", "config.json")
     if foreground:
-        return cmd_run(config, True)
+        return cmd_run(True)
     sys.stdout.flush()
     pid = os.fork()
     if pid:
@@ -1497,129 +1559,38 @@ def cmd_start(run_dir: str, foreground: bool) -> int:
     os.dup2(log, 2)
     os.close(null)
     os.close(log)
-    return cmd_run(config, False)
+    return cmd_run(False)
 
 
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
 
-
-_USAGE = """\
-usage: executor.py start RUN_DIR [--foreground]
-       executor.py run [--foreground] CONFIG
-       executor.py probe RUN_DIR
-       executor.py stop RUN_DIR [--grace S]"""
-
-#: The long options of each subcommand. As with argparse, "--grace=S" and
-#: unique prefixes ("--fore") work, and options may come after the path.
-_OPTIONS = {
-    "start": ("--foreground", "--help"),
-    "run": ("--foreground", "--help"),
-    "probe": ("--help",),
-    "stop": ("--grace", "--help"),
-}
-
-
-class _UsageError(Exception):
-    """A bad command line; the message says what is wrong."""
-
-
-def _option(word: str, options: Tuple[str, ...]) -> Optional[str]:
-    """The option that ``word`` names exactly or by a unique prefix, or None."""
-    if word in options:
-        return word
-    matches = [opt for opt in options if len(word) > 2 and opt.startswith(word)]
-    return matches[0] if len(matches) == 1 else None
-
-
-def _negative_number(word: str) -> bool:
-    """``-5``, ``-1.5`` or ``-.5``: argparse took these for values, not options."""
-    if word[:1] != "-":
-        return False
-    whole, dot, frac = word[1:].partition(".")
-    if not dot:
-        return _digits(whole, len(word))
-    return (not whole or _digits(whole, len(word))) and _digits(frac, len(word))
-
-
-def _parse_args(argv: List[str]) -> Optional[Tuple[str, str, bool, float]]:
-    """(command, path, foreground, grace) from a command line, or None if help was asked.
-
-    Hand written: argparse (with gettext) costs ~10 ms per start. Raises
-    _UsageError for anything but the three documented forms.
-    """
-    words = iter(argv)
-    cmd = next(words, None)
-    if cmd is not None and _option(cmd, ("-h", "--help")):
-        return None
-    if cmd not in _OPTIONS:
-        if cmd is None:
-            raise _UsageError("the following arguments are required: cmd")
-        raise _UsageError(
-            f"argument cmd: invalid choice: {cmd!r} (choose from 'start', 'run', 'probe', 'stop')"
-        )
-    paths: List[str] = []
-    foreground, grace = False, 5.0
-    for word in words:
-        if word == "--":
-            paths.extend(words)
-            break
-        if word[:1] != "-" or word == "-":
-            paths.append(word)
-            continue
-        name, eq, value = word.partition("=")
-        opt = "--help" if word == "-h" else _option(name, _OPTIONS[cmd])
-        if opt == "--help" and not eq:
-            return None
-        if opt == "--foreground" and not eq:
-            foreground = True
-        elif opt == "--grace":
-            if not eq:
-                following = next(words, None)
-                if following is None:
-                    raise _UsageError("argument --grace: expected one argument")
-                value = following
-            try:
-                grace = float(value)
-            except ValueError:
-                raise _UsageError(f"argument --grace: invalid float value: {value!r}") from None
-        elif " " in word or _negative_number(word):
-            paths.append(word)  # argparse took these for paths, not options
-        else:
-            raise _UsageError(f"unrecognized arguments: {word}")
-    if not paths:
-        name = "config" if cmd == "run" else "run_dir"
-        raise _UsageError(f"the following arguments are required: {name}")
-    if len(paths) > 1:
-        raise _UsageError("unrecognized arguments: " + " ".join(paths[1:]))
-    return cmd, paths[0], foreground, grace
+_USAGE = "usage: executor.py start RUN_DIR [--foreground] | probe RUN_DIR | stop RUN_DIR"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run one subcommand; the exit status of the process.
+    """Run the command the controller sent (see the top of this file); the exit status.
 
-    Like argparse before, --help prints the usage and exits 0, and a bad
-    command line prints it to stderr and exits 2 (both via SystemExit).
+    Exactly the forms corunner.bootstrap's scripts send, parsed by hand
+    (argparse and gettext cost ~10 ms per start); anything else gets one line
+    of usage on stderr and status 2.
     """
-    try:
-        parsed = _parse_args(sys.argv[1:] if argv is None else list(argv))
-    except _UsageError as exc:
-        sys.stderr.write(f"{_USAGE}\nexecutor.py: error: {exc}\n")
-        sys.exit(2)
-    if parsed is None:
-        sys.stdout.write(f"{_USAGE}\n\n{(__doc__ or '').splitlines()[0]}\n")
-        sys.exit(0)
-    cmd, path, foreground, grace = parsed
-    if cmd == "start":
-        return cmd_start(path, foreground)
-    if cmd == "run":
-        return cmd_run(path, foreground)
-    if cmd == "probe":
-        _emit("CORUNNER-PROBE", probe(path))
-        return 0
-    _emit("CORUNNER-STOP", stop(path, grace))
-    return 0
+    args = sys.argv[1:] if argv is None else list(argv)
+    if len(args) == 3 and args[0] == "start" and args[2] == "--foreground":
+        return cmd_start(args[1], True)
+    if len(args) == 2:
+        cmd, run_dir = args
+        if cmd == "start":
+            return cmd_start(run_dir, False)
+        if cmd == "probe":
+            _emit("CORUNNER-PROBE", probe(run_dir))
+            return 0
+        if cmd == "stop":
+            _emit("CORUNNER-STOP", stop(run_dir))
+            return 0
+    sys.stderr.write(f"{_USAGE} (not {' '.join(args) or 'nothing'})\n")
+    return 2
 
 
 if __name__ == "__main__":

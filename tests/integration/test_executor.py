@@ -3,6 +3,8 @@
 A real Listener on 127.0.0.1 receives its heartbeats; intervals are 0.1 s so
 every test finishes in a few seconds. Processes are waited for with
 wait_until, never bare sleeps, and every process group is killed at teardown.
+The run directory is laid out as the boot code leaves it, so ``start`` reads
+just the end of the upload (tests/integration/test_start.py covers the rest).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,12 +25,12 @@ from helpers import python38, wait_until
 
 import corunner.executor
 from corunner.bootstrap import BOOT, executor_bytecode
-from corunner.executor import Heartbeat
+from corunner.executor import END_MARKER, Heartbeat, ack_line, config_document, decode, main, stop
 from corunner.listener import Listener
 
+# The node's way to load the executor: bootstrap.BOOT, with the compiled
+# executor shipped beside it (bootstrap.executor_bytecode).
 EXECUTOR = Path(corunner.executor.__file__)
-# The node's way to load the executor: controller.BOOT, with the compiled
-# executor shipped beside it (controller.executor_bytecode).
 RUN_ID = "20260101-120000-exec"
 HOST = "127.0.1.3"
 SECRET = bytes.fromhex("c0ffee" * 10)
@@ -48,6 +51,28 @@ STATUS_KEYS = {
     "ended_at",
     "error",
 }
+
+
+class Detached:
+    """An executor that ``start`` left running in a session of its own (not our child)."""
+
+    def __init__(self, pid: int, log: Path) -> None:
+        self.pid = pid
+        self.log = log
+
+    def running(self) -> bool:
+        return _alive(self.pid)
+
+    def wait(self, timeout: float = 10) -> None:
+        """Wait for the executor to leave, and check it did without a traceback."""
+        wait_until(lambda: not self.running(), timeout)
+        assert "Traceback" not in self.log.read_text()
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _alive(pid: int) -> bool:
@@ -90,7 +115,7 @@ class Node:
         name, data = executor_bytecode()
         (self.dir / ".corunner" / "__pycache__").mkdir()
         (self.dir / ".corunner" / "__pycache__" / name).write_bytes(data)
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.executors: list[Detached] = []
 
     def configure(
         self,
@@ -100,17 +125,18 @@ class Node:
         heartbeat: bool = True,
         linger: float = 20.0,
     ) -> None:
-        config = {
-            "run_id": RUN_ID,
-            "host": HOST,
-            "argv": argv,
-            "shell": shell,
-            "controller": controller,
-            "interval": INTERVAL,
-            "secret": SECRET.hex(),
-            "heartbeat": heartbeat,
-            "linger": linger,
-        }
+        config = config_document(
+            run_id=RUN_ID,
+            host=HOST,
+            argv=argv,
+            shell=shell,
+            controller=controller,
+            interval=INTERVAL,
+            secret=SECRET,
+            heartbeat=heartbeat,
+            linger=linger,
+            env={},
+        )
         path = self.dir / ".corunner" / "config.json"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -121,20 +147,24 @@ class Node:
         env: Optional[dict[str, str]] = None,
         python: str = sys.executable,
         flags: tuple[str, ...] = (),
-    ) -> subprocess.Popen[bytes]:
-        """Start ``run`` detached, in a session of its own, as ``start`` does after unpacking."""
-        with open(self.dir / ".corunner" / "executor.log", "wb") as log:
-            proc = subprocess.Popen(
-                [python, *flags, *self.boot, "run", ".corunner/config.json"],
+    ) -> Detached:
+        """``start RUN_DIR``: the executor, detached; what the start command said goes to its log."""
+        log = self.dir / ".corunner" / "executor.log"
+        with open(log, "ab") as errors:
+            done = subprocess.run(
+                [python, *flags, *self.boot, "start", str(self.dir)],
                 cwd=self.dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                input=END_MARKER,
+                stdout=subprocess.PIPE,
+                stderr=errors,
                 env=env,
+                timeout=60,
             )
-        self.procs.append(proc)
-        return proc
+        assert done.returncode == 0, log.read_text()
+        pid = done.stdout.decode().split("CORUNNER-STARTED ", 1)[1].split()[0]
+        executor = Detached(int(pid), log)
+        self.executors.append(executor)
+        return executor
 
     @property
     def boot(self) -> list[str]:
@@ -144,11 +174,11 @@ class Node:
     def call(
         self, *args: str, python: str = sys.executable, flags: tuple[str, ...] = ()
     ) -> subprocess.CompletedProcess[str]:
-        """Run an executor subcommand to completion in the SSH session's way."""
+        """Run an executor command to completion in the SSH session's way."""
         return subprocess.run(
             [python, *flags, *self.boot, *args],
             cwd=self.dir,
-            stdin=subprocess.DEVNULL,
+            input=END_MARKER.decode(),  # the upload's end, for start
             capture_output=True,
             text=True,
             timeout=60,
@@ -188,10 +218,8 @@ class Node:
                 os.killpg(status["pgid"], signal.SIGKILL)
             except OSError:
                 pass
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
+        for executor in self.executors:
+            executor.kill()
 
 
 @pytest.fixture
@@ -245,7 +273,7 @@ def test_heartbeats_flow_while_running_and_final_reports_exit_code(
     final = inbox.finals()[0]
     assert (final.state, final.exit_code, final.signal) == ("exited", 3, None)
     assert final.seq > running[-1].seq
-    assert proc.wait(10) == 0  # acknowledged, so the executor leaves at once
+    proc.wait()  # acknowledged, so the executor leaves at once
     assert "final message acknowledged" in node.log()
 
     end = node.status()
@@ -269,7 +297,7 @@ def test_program_killed_by_sigkill_reports_signal_9(node: Node, listener: Listen
     inbox.wait_for(lambda msgs: any(m.final for m in msgs))
     final = inbox.finals()[0]
     assert (final.exit_code, final.signal) == (None, 9)
-    assert proc.wait(10) == 0
+    proc.wait()
     end = node.status()
     assert end is not None
     assert (end["state"], end["exit_code"], end["signal"]) == ("exited", None, 9)
@@ -284,7 +312,7 @@ def test_foreground_prints_the_status_detached_writes(tmp_path: Path, listener: 
         inbox = Inbox(listener)
         inbox.wait_for(lambda msgs: any(m.final for m in msgs))
         printed = foreground.marked(
-            "run", "--foreground", ".corunner/config.json", marker="CORUNNER-STATUS"
+            "start", str(foreground.dir), "--foreground", marker="CORUNNER-STATUS"
         )
         assert printed == foreground.status()
         bg = detached.wait_state("exited")
@@ -316,7 +344,7 @@ def test_probe_reports_running_finished_lost_and_missing(
 
     (node.dir / "release").touch()
     Inbox(listener).wait_for(lambda msgs: any(m.final for m in msgs))
-    assert proc.wait(10) == 0
+    proc.wait()
     finished = node.probe()
     assert (finished["state"], finished["exit_code"]) == ("exited", 3)
     assert not finished["program_alive"] and not finished["executor_alive"]
@@ -327,7 +355,7 @@ def test_probe_reports_lost_when_executor_and_program_died(node: Node, listener:
     proc = node.start()
     status = node.wait_state("running")
     proc.kill()
-    proc.wait(10)
+    proc.wait()
     alive_program = node.probe()
     assert alive_program["state"] == "running"
     assert alive_program["program_alive"] and not alive_program["executor_alive"]
@@ -347,13 +375,13 @@ def test_stop_kills_the_whole_group_including_a_forked_child(
     child = int(wait_until(lambda: (node.dir / "child.pid").read_text().strip(), 10))
     assert os.getpgid(child) == status["pgid"]
 
-    stopped = node.marked("stop", str(node.dir), "--grace", "5", marker="CORUNNER-STOP")
+    stopped = node.marked("stop", str(node.dir), marker="CORUNNER-STOP")
     assert stopped == {"stopped": True, "pgid": status["pgid"], "state": "exited"}
     assert not _alive(status["pid"]) and not _alive(child)
     inbox = Inbox(listener)
     inbox.wait_for(lambda msgs: any(m.final for m in msgs))
     assert inbox.finals()[0].signal == signal.SIGTERM
-    assert proc.wait(10) == 0
+    proc.wait()
     end = node.status()
     assert end is not None and (end["state"], end["signal"]) == ("exited", signal.SIGTERM)
 
@@ -369,7 +397,7 @@ def test_stop_escalates_to_sigkill_after_the_grace(node: Node, listener: Listene
     node.start()
     status = node.wait_state("running")
     wait_until(lambda: (node.dir / "ready").exists(), 10)
-    stopped = node.marked("stop", str(node.dir), "--grace", "0.3", marker="CORUNNER-STOP")
+    stopped = stop(str(node.dir), grace=0.3)  # the command's grace is 5 s
     assert stopped["stopped"] and stopped["state"] == "exited"
     end = node.wait_state("exited")
     assert end["signal"] == signal.SIGKILL and not _alive(status["pid"])
@@ -381,14 +409,53 @@ def test_final_message_gets_through_once_the_controller_appears(node: Node) -> N
     proc = node.start()
     end = node.wait_state("exited")  # the program never waited for the controller
     assert (end["exit_code"], end["signal"]) == (3, None)
-    assert proc.poll() is None  # still trying to deliver the final message
+    assert proc.running()  # still trying to deliver the final message
     with Listener(RUN_ID, SECRET, [HOST]) as late:
         late.bind("127.0.0.1", port)
         inbox = Inbox(late)
         inbox.wait_for(lambda msgs: any(m.final for m in msgs), timeout=15)
         assert inbox.finals()[0].exit_code == 3
-        assert proc.wait(10) == 0
+        proc.wait()
     assert "Connection refused" in node.log()
+
+
+def _messages(conn: socket.socket, until: Callable[[list[Heartbeat]], bool]) -> list[Heartbeat]:
+    """Read messages from ``conn`` until ``until`` holds; whole lines only, nothing after."""
+    got: list[Heartbeat] = []
+    pending = b""
+    while not until(got):
+        chunk = conn.recv(4096)
+        assert chunk, got
+        *complete, pending = (pending + chunk).split(b"\n")
+        got.extend(decode(line, SECRET) for line in complete)
+    assert pending == b""
+    return got
+
+
+def test_an_unacknowledged_final_message_goes_again_on_a_new_connection(node: Node) -> None:
+    """Heartbeats, then the final message once per connection; no ACK: a new one, a new seq."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(10)
+        node.configure([["127.0.0.1", server.getsockname()[1]]], shell=WAIT_FOR_RELEASE)
+        proc = node.start()
+        first, _ = server.accept()
+        with first:
+            first.settimeout(10)
+            beats = _messages(first, lambda got: len(got) >= 2)
+            assert not any(m.final for m in beats)
+            (node.dir / "release").touch()
+            sent = _messages(first, lambda got: any(m.final for m in got))
+            assert [m.final for m in sent].count(True) == 1 and sent[-1].exit_code == 3
+            assert first.recv(4096) == b""  # dropped after ack_wait (2 s), nothing more sent
+        second, _ = server.accept()
+        with second:
+            second.settimeout(10)
+            (again,) = _messages(second, lambda got: len(got) >= 1)
+            assert again.final and again.exit_code == 3 and again.seq > sent[-1].seq
+            second.sendall(ack_line(again.seq))
+            proc.wait()
+    log = node.log()
+    assert "no ACK for the final message" in log and "final message acknowledged" in log
 
 
 def test_heartbeats_start_when_the_controller_comes_up(node: Node) -> None:
@@ -419,10 +486,10 @@ def test_addresses_are_tried_in_order_and_empty_host_means_ssh_client(
     inbox.wait_for(lambda msgs: any(m.final for m in msgs))
 
 
-def test_executor_gives_up_after_linger_and_exits_0(node: Node) -> None:
+def test_executor_gives_up_after_linger_and_exits(node: Node) -> None:
     node.configure([["127.0.0.1", _closed_port()]], shell="exit 0", linger=0.5)
     proc = node.start()
-    assert proc.wait(10) == 0
+    proc.wait()
     end = node.status()
     assert end is not None and (end["state"], end["exit_code"]) == ("exited", 0)
     assert "not acknowledged" in node.log()
@@ -434,7 +501,7 @@ def test_program_not_found_is_state_error(node: Node, listener: Listener) -> Non
     inbox = Inbox(listener)
     inbox.wait_for(lambda msgs: any(m.final for m in msgs))
     assert (inbox.finals()[0].exit_code, inbox.finals()[0].signal) == (127, None)
-    assert proc.wait(10) == 0
+    proc.wait()
     status = node.status()
     assert status is not None and set(status) == STATUS_KEYS
     assert (status["state"], status["exit_code"], status["pid"]) == ("error", 127, None)
@@ -449,7 +516,7 @@ def test_argv_program_gets_its_arguments_in_the_run_directory(
     node.configure(_controller(listener), argv=["sh", "-c", script, "sh", "a b", "*", ""])
     proc = node.start()
     Inbox(listener).wait_for(lambda msgs: any(m.final for m in msgs))
-    assert proc.wait(10) == 0
+    proc.wait()
     assert (node.dir / "args.txt").read_text() == "a b|*||"
     assert Path((node.dir / "cwd.txt").read_text().strip()).resolve() == node.dir.resolve()
     assert (node.dir / "host.txt").read_text() == HOST + "\n"
@@ -458,7 +525,7 @@ def test_argv_program_gets_its_arguments_in_the_run_directory(
 def test_no_heartbeat_config_sends_nothing(node: Node, listener: Listener) -> None:
     node.configure(_controller(listener), shell="exit 5", heartbeat=False)
     proc = node.start()
-    assert proc.wait(10) == 0
+    proc.wait()
     assert node.wait_state("exited")["exit_code"] == 5
     inbox = Inbox(listener)
     inbox.wait_for(lambda msgs: True)
@@ -467,7 +534,7 @@ def test_no_heartbeat_config_sends_nothing(node: Node, listener: Listener) -> No
 
 def test_bad_config_exits_2_without_running_anything(node: Node) -> None:
     node.configure([], shell="touch ran", argv=["touch", "ran"])
-    done = node.call("run", "--foreground", ".corunner/config.json")
+    done = node.call("start", str(node.dir), "--foreground")
     assert done.returncode == 2
     assert "exactly one of argv and shell" in done.stderr
     assert not (node.dir / "ran").exists() and node.status() is None
@@ -482,8 +549,8 @@ def test_executor_runs_on_python_3_8(node: Node, listener: Listener) -> None:
     inbox = Inbox(listener)
     inbox.wait_for(lambda msgs: any(m.final for m in msgs))
     assert inbox.finals()[0].exit_code == 3
-    assert proc.wait(10) == 0, node.log()
-    done = node.call("run", "--foreground", ".corunner/config.json", python=python)
+    proc.wait()
+    done = node.call("start", str(node.dir), "--foreground", python=python)
     assert done.returncode == 0, done.stderr
     assert "CORUNNER-STATUS " in done.stdout
     probe = node.call("probe", str(node.dir), python=python)
@@ -492,7 +559,7 @@ def test_executor_runs_on_python_3_8(node: Node, listener: Listener) -> None:
 
 def test_the_node_loads_the_shipped_bytecode_instead_of_compiling(node: Node) -> None:
     node.configure([], shell="true", heartbeat=False)
-    done = node.call("run", "--foreground", ".corunner/config.json", flags=("-v",))
+    done = node.call("start", str(node.dir), "--foreground", flags=("-v",))
     assert done.returncode == 0, done.stderr
     name, _ = executor_bytecode()
     assert f"code object from '{node.dir / '.corunner' / '__pycache__' / name}'" in done.stderr
@@ -505,8 +572,42 @@ def test_the_run_path_imports_only_lean_modules(node: Node, listener: Listener) 
     inbox = Inbox(listener)
     inbox.wait_for(lambda msgs: any(m.final for m in msgs))  # heartbeats and the final went out
     assert inbox.finals()[0].exit_code == 4
-    assert proc.wait(10) == 0, node.log()
+    proc.wait()
     imported = {ln.rsplit("|", 1)[1].strip() for ln in node.log().splitlines() if "|" in ln}
     assert "executor" in imported
     heavy = {"json", "re", "enum", "socket", "selectors", "subprocess", "signal", "hashlib", "hmac"}
     assert imported & heavy == set()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--help"],
+        ["start"],
+        ["start", "--foreground", "DIR"],
+        ["start", "DIR", "--fore"],
+        ["start", "DIR", "--foreground", "x"],
+        ["run", ".corunner/config.json"],
+        ["run", "--foreground", ".corunner/config.json"],
+        ["probe"],
+        ["probe", "DIR", "x"],
+        ["stop", "DIR", "--grace", "5"],
+        ["stop", "DIR", "--foreground"],
+    ],
+)
+def test_any_other_command_line_is_one_line_of_usage_and_status_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("usage: executor.py start RUN_DIR")
+    assert err.count("\n") == 1
+
+
+def test_a_bad_command_line_runs_nothing_on_the_node(node: Node) -> None:
+    node.configure([], shell="touch ran", heartbeat=False)
+    done = node.call("run", ".corunner/config.json")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.count("\n") == 1 and "usage: executor.py" in done.stderr
+    assert not (node.dir / "ran").exists() and node.status() is None

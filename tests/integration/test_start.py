@@ -20,6 +20,7 @@ import pytest
 from helpers import python38, wait_until
 
 from corunner.bootstrap import START_SCRIPT, Payload
+from corunner.executor import config_document
 from corunner.listener import Listener
 from corunner.spec import Program
 
@@ -29,17 +30,17 @@ SECRET = bytes.fromhex("5eed" * 16)
 
 
 def config(listener: Optional[Listener], program: Program, heartbeat: bool = True) -> dict:
-    return {
-        "run_id": RUN_ID,
-        "host": HOST,
-        "interval": 0.1,
-        "secret": SECRET.hex(),
-        "heartbeat": heartbeat,
-        "linger": 10.0,
-        "controller": [list(a) for a in listener.addresses] if listener else [],
-        "env": {"CORUNNER_RUN_ID": RUN_ID},
+    return config_document(
+        run_id=RUN_ID,
+        host=HOST,
+        interval=0.1,
+        secret=SECRET,
+        heartbeat=heartbeat,
+        linger=10.0,
+        controller=listener.addresses if listener else [],
+        env={"CORUNNER_RUN_ID": RUN_ID},
         **program.config_for(None),  # type: ignore[arg-type]
-    }
+    )
 
 
 def start(

@@ -1,5 +1,5 @@
-"""The upload's framing (executor.frame_header / unpack): what a node reads on
-the start command's stdin before anything runs."""
+"""The upload's framing (executor.frame, frame_header, the markers / unpack):
+what a node reads on the start command's stdin before anything runs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corunner.executor import FRAME_HEADER, frame_header, parse_frame_header, unpack
+from corunner.executor import (
+    END_MARKER,
+    FRAME_HEADER,
+    TAR_MARKER,
+    frame,
+    frame_header,
+    parse_frame_header,
+    unpack,
+)
 
 
 def feed(data: bytes) -> int:
@@ -26,10 +34,6 @@ def feed(data: bytes) -> int:
     return read_end
 
 
-def piece(name: bytes, data: bytes, mode: int = 0o600) -> bytes:
-    return frame_header("F", name, len(data), mode) + data
-
-
 @given(
     kind=st.sampled_from(["F", "T", "E"]),
     name=st.binary(max_size=300),
@@ -40,6 +44,13 @@ def test_a_header_reads_back_as_written(kind, name, size, mode):
     raw = frame_header(kind, name, size, mode)
     assert raw[FRAME_HEADER:] == name
     assert parse_frame_header(raw[:FRAME_HEADER]) == (kind, mode, size, len(name))
+
+
+def test_a_file_piece_and_the_markers_are_headers_too():
+    raw = frame("sub/x", b"data", 0o755)
+    assert raw == frame_header("F", b"sub/x", 4, 0o755) + b"data"
+    assert parse_frame_header(TAR_MARKER) == ("T", 0o600, 0, 0)
+    assert parse_frame_header(END_MARKER) == ("E", 0o600, 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -63,8 +74,8 @@ def test_anything_else_is_not_a_header(header):
 )
 def test_unpack_writes_each_file_with_its_exact_mode(tmp_path_factory, files, tar_follows):
     where = tmp_path_factory.mktemp("unpack")
-    stream = b"".join(piece(n.encode(), data, mode) for n, (data, mode) in files.items())
-    stream += frame_header("T" if tar_follows else "E") + b"after"
+    stream = b"".join(frame(n, data, mode) for n, (data, mode) in files.items())
+    stream += (TAR_MARKER if tar_follows else END_MARKER) + b"after"
     fd = feed(stream)
     old = os.umask(0o077)
     cwd = os.getcwd()
@@ -83,11 +94,11 @@ def test_unpack_writes_each_file_with_its_exact_mode(tmp_path_factory, files, ta
 
 def test_unpack_refuses_names_that_climb_out_and_short_streams(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for name in (b"../evil", b"/tmp/evil", b"a/../../evil", b""):
+    for name in ("../evil", "/tmp/evil", "a/../../evil", ""):
         with pytest.raises(ValueError, match="unsafe name"):
-            unpack(feed(piece(name, b"x")))
+            unpack(feed(frame(name, b"x")))
     with pytest.raises(ValueError, match="ended early"):
-        unpack(feed(piece(b"short", b"0123456789")[:-3]))
+        unpack(feed(frame("short", b"0123456789")[:-3]))
     with pytest.raises(ValueError, match="ended early"):
-        unpack(feed(piece(b"ok", b"1")))  # no end marker
+        unpack(feed(frame("ok", b"1")))  # no end marker
     assert sorted(os.listdir(tmp_path)) == ["ok", "short"]  # nothing written outside
