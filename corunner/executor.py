@@ -212,13 +212,13 @@ def encode(hb: Heartbeat, secret: bytes) -> bytes:
 def _lean_sha256() -> Callable[..., Any]:
     """SHA-256 from CPython's built-in module when present: hashlib loads OpenSSL (~3 ms)."""
     try:
-        from _sha2 import sha256  # CPython 3.12+
+        from _sha2 import sha256  # type: ignore[import-not-found,unused-ignore]  # 3.12+, no stub
     except ImportError:
         try:
-            from _sha256 import sha256  # CPython 3.8-3.11
+            from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]  # 3.8-3.11
         except ImportError:
             from hashlib import sha256
-    return sha256  # type: ignore[no-any-return]
+    return sha256  # type: ignore[no-any-return,unused-ignore]
 
 
 def _hmac_sha256(secret: bytes, sha256: Callable[..., Any]) -> Callable[[bytes], bytes]:
@@ -765,7 +765,7 @@ def _socket_module() -> Any:
 def _signal_module() -> Any:
     """CPython's C signal module; signal.py adds its enums (~4 ms) and nothing the executor uses."""
     try:
-        import _signal as signal
+        import _signal as signal  # type: ignore[import-not-found,unused-ignore]  # no stub
     except ImportError:
         import signal
     return signal
