@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
+import field
 import paramiko
 import pytest
 
@@ -107,3 +108,59 @@ def node_sh(lab: Lab, node: int, command: str) -> str:
 @pytest.fixture
 def on_node(lab: Lab) -> Callable[[int, str], str]:
     return lambda node, command: node_sh(lab, node, command)
+
+
+@pytest.fixture(scope="session")
+def field_users(lab: Lab) -> Iterator[Dict[str, field.User]]:
+    """The field users (one per login shell, and cr-deploy with sudo), for the session.
+
+    Their shells come from `.ci/setup`; without them the tests are skipped
+    (failed on CI, as the lab is).
+    """
+    missing = field.missing_shells()
+    if missing:
+        message = f"field users need {', '.join(missing)}: run .ci/setup"
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    users = field.ensure_users(lab)
+    try:
+        yield users
+    finally:
+        field.remove_users(lab)
+
+
+@pytest.fixture(params=field.LOGINS)
+def login(request: pytest.FixtureRequest, field_users: Dict[str, field.User]) -> str:
+    """Each node user in turn: root (bash) and every field user."""
+    return str(request.param)
+
+
+@pytest.fixture
+def user_cli(lab: Lab, tmp_path: Path, login: str) -> Cli:
+    """The CLI with an inventory whose nodes are reached as ``login``."""
+    runner = Cli(lab, tmp_path)
+    runner.env["CORUNNER_INVENTORY"] = str(field.user_inventory(lab, tmp_path, login))
+    runner.user = login  # type: ignore[attr-defined]
+    return runner
+
+
+def node_sh_as(lab: Lab, node: int, user: str, command: str) -> Tuple[int, str, str]:
+    """Run ``command`` on a lab node as ``user`` through its login shell: (status, out, err)."""
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(lab.known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(
+        lab.node(node).address,
+        username=user,
+        key_filename=str(lab.key),
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+    )
+    try:
+        _, out, err = client.exec_command(command, timeout=30)
+        text, errors = out.read().decode(), err.read().decode()
+        return out.channel.recv_exit_status(), text, errors
+    finally:
+        client.close()
