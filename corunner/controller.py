@@ -89,6 +89,7 @@ class Run:
         self.record = RunRecord(self.run_id, records)
         self.inbox: queue.SimpleQueue[Union[Started, _NotStarted]] = queue.SimpleQueue()
         self.pids: Dict[str, int] = {}
+        self.sent: Dict[str, int] = {}  # bytes sent to start each host
         self.wall0, self.mono0 = time.time(), clock()
         self.fleet = Fleet.of(self.hosts, spec.silence_limit, self.mono0)
 
@@ -210,6 +211,7 @@ class Run:
                 continue
             if result.pid:
                 self.pids[result.host] = result.pid
+            self.sent[result.host] = result.sent
             self.fleet.started(result.host, result.at, now)
             if result.session is not None:
                 watch.started(result)
@@ -246,6 +248,7 @@ class Run:
                     else round(now - node.last_seen, 3),
                     pid=self.pids.get(host_id),
                     remote_dir=run_dir(self.hosts[host_id], self.run_id),
+                    bytes_sent=self.sent.get(host_id),
                 )
             )
         return RunReport(

@@ -35,6 +35,8 @@ class Started:
     pid: Optional[int] = None
     #: Heartbeats off: the open session to watch for the executor's exit.
     session: Any = None
+    #: Bytes sent to the node to start it (the command's stdin: scripts, upload).
+    sent: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,14 +189,16 @@ class SshStarter:
             command = remote.sh(START_SCRIPT, run_dir(host, self.run_id), host.python, mode)
             sent = self.clock()
             if not self.spec.heartbeat:
-                chan = remote.start_streaming(conn, host, command, self.payload.chunks(config))
+                chan, size = remote.start_streaming(
+                    conn, host, command, self.payload.chunks(config)
+                )
                 keep_open = True
-                return Started(host.id, sent, session=(chan, conn))
+                return Started(host.id, sent, session=(chan, conn), sent=size)
             done = remote.execute(conn, host, command, stdin=self.payload.chunks(config))
             pid = done.marked("CORUNNER-STARTED")
             if done.status != 0 or not pid or not pid.strip().isdigit():
                 raise StartError(host.id, f"could not start the executor: {done.error_line()}")
-            return Started(host.id, sent, pid=int(pid))
+            return Started(host.id, sent, pid=int(pid), sent=done.sent)
         finally:
             if not keep_open:
                 conn.close()

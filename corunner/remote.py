@@ -3,9 +3,12 @@ quoted command per node per phase, stream bytes in and out.
 
 Fabric's ``Connection`` carries the settings; the data path is a raw Paramiko
 channel, because Invoke's ``in_stream`` reads one byte per 10 ms and SFTP costs
-a round trip per request. Every command runs under ``sh -c`` with every value
-quoted by :func:`shlex.quote`, and every answer we parse is prefixed with a
-marker, so noisy shell start-up files on the node cannot confuse us.
+a round trip per request. Every command is a POSIX ``sh`` script with its
+arguments quoted by :func:`shlex.quote`, carried on stdin: the user's login
+shell (sh, bash, zsh, fish, tcsh, csh) only ever sees :data:`READER`, one
+line that means the same to all of them (see :func:`sh`). Every answer we
+parse is prefixed with a marker, so noisy shell start-up files on the node
+cannot confuse us.
 
 Paramiko and socket errors become :class:`~corunner.errors.RemoteError`
 subclasses whose one-line message names the host and what to do. No exchange
@@ -19,6 +22,7 @@ while the user's shell is still busy. A host that answers nothing for
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import select
@@ -311,6 +315,8 @@ class Completed:
     status: int
     stdout: bytes
     stderr: bytes
+    #: Bytes sent on the command's stdin (its head included).
+    sent: int = 0
 
     def marked(self, marker: str) -> Optional[str]:
         """The text after the last line starting with ``marker``, ignoring shell noise."""
@@ -348,22 +354,50 @@ def last_line(data: bytes) -> str:
     return lines[-1] if lines else ""
 
 
-def sh(script: str, *args: str) -> str:
-    """A command line that runs ``script`` under POSIX ``sh`` with ``$1..$n`` = ``args``.
+#: The one line sent to the node user's login shell, for every command. It has
+#: no newline, ``!``, backslash or ``'`` inside its quotes, so sh, dash, bash,
+#: zsh, fish, tcsh and csh all hand it to /bin/sh unchanged. That sh reads a
+#: line count, then that many lines of stdin (``read`` takes one byte at a
+#: time, so nothing after them is consumed: it stays the script's input), and
+#: evals them. A stdin that ends early exits 98.
+READER = (
+    'exec /bin/sh -c \'read -r c||exit 98;n=$(printf "\\n.");n=${n%.};s=;'
+    'while [ "$c" -gt 0 ];do IFS= read -r l||exit 98;s=$s$l$n;c=$((c-1));done;'
+    'eval "$s"\''
+)
 
-    Whatever the user's login shell, the script sees its arguments literally.
+
+@dataclass(frozen=True)
+class Command:
+    """A command for one node: the line its login shell runs, and what goes first on stdin."""
+
+    line: str
+    #: The script and its arguments, for :data:`READER`; any other stdin follows it.
+    head: bytes
+
+
+def sh(script: str, *args: str) -> Command:
+    """A command that runs ``script`` under POSIX ``sh`` with ``$1..$n`` = ``args``.
+
+    Whatever the user's login shell, the script sees its arguments literally:
+    they travel on stdin as ``set --`` with each quoted for sh, never through
+    the login shell (csh expands ``!`` even inside single quotes, fish reads
+    backslashes there) and never on a command line others can read.
     """
-    return " ".join(shlex.quote(p) for p in ("sh", "-c", script, "corunner", *args))
+    body = " ".join(["set --", *(shlex.quote(a) for a in args)]) + "\n" + script
+    if not body.endswith("\n"):
+        body += "\n"
+    return Command(READER, f"{body.count(chr(10))}\n{body}".encode("utf-8", "surrogateescape"))
 
 
 def execute(
     conn: fabric.Connection,
     host: Host,
-    command: str,
+    command: Command,
     stdin: Optional[Iterable[bytes]] = None,
     timeout: Optional[float] = None,
 ) -> Completed:
-    """Run ``command`` on one open connection, streaming ``stdin`` chunks to it.
+    """Run ``command`` on one open connection, streaming ``stdin`` chunks to it after its head.
 
     If the node stops reading (its command failed), sending stops and the
     command's own error is returned rather than a broken-pipe error. A node
@@ -373,27 +407,44 @@ def execute(
     with translated(host, conn):
         chan = open_command(conn, host, command, timeout)
         try:
-            if stdin is not None:
-                try:
-                    for chunk in stdin:
-                        chan.sendall(chunk)
-                except socket.timeout:
-                    raise Stalled(timeout or 0) from None
-                except (OSError, EOFError):
-                    pass  # the node stopped reading (or went): the status says which
+            sent = send_all(chan, [command.head, *(stdin or ())], timeout)
             with contextlib.suppress(OSError, EOFError):
                 chan.shutdown_write()
             out, err = drain(chan, timeout)
-            return Completed(chan.recv_exit_status(), out, err)
+            return Completed(chan.recv_exit_status(), out, err, sent)
         finally:
             chan.close()
 
 
+def send_all(
+    chan: paramiko.Channel, chunks: Iterable[bytes], timeout: Optional[float] = None
+) -> int:
+    """Send ``chunks`` until done or the node stops reading; the bytes sent.
+
+    A node that stops reading (its command failed, or it went) is no error
+    here: the command's status says which. No progress for ``timeout``
+    seconds raises :class:`Stalled`.
+    """
+    sent = 0
+    try:
+        for chunk in chunks:
+            chan.sendall(chunk)
+            sent += len(chunk)
+    except socket.timeout:
+        raise Stalled(timeout or 0) from None
+    except (OSError, EOFError):
+        pass
+    return sent
+
+
 def open_command(
-    conn: fabric.Connection, host: Host, command: str, timeout: Optional[float] = None
+    conn: fabric.Connection, host: Host, command: Command, timeout: Optional[float] = None
 ) -> paramiko.Channel:
-    """A session channel running ``command`` (sends and receives time out after ``timeout``)."""
-    return _session(conn, host, timeout, lambda chan: chan.exec_command(command))
+    """A session channel running ``command``'s line (sends and receives time out after ``timeout``).
+
+    Nothing is sent yet: the caller sends ``command.head`` first on stdin.
+    """
+    return _session(conn, host, timeout, lambda chan: chan.exec_command(command.line))
 
 
 def open_sftp(conn: fabric.Connection, host: Host) -> Optional[paramiko.SFTPClient]:
@@ -523,7 +574,7 @@ class MarkedStream:
 def stream_from(
     conn: fabric.Connection,
     host: Host,
-    command: str,
+    command: Command,
     marker: str,
     consume: Callable[[IO[bytes]], T],
     timeout: Optional[float] = None,
@@ -537,7 +588,9 @@ def stream_from(
     with translated(host, conn):
         chan = open_command(conn, host, command, timeout)
         try:
-            chan.shutdown_write()
+            send_all(chan, [command.head], timeout)
+            with contextlib.suppress(OSError, EOFError):
+                chan.shutdown_write()
             stream = MarkedStream(chan, marker.encode())
             try:
                 result = consume(stream)  # type: ignore[arg-type]
@@ -621,9 +674,9 @@ class ChannelWatcher:
 
 
 def start_streaming(
-    conn: fabric.Connection, host: Host, command: str, stdin: Iterable[bytes]
-) -> paramiko.Channel:
-    """Run ``command``, send it ``stdin``, and hand back its still-open channel.
+    conn: fabric.Connection, host: Host, command: Command, stdin: Iterable[bytes]
+) -> Tuple[paramiko.Channel, int]:
+    """Run ``command``, send it ``stdin``, and hand back its still-open channel and the bytes sent.
 
     For a command whose end is the news (the executor in the foreground):
     once the upload is sent, silence is the program running, so the channel
@@ -631,10 +684,12 @@ def start_streaming(
     """
     with translated(host, conn):
         chan = open_command(conn, host, command)
+        sent = 0
         try:
-            for chunk in stdin:
+            for chunk in itertools.chain([command.head], stdin):
                 chan.sendall(chunk)
+                sent += len(chunk)
             chan.shutdown_write()
         except (OSError, EOFError):
             raise_if_hung(conn)  # else the node's command ended early; its status tells why
-        return chan
+        return chan, sent

@@ -34,6 +34,8 @@ class HostReport:
     last_seen_age: Optional[float] = None  # seconds since the last heartbeat, at the end
     pid: Optional[int] = None
     remote_dir: str = ""
+    #: Bytes sent to the node to start the run (None: never started).
+    bytes_sent: Optional[int] = None
 
     def to_json(self) -> Dict[str, Any]:
         out = dict(self.__dict__)

@@ -47,7 +47,9 @@ SFTP_WRITE_SIZE = 255 * 1024
 
 #: Push: extract into a temporary directory beside the target, then rename
 #: (files) or merge (an existing directory). $1 = dest, $2 = name of the
-#: source, $3 = archive size in KiB (to name a full disk as the cause).
+#: source, $3 = archive size in KiB (to name a full disk as the cause). GNU
+#: tar reads backslashes in the names and directories it is given as escapes
+#: unless told --no-unquote (here and in the pull).
 PUSH_SCRIPT = r"""
 dest=$1 name=$2 need=$3
 no_space() {
@@ -62,11 +64,11 @@ if [ -d "$dest" ]; then target=${dest%/}/$name; else target=$dest; fi
 parent=$(dirname -- "$target")
 mkdir -p -- "$parent" || exit 1
 if [ -d "$target" ] && [ ! -L "$target" ]; then
-  tar -b 256 -xpf - --no-same-owner --strip-components=1 -C "$target" || no_space "$target"
+  tar -b 256 -xpf - --no-same-owner --no-unquote --strip-components=1 -C "$target" || no_space "$target"
 else
   tmp=$(mktemp -d "$parent/.corunner-cp.XXXXXX") || exit 1
   trap 'rm -rf -- "$tmp"' EXIT
-  tar -b 256 -xpf - --no-same-owner -C "$tmp" || no_space "$parent"
+  tar -b 256 -xpf - --no-same-owner --no-unquote -C "$tmp" || no_space "$parent"
   mv -f -T -- "$tmp/payload" "$target" || exit 1
 fi
 echo CORUNNER-OK
@@ -81,8 +83,8 @@ fi
 cd -- "$(dirname -- "$src")" || exit 1
 base=$(basename -- "$src")
 printf '%s\n' "$3"
-if [ -n "$2" ]; then exec tar -cf - --exclude="$base/$2" -- "$base"; fi
-exec tar -cf - -- "$base"
+if [ -n "$2" ]; then exec tar -cf - --no-unquote --exclude="$base/$2" -- "$base"; fi
+exec tar -cf - --no-unquote -- "$base"
 """
 
 

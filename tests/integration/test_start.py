@@ -19,6 +19,7 @@ from typing import Any, Optional
 import pytest
 from helpers import python38, wait_until
 
+from corunner import remote
 from corunner.bootstrap import START_SCRIPT, Payload
 from corunner.executor import config_document
 from corunner.listener import Listener
@@ -46,9 +47,10 @@ def config(listener: Optional[Listener], program: Program, heartbeat: bool = Tru
 def start(
     run_dir: Path, data: bytes, mode: str, python: str = sys.executable
 ) -> subprocess.CompletedProcess:
+    command = remote.sh(START_SCRIPT, str(run_dir), python, mode)
     return subprocess.run(
-        ["sh", "-c", START_SCRIPT, "corunner", str(run_dir), python, mode],
-        input=data,
+        ["sh", "-c", command.line],
+        input=command.head + data,
         capture_output=True,
         timeout=60,
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import io
 import os
-import shlex
 import subprocess
 import tarfile
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -141,9 +141,56 @@ def test_error_line_prefers_our_marker():
 )
 def test_sh_passes_arguments_literally(args):
     command = remote.sh('for a in "$@"; do printf "%s\\0" "$a"; done', *args)
-    out = subprocess.run(command, shell=True, capture_output=True, check=True).stdout
-    assert out.split(b"\0")[:-1] == [a.encode() for a in args]
-    assert shlex.split(command)[:2] == ["sh", "-c"]
+    done = subprocess.run(
+        ["sh", "-c", command.line], input=command.head, capture_output=True, check=True
+    )
+    assert done.stdout.split(b"\0")[:-1] == [a.encode() for a in args]
+    assert command.line == remote.READER  # nothing of the arguments on the command line
+
+
+#: Login shells a node user may have; those installed here (.ci/setup installs them all).
+LOGIN_SHELLS = [
+    "/bin/sh",
+    "/bin/dash",
+    "/bin/bash",
+    "/usr/bin/zsh",
+    "/usr/bin/fish",
+    "/usr/bin/tcsh",
+    "/bin/csh",
+]
+
+
+@pytest.mark.parametrize("shell", LOGIN_SHELLS)
+def test_every_login_shell_runs_the_same_script_and_leaves_the_rest_of_stdin(shell):
+    # What sshd does with a command: SHELL -c LINE. csh expands ! even in single
+    # quotes and refuses multi-line quotes; fish reads backslashes in them.
+    if not os.access(shell, os.X_OK):
+        pytest.skip(f"{shell} is not installed")
+    args = [
+        "a b",
+        "it's",
+        "$HOME",
+        "!x !! ^y !$",
+        "back\\slash\\",
+        "new\nline",
+        '"q"',
+        "*",
+        "~",
+        "=ls",
+        "",
+    ]
+    command = remote.sh('for a in "$@"; do printf "[%s]" "$a"; done; exec head -c 3', *args)
+    done = subprocess.run(
+        [shell, "-c", command.line], input=command.head + b"ABCDEF", capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "".join(f"[{a}]" for a in args).encode() + b"ABC"
+
+
+def test_a_head_cut_short_exits_98_without_running_half_a_script():
+    command = remote.sh("echo ran")
+    done = subprocess.run(["sh", "-c", command.line], input=command.head[:3], capture_output=True)
+    assert (done.returncode, done.stdout) == (98, b"")
 
 
 def test_one_file_is_archived_only_when_a_host_needs_the_tar(tmp_path):
