@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import json
 import marshal
 import os
@@ -39,25 +40,54 @@ BOOT = (
     " from executor import main; sys.exit(main())"
 )
 
-#: The first code a node runs (``python -I -S -c``, argv: the executor's path,
-#: then its own arguments): make the run directory, write the executor and
-#: its bytecode from the first two pieces of stdin (see executor.unpack for
-#: the format), import it and hand over; the executor unpacks the rest.
-_UNPACK = r"""
-import os, sys
-x = sys.argv.pop(1)
-d = os.path.dirname(os.path.dirname(x))
+#: The only code on the Python command line (``python -I -S -c``): read the
+#: boot code from stdin (8 digits of length, then the code) and run it. The
+#: rest of stdin is the boot code's. The boot code is sent on stdin, not in the
+#: sh script, because sh reads its script one byte per system call.
+LOADER = r"""
+import os
 def take(n):
     b = b""
     while len(b) < n:
         k = os.read(0, n - len(b))
         if not k:
-            sys.exit("CORUNNER-ERROR the upload ended early")
+            raise SystemExit("CORUNNER-ERROR the upload ended early")
         b += k
     return b
+exec(take(int(take(8))))
+"""
+
+#: What the boot codes share: argv is the remote_dir, the executor's path in
+#: the run directory, then the executor's own arguments (so a node's process
+#: list reads ``.../executor.py start ...``); and the one check of remote_dir
+#: and everything under it (executor.private_dirs).
+_BOOT_HEAD = (
+    "from __future__ import annotations\n"  # the embedded functions' annotations stay text
+    "import sys\n"
+    "top = sys.argv.pop(1)\n"
+    "x = sys.argv.pop(1)\n"
+    "d = os.path.dirname(os.path.dirname(x))\n"
+)
+
+
+def _embedded(function: Any) -> str:
+    """The source of an executor function, to run on a node before the executor is there."""
+    return inspect.getsource(function)
+
+
+#: Start (after LOADER): make remote_dir and the run directory private (or
+#: refuse them, one line), write the executor and its bytecode from the first
+#: two pieces of stdin (see executor.unpack for the format), import it and
+#: hand over; the executor unpacks the rest.
+START_BOOT = (
+    _BOOT_HEAD
+    + _embedded(executor_module.private_dirs)
+    + r"""
 os.umask(0o077)
+why = private_dirs(top, d + "/.corunner/__pycache__", True)
+if why:
+    sys.exit("CORUNNER-ERROR " + why)
 try:
-    os.makedirs(d + "/.corunner/__pycache__", exist_ok=True)
     os.chdir(d)
     for i in (0, 1):
         h = take(@HEADER@).split()
@@ -69,32 +99,71 @@ sys.path.insert(0, os.path.abspath(".corunner"))
 from executor import main
 sys.exit(main())
 """.replace("@HEADER@", str(executor_module.FRAME_HEADER))
+)
 
-#: Upload and start in one command: the upload arrives on stdin, and Python
-#: reads it itself (no tar, mkdir or setsid on the node). The executor needs
-#: only the standard library: ``-I -S`` skips site-packages and site hooks, a
-#: third of Python's start-up on a Debian node.
-#: $1 = run directory, $2 = python, $3 = "bg" (detached, heartbeats) or "fg".
+#: Probe or stop (after LOADER): refuse a remote_dir or run directory another
+#: user could have written to (its executor would run as us), else import
+#: the run's executor and hand over.
+ASK_BOOT = (
+    _BOOT_HEAD
+    + _embedded(executor_module.private_dirs)
+    + r"""
+why = private_dirs(top, d + "/.corunner", False)
+if why:
+    sys.exit("CORUNNER-ERROR " + why)
+sys.path.insert(0, os.path.dirname(x))
+from executor import main
+sys.exit(main())
+"""
+)
+
+
+def boot_frame(code: str) -> bytes:
+    """Boot code as LOADER reads it from stdin."""
+    data = code.encode()
+    return b"%08d" % len(data) + data
+
+
+#: Upload and start in one command: the boot code, then the upload, arrive on
+#: stdin, and Python reads them itself (no tar, mkdir or setsid on the node).
+#: The executor needs only the standard library: ``-I -S`` skips
+#: site-packages and site hooks, a third of Python's start-up on a Debian node.
+#: $1 = remote_dir, $2 = run directory, $3 = python, $4 = "bg" (detached,
+#: heartbeats) or "fg".
 START_SCRIPT = r"""
-dir=$1 py=$2 unpack=@UNPACK@
+top=$1 dir=$2 py=$3 loader=@LOADER@
 command -v "$py" >/dev/null 2>&1 || {
   echo "CORUNNER-ERROR python interpreter '$py' not found on the node (set python: in the inventory)" >&2
   exit 97; }
-if [ "$3" = fg ]; then set -- --foreground; else set --; fi
-exec "$py" -I -S -c "$unpack" "$dir/.corunner/executor.py" start "$dir" "$@"
-""".replace("@UNPACK@", shlex.quote(_UNPACK))
+if [ "$4" = fg ]; then set -- --foreground; else set --; fi
+exec "$py" -I -S -c "$loader" "$top" "$dir/.corunner/executor.py" start "$dir" "$@"
+""".replace("@LOADER@", shlex.quote(LOADER))
 
-#: Ask the executor on the node about a run: $1 = run directory, $2 = python, $3 = verb.
+#: Ask the executor on the node about a run: $1 = remote_dir, $2 = run
+#: directory, $3 = python, $4 = verb; ASK_BOOT follows on stdin.
 ASK_SCRIPT = r"""
-dir=$1 py=$2 boot=@BOOT@
+top=$1 dir=$2 py=$3 loader=@LOADER@
 if [ ! -f "$dir/.corunner/executor.py" ]; then  # never started here, or removed since
-  case $3 in
+  case $4 in
     stop) echo "CORUNNER-STOP {\"stopped\": false, \"state\": \"missing\"}" ;;
     *) echo "CORUNNER-PROBE {\"state\": \"missing\"}" ;;
   esac
   exit 0; fi
-exec "$py" -I -S -c "$boot" "$dir/.corunner/executor.py" "$3" "$dir"
-""".replace("@BOOT@", shlex.quote(BOOT))
+exec "$py" -I -S -c "$loader" "$top" "$dir/.corunner/executor.py" "$4" "$dir"
+""".replace("@LOADER@", shlex.quote(LOADER))
+
+
+def start_command(host: Host, run_id: str, foreground: bool) -> remote.Command:
+    """The command that starts ``run_id`` on ``host``; the upload follows it on stdin."""
+    mode = "fg" if foreground else "bg"
+    command = remote.sh(START_SCRIPT, host.remote_dir, run_dir(host, run_id), host.python, mode)
+    return command.followed_by(boot_frame(START_BOOT))
+
+
+def ask_command(host: Host, run_id: str, verb: str) -> remote.Command:
+    """The command that asks ``host``'s executor about ``run_id`` (verb: probe or stop)."""
+    command = remote.sh(ASK_SCRIPT, host.remote_dir, run_dir(host, run_id), host.python, verb)
+    return command.followed_by(boot_frame(ASK_BOOT))
 
 
 @functools.cache
@@ -162,5 +231,18 @@ class Payload:
 
 
 def run_dir(host: Host, run_id: str) -> str:
-    """Where ``run_id`` lives on ``host``: its program's working directory."""
-    return f"{host.remote_dir.rstrip('/')}/{run_id}"
+    """Where ``run_id`` lives on ``host``: its program's working directory.
+
+    ``<remote_dir>/<run id>/<host id>``: one directory per host, so nodes
+    that share remote_dir (an NFS home, a shared scratch) never mix their
+    results. The one rule: everything that looks for a run on a node asks here.
+    """
+    return f"{host.remote_dir.rstrip('/')}/{run_id}/{host.id}"
+
+
+def remote_dir_of(run_directory: str, run_id: str, host_id: str) -> Optional[str]:
+    """The remote_dir of a run directory :func:`run_dir` made (None if it is not one)."""
+    suffix = f"/{run_id}/{host_id}"
+    if run_id and run_directory.endswith(suffix) and len(run_directory) > len(suffix):
+        return run_directory[: -len(suffix)]
+    return None

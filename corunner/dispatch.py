@@ -16,7 +16,7 @@ import fabric
 
 from . import executor as executor_module
 from . import remote
-from .bootstrap import START_SCRIPT, Payload, run_dir
+from .bootstrap import Payload, start_command
 from .errors import StartError
 from .inventory import Host
 from .listener import Listener
@@ -185,8 +185,7 @@ class SshStarter:
         keep_open = False
         try:
             config = self.config(conn, host)
-            mode = "bg" if self.spec.heartbeat else "fg"
-            command = remote.sh(START_SCRIPT, run_dir(host, self.run_id), host.python, mode)
+            command = start_command(host, self.run_id, foreground=not self.spec.heartbeat)
             sent = self.clock()
             if not self.spec.heartbeat:
                 chan, size = remote.start_streaming(

@@ -1504,6 +1504,91 @@ def unpack(fd: int) -> bool:
             os.close(out)
 
 
+def private_dirs(top: str, path: str, create: bool) -> Optional[str]:
+    """Check (and with ``create``, make) the directories from ``top`` down to ``path``.
+
+    ``top`` is the remote_dir; ``path`` is it or lies under it. Each directory
+    from ``top`` down must be a real directory (no symbolic link), owned by
+    this user and writable by nobody else, as OpenSSH's ``StrictModes`` wants
+    of ``~/.ssh``: otherwise another user could swap in their own executor,
+    or read and replace the run's files. What ``create`` makes (``top``'s
+    missing parents too) is mode 0700 and checked the same way; parents of
+    ``top`` that exist already (``/tmp``, an NFS home) are the system's.
+    Returns None, or the one line saying what is wrong with which path and
+    how to fix it. Self-contained (``os`` only): the boot code embeds it.
+    """
+    me = os.geteuid()
+
+    def refuse(p: str, why: str, fix: str) -> str:
+        return f"refusing {p}: {why} ({fix})"
+
+    def owner(uid: int) -> str:
+        import pwd
+
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return f"uid {uid}"
+
+    def check(p: str) -> Optional[str]:
+        try:
+            st = os.lstat(p)
+        except OSError as exc:
+            return f"cannot use {p}: {exc.strerror}"
+        kind = st.st_mode & 0o170000
+        if kind == 0o120000:
+            return refuse(p, "it is a symbolic link", "remove it, or choose another remote_dir")
+        if kind != 0o040000:
+            return refuse(p, "it is not a directory", "remove it, or choose another remote_dir")
+        if st.st_uid != me:
+            return refuse(
+                p,
+                f"it belongs to {owner(st.st_uid)}, not {owner(me)}",
+                f"remove it, or choose a remote_dir of your own such as /tmp/corunner-{owner(me)}",
+            )
+        if st.st_mode & 0o022:
+            mode = st.st_mode & 0o7777
+            return refuse(
+                p, f"it is writable by group or others (mode {mode:o})", f"chmod go-w {p}"
+            )
+        return None
+
+    def make(p: str) -> Optional[str]:
+        try:
+            os.mkdir(p, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            return f"cannot make {p}: {exc.strerror}"
+        return check(p)
+
+    top = top.rstrip("/")
+    if create:
+        parts = top.split("/")
+        for i in range(2, len(parts)):
+            parent = "/".join(parts[:i])
+            try:
+                os.mkdir(parent, 0o700)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                return f"cannot make {parent}: {exc.strerror}"
+            why = check(parent)
+            if why:
+                return why
+    why = make(top) if create else check(top)
+    if why:
+        return why
+    here = top
+    for part in path[len(top) :].strip("/").split("/"):
+        if part:
+            here += "/" + part
+            why = make(here) if create else check(here)
+            if why:
+                return why
+    return None
+
+
 def _untar(fd: int) -> None:
     """Extract the tar on ``fd`` (the user's files) with GNU tar; OSError naming its error."""
     read_end, write_end = os.pipe()

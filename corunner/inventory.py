@@ -23,7 +23,9 @@ from .hostrange import expand, split_patterns
 
 DEFAULT_PORT = 22
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
-DEFAULT_REMOTE_DIR = "/tmp/corunner"
+#: Without ``remote_dir:``, each node user gets a directory of its own
+#: (``/tmp/corunner-<user>``): two users on one node never meet in it.
+DEFAULT_REMOTE_DIR = "/tmp/corunner-{user}"
 DEFAULT_PYTHON = "python3"
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds
 
@@ -253,6 +255,8 @@ class _Builder:
         except HostRangeError as exc:
             raise self.error(exc.msg, path) from exc
         self.require_user(resolved, path)
+        if resolved["remote_dir"] is None:
+            resolved["remote_dir"] = default_remote_dir(resolved["user"])
         return [Host(name=n, groups=(group,), **resolved) for n in names]
 
     def settings(self, mapping: dict[Any, Any], path: KeyPath) -> dict[str, Any]:
@@ -274,7 +278,7 @@ class _Builder:
             "port": DEFAULT_PORT,
             "key": None,
             "known_hosts": self.path(DEFAULT_KNOWN_HOSTS),
-            "remote_dir": DEFAULT_REMOTE_DIR,
+            "remote_dir": None,  # per user: default_remote_dir, once the user is known
             "python": DEFAULT_PYTHON,
             "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
         }
@@ -361,6 +365,15 @@ class _Builder:
                 f"connect_timeout must be a positive number of seconds, not {_kind(value)}", path
             )
         return float(value)
+
+
+def default_remote_dir(user: str) -> str:
+    """The remote_dir of ``user`` when the inventory sets none: ``/tmp/corunner-<user>``.
+
+    Characters a path should not carry become ``_``.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", user) or "_"
+    return DEFAULT_REMOTE_DIR.format(user=safe)
 
 
 def clean_remote_dir(value: object) -> str:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import posixpath
 import secrets
 import time
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Dict, List, Optional
 
 from . import remote, transfer
-from .bootstrap import ASK_SCRIPT, run_dir
+from .bootstrap import ask_command, remote_dir_of, run_dir
 from .errors import InventoryError, RemoteError
 from .fanout import DEFAULT_PARALLEL, Outcome, on_each
 from .inventory import Host, Inventory
@@ -84,9 +83,9 @@ def record_hosts(
                 inventory.source,
             ) from None
         # A run may have used another remote_dir (run --remote-dir): its record knows.
-        recorded = (entry or {}).get("remote_dir") or ""
-        if run_id and posixpath.basename(recorded) == run_id:
-            host = dataclasses.replace(host, remote_dir=posixpath.dirname(recorded))
+        recorded = remote_dir_of((entry or {}).get("remote_dir") or "", run_id, host.id)
+        if recorded is not None:
+            host = dataclasses.replace(host, remote_dir=recorded)
         hosts.append(host)
     return hosts
 
@@ -99,9 +98,7 @@ def started_hosts(data: Dict[str, Any], hosts: List[Host]) -> List[Host]:
 
 def _ask(run_id: str, verb: str, marker: str) -> Callable[[Any, Host], Dict[str, Any]]:
     def work(conn: Any, host: Host) -> Dict[str, Any]:
-        done = remote.execute(
-            conn, host, remote.sh(ASK_SCRIPT, run_dir(host, run_id), host.python, verb), timeout=60
-        )
+        done = remote.execute(conn, host, ask_command(host, run_id, verb), timeout=60)
         found = done.marked(marker)
         if found is None:
             raise RemoteError(host.id, f"could not read the run's status: {done.error_line()}")
@@ -192,7 +189,8 @@ def collect(
     def work(conn: Any, host: Host) -> transfer.Pulled:
         path = src or run_dir(host, run_id or "")
         exclude = None if src else ".corunner/config.json"
-        return transfer.pull(conn, host, path, dest, divide, exclude, contents=not src)
+        name = None if src else run_id  # DEST/<run id>.<host> without --divide
+        return transfer.pull(conn, host, path, dest, divide, exclude, contents=not src, name=name)
 
     return on_each(hosts, work, parallel, accept_new_host_keys, done)
 

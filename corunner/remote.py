@@ -375,6 +375,10 @@ class Command:
     #: The script and its arguments, for :data:`READER`; any other stdin follows it.
     head: bytes
 
+    def followed_by(self, data: bytes) -> Command:
+        """This command with ``data`` sent right after its script (read by the script)."""
+        return Command(self.line, self.head + data)
+
 
 def sh(script: str, *args: str) -> Command:
     """A command that runs ``script`` under POSIX ``sh`` with ``$1..$n`` = ``args``.

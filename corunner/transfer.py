@@ -251,16 +251,19 @@ def pull(
     divide: bool,
     exclude: Optional[str] = None,
     contents: bool = False,
+    name: Optional[str] = None,
 ) -> Pulled:
     """Copy ``src`` from one node under local ``dest`` (rules above).
 
     With ``contents`` and ``divide``, what is inside ``src`` lands directly in
-    ``dest/<host>/`` (used for run directories, whose name is the run id).
+    ``dest/<host>/`` (used for run directories). ``name``, without ``divide``,
+    replaces the name of ``src`` in ``dest/<name>.<host>``.
     """
     if divide:
         into, rename = os.path.join(dest, host.id), ("." if contents else None)
     else:
-        into, rename = dest, f"{os.path.basename(src.rstrip('/')) or 'root'}.{host.id}"
+        base = name or os.path.basename(src.rstrip("/")) or "root"
+        into, rename = dest, f"{base}.{host.id}"
     os.makedirs(into, exist_ok=True)
     single = _pull_regular_file(conn, host, src, into, rename)
     if single is not None:

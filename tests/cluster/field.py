@@ -143,11 +143,12 @@ def user_inventory(
 ) -> Path:
     """The lab's inventory with ``user`` as every node's user (and ``settings`` on top).
 
-    The lab's ``remote_dir`` (``/tmp/corunner``, root's) becomes one of the user's own.
+    The lab's ``remote_dir`` (``/tmp/corunner``, root's) is dropped: the user
+    gets the built-in one of its own, ``/tmp/corunner-<user>``.
     """
     data = yaml.safe_load(lab.inventory.read_text())
     data["defaults"]["user"] = user
-    data["defaults"]["remote_dir"] = f"/tmp/corunner-{user}"
+    data["defaults"].pop("remote_dir", None)
     data["defaults"].update(settings or {})
     path = directory / f"hosts-{name or user}.yaml"
     path.write_text(yaml.safe_dump(data))

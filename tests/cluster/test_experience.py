@@ -305,7 +305,7 @@ def test_compat_seed_workflow_runs_a_script_then_gathers_one_directory_per_host(
         assert got.read_text() == f"{node.address}\n"
     # The run directory lives under -r and holds its own copy of the file.
     run_id = cli.latest_run_id()
-    listing = on_node(lab.nodes[0].index, f"ls /tmp/corunner/{run_id}")
+    listing = on_node(lab.nodes[0].index, f"ls /tmp/corunner/{run_id}/{lab.nodes[0].address}")
     assert "script.py" in listing.split() and "stdout" in listing.split()
 
 

@@ -20,7 +20,7 @@ import pytest
 from helpers import python38, wait_until
 
 from corunner import remote
-from corunner.bootstrap import START_SCRIPT, Payload
+from corunner.bootstrap import START_BOOT, START_SCRIPT, Payload, boot_frame
 from corunner.executor import config_document
 from corunner.listener import Listener
 from corunner.spec import Program
@@ -47,7 +47,9 @@ def config(listener: Optional[Listener], program: Program, heartbeat: bool = Tru
 def start(
     run_dir: Path, data: bytes, mode: str, python: str = sys.executable
 ) -> subprocess.CompletedProcess:
-    command = remote.sh(START_SCRIPT, str(run_dir), python, mode)
+    # remote_dir: the run directory's parent, as for a host with run_dir(host, run id).
+    command = remote.sh(START_SCRIPT, str(run_dir.parent), str(run_dir), python, mode)
+    command = command.followed_by(boot_frame(START_BOOT))
     return subprocess.run(
         ["sh", "-c", command.line],
         input=command.head + data,
@@ -176,7 +178,7 @@ def test_start_failures_say_why_in_one_marked_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     blocked = error_of(start(blocker / "run", data, "bg"))
-    assert f"cannot write the executor in {blocker}/run: Not a directory" in blocked
+    assert f"refusing {blocker}: it is not a directory" in blocked
     no_python = error_of(start(tmp_path / "b", data, "bg", python="python3.99-missing"))
     assert "python interpreter 'python3.99-missing' not found" in no_python
     # A config cut short is caught by the executor, after the boot code.

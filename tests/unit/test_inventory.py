@@ -43,7 +43,7 @@ def test_builtin_defaults_apply_when_nothing_is_set() -> None:
         port=22,
         key=None,
         known_hosts=os.path.expanduser("~/.ssh/known_hosts"),
-        remote_dir="/tmp/corunner",
+        remote_dir="/tmp/corunner-alice",
         python="python3",
         connect_timeout=10.0,
         groups=("g",),
@@ -82,10 +82,10 @@ def test_precedence_builtin_defaults_group_entry() -> None:
     )
     got = {h.name: (h.user, h.port, h.python, h.remote_dir) for h in inv.hosts}
     assert got == {
-        "a": ("deploy", 2200, "python3.11", "/tmp/corunner"),
-        "b": ("ops", 2200, "python3.11", "/tmp/corunner"),
-        "c": ("deploy", 2222, "python3.11", "/tmp/corunner"),
-        "d": ("ops", 2333, "python3.11", "/tmp/corunner"),
+        "a": ("deploy", 2200, "python3.11", "/tmp/corunner-deploy"),
+        "b": ("ops", 2200, "python3.11", "/tmp/corunner-ops"),
+        "c": ("deploy", 2222, "python3.11", "/tmp/corunner-deploy"),
+        "d": ("ops", 2333, "python3.11", "/tmp/corunner-ops"),
     }
 
 
@@ -141,6 +141,15 @@ def test_paths_expand_tilde_and_resolve_against_base_dir() -> None:
     assert a.known_hosts == os.path.join(os.path.expanduser("~"), "kh")
     assert (b.key, b.known_hosts) == ("/etc/k", "/kh")
     assert c.key is None  # an explicit null goes back to the agent
+
+
+def test_the_default_remote_dir_is_one_per_user() -> None:
+    inv = build({"groups": {"g": {"hosts": ["a", "bob@b", "odd/us er@c"]}}})
+    assert [h.remote_dir for h in inv.hosts] == [
+        "/tmp/corunner-alice",
+        "/tmp/corunner-bob",
+        "/tmp/corunner-odd_us_er",
+    ]
 
 
 def test_remote_dir_is_normalised() -> None:

@@ -1,0 +1,110 @@
+"""Nodes as real fleets have them: a remote_dir every node shares (an NFS home; in
+the lab, /var/tmp), several users on one node, and remote_dirs another user planted."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from pathlib import Path
+
+import field
+import yaml
+
+from corunner.errors import EXIT_LOST, EXIT_OK
+
+FAST = ("--interval", "0.2", "--dead-after", "10")
+
+
+def test_nodes_sharing_remote_dir_keep_their_own_results(lab, cli, tmp_path):
+    # Before: every node wrote <remote_dir>/<run id>, so one node's stdout and
+    # status showed under every host.
+    shared = Path(f"/var/tmp/corunner-shared-{secrets.token_hex(4)}")
+    try:
+        done, doc = cli.json(
+            "run", "--cmd", "hostname; hostname > me.txt", "--remote-dir", str(shared), *FAST
+        )
+        assert done.returncode == EXIT_OK, done.stdout + done.stderr
+        run_id = doc["run_id"]
+        assert len({h["remote_dir"] for h in doc["hosts"]}) == 8
+        assert sorted(p.name for p in (shared / run_id).iterdir()) == sorted(
+            n.address for n in lab.nodes
+        )
+        done = cli("collect", "--run", run_id, "--dest", str(tmp_path / "got"), "--divide")
+        assert done.returncode == EXIT_OK, done.stdout + done.stderr
+        for node in lab.nodes:
+            here = tmp_path / "got" / node.address
+            assert (here / "stdout").read_text() == node.hostname + "\n"
+            assert (here / "me.txt").read_text() == node.hostname + "\n"
+            assert json.loads((here / "status.json").read_text())["host"] == node.address
+        done, doc = cli.json("status", "--run", run_id, "--output")
+        groups = doc["outputs"]["groups"]
+        assert len(groups) == 8, groups
+        done, doc = cli.json("status", "--run", run_id, "--refresh")
+        assert {h["node"]["hostname"] for h in doc["hosts"].values()} == {
+            n.hostname for n in lab.nodes
+        }
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_two_users_on_one_node_each_get_their_own_default_remote_dir(
+    lab, cli, field_users, tmp_path, on_node
+):
+    node = lab.nodes[4]
+    # root's lab runs already made /tmp/corunner (0700) on the node: before, the
+    # default remote_dir was that one for everybody, and every other user failed.
+    on_node(node.index, "mkdir -p -m 700 /tmp/corunner")
+    for user in ("cr-zsh", "cr-fish"):
+        inventory = field.user_inventory(lab, tmp_path, user)
+        done, doc = cli.json(
+            "run", "--cmd", "id -un", "--inventory", str(inventory), "--hosts", node.address,
+            *FAST,
+        )  # fmt: skip
+        assert done.returncode == EXIT_OK, done.stdout + done.stderr
+        assert doc["hosts"][0]["remote_dir"].startswith(f"/tmp/corunner-{user}/")
+        owner_mode = on_node(node.index, f"stat -c '%U %a' /tmp/corunner-{user}").split()
+        assert owner_mode == [user, "700"]
+
+
+def test_a_planted_or_open_remote_dir_is_refused_with_its_line(
+    lab, cli, field_users, tmp_path, on_node
+):
+    link, theirs, open_dir, good = lab.nodes[:4]
+    user = "cr-dash"
+    token = secrets.token_hex(3)
+    planted = f"/tmp/planted-{token}"
+    # Another user's traps: a symlink (to a directory cr-dash could use!), a
+    # directory of root's, and cr-dash's own directory left group-writable.
+    on_node(
+        link.index, f"mkdir -m 777 /tmp/elsewhere-{token} && ln -s /tmp/elsewhere-{token} {planted}"
+    )
+    on_node(theirs.index, f"mkdir -m 700 {planted}")
+    on_node(open_dir.index, f"mkdir -m 775 {planted} && chown {user} {planted}")
+    data = yaml.safe_load(field.user_inventory(lab, tmp_path, user).read_text())
+    data["defaults"]["remote_dir"] = planted
+    inventory = tmp_path / "planted.yaml"
+    inventory.write_text(yaml.safe_dump(data))
+    hosts = ",".join(n.address for n in (link, theirs, open_dir, good))
+    done, doc = cli.json(
+        "run", "--cmd", "true", "--inventory", str(inventory), "--hosts", hosts, *FAST
+    )
+    assert done.returncode == EXIT_LOST, done.stdout + done.stderr
+    errors = {h["host"]: h["error"] for h in doc["hosts"]}
+    fix = "(remove it, or choose another remote_dir)"
+    assert errors[link.address] == (
+        f"could not start the executor: refusing {planted}: it is a symbolic link {fix}"
+    )
+    assert errors[theirs.address] == (
+        f"could not start the executor: refusing {planted}: it belongs to root, not {user} "
+        f"(remove it, or choose a remote_dir of your own such as /tmp/corunner-{user})"
+    )
+    assert errors[open_dir.address] == (
+        f"could not start the executor: refusing {planted}: it is writable by group or others "
+        f"(mode 775) (chmod go-w {planted})"
+    )
+    assert errors[good.address] is None
+    assert f"{link.address}: could not start the executor: refusing {planted}" in done.stderr
+    assert (
+        on_node(link.index, f"ls -A /tmp/elsewhere-{token}") == ""
+    )  # nothing went behind the link
