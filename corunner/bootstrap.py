@@ -10,6 +10,7 @@ frame format is defined once, in the executor: this module builds it with
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import inspect
 import json
@@ -20,7 +21,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 from . import executor as executor_module
 from . import remote
@@ -71,35 +72,107 @@ _BOOT_HEAD = (
 
 
 def _embedded(function: Any) -> str:
-    """The source of an executor function, to run on a node before the executor is there."""
-    return inspect.getsource(function)
+    """The source of an executor function, to run on a node before the executor is there.
+
+    Without its docstring: every byte of boot code is sent on every command.
+    """
+    source = inspect.getsource(function)
+    if function.__doc__:
+        start = source.index('"""')
+        source = source[:start] + "pass" + source[source.index('"""', start + 3) + 3 :]
+    return source
 
 
-#: Start (after LOADER): make remote_dir and the run directory private (or
-#: refuse them, one line), write the executor and its bytecode from the first
-#: two pieces of stdin (see executor.unpack for the format), import it and
-#: hand over; the executor unpacks the rest.
-START_BOOT = (
-    _BOOT_HEAD
-    + _embedded(executor_module.private_dirs)
-    + r"""
+#: The two answers of the start boot code, on a line of their own: the node has
+#: this executor in its cache (send the rest of the upload), or needs it first.
+HAVE_MARKER, NEED_MARKER = "CORUNNER-HAVE", "CORUNNER-NEED"
+
+#: Where a node keeps executors, under remote_dir: ``.executor/<key>/``, the
+#: key a hash of exactly what would be sent (source and bytecode).
+CACHE_DIR = ".executor"
+
+#: Start (after LOADER). Make remote_dir, the run directory and the executor
+#: cache private (or refuse them, one line); say whether the cache holds this
+#: executor (HAVE_MARKER) or not (NEED_MARKER). If not, the controller sends the
+#: executor and its bytecode first (see executor.unpack for the format): they
+#: go into the cache, each written to a temporary name and renamed, so nodes
+#: sharing remote_dir never see half a file. Then both are linked into the run
+#: directory (copied where links fail), imported, and the executor unpacks
+#: the rest. @FILES@: (name in the cache, name in the run directory, size).
+_START = r"""
 os.umask(0o077)
+c = top + "/@CACHE@/@KEY@"
 why = private_dirs(top, d + "/.corunner/__pycache__", True)
+why = why or private_dirs(top, c + "/__pycache__", True)
 if why:
     sys.exit("CORUNNER-ERROR " + why)
+files = @FILES@
+def cached(name, size):
+    try:
+        st = os.lstat(c + "/" + name)
+    except OSError:
+        return False
+    return st.st_mode & 0o170000 == 0o100000 and st.st_size == size
+have = all(cached(n, size) for n, _, size in files)
+os.write(1, b"@HAVE@\n" if have else b"@NEED@\n")
 try:
     os.chdir(d)
-    for i in (0, 1):
-        h = take(@HEADER@).split()
-        with open(take(int(h[3])), "wb") as f:
-            f.write(take(int(h[2])))
+    if not have:
+        for name, _, _ in files:
+            h = take(@HEADER@).split()
+            take(int(h[3]))
+            tmp = "%s/%s.%s-%d.tmp" % (c, name, os.uname().nodename, os.getpid())
+            with open(tmp, "wb") as f:
+                f.write(take(int(h[2])))
+            os.replace(tmp, c + "/" + name)
+    for name, there, _ in files:
+        try:
+            os.link(c + "/" + name, there, follow_symlinks=False)
+        except OSError:
+            with open(c + "/" + name, "rb") as src, open(there, "wb") as f:
+                f.write(src.read())
 except OSError as e:
     sys.exit("CORUNNER-ERROR cannot write the executor in %s: %s" % (d, e.strerror or e))
 sys.path.insert(0, os.path.abspath(".corunner"))
 from executor import main
 sys.exit(main())
-""".replace("@HEADER@", str(executor_module.FRAME_HEADER))
-)
+"""
+
+
+@functools.cache
+def executor_files() -> Tuple[Tuple[str, bytes], ...]:
+    """What the executor is on a node: (name in the run directory, content), source first."""
+    with open(EXECUTOR_SOURCE, "rb") as src:
+        source = src.read()
+    name, data = executor_bytecode() or ("none", b"")
+    return ((".corunner/executor.py", source), (f".corunner/__pycache__/{name}", data))
+
+
+@functools.cache
+def executor_key() -> str:
+    """The executor's name in a node's cache: a hash of every file of it, names included."""
+    digest = hashlib.sha256()
+    for name, data in executor_files():
+        digest.update(b"%d %s %d\n" % (len(name), name.encode(), len(data)))
+        digest.update(data)
+    return digest.hexdigest()[:32]
+
+
+@functools.cache
+def start_boot() -> str:
+    """The start boot code for this executor (its cache key and file sizes inside)."""
+    files = [(name[len(".corunner/") :], name, len(data)) for name, data in executor_files()]
+    return (
+        _BOOT_HEAD
+        + _embedded(executor_module.private_dirs)
+        + _START.replace("@HEADER@", str(executor_module.FRAME_HEADER))
+        .replace("@CACHE@", CACHE_DIR)
+        .replace("@KEY@", executor_key())
+        .replace("@FILES@", repr(files))
+        .replace("@HAVE@", HAVE_MARKER)
+        .replace("@NEED@", NEED_MARKER)
+    )
+
 
 #: Probe or stop (after LOADER): refuse a remote_dir or run directory another
 #: user could have written to (its executor would run as us), else import
@@ -157,7 +230,7 @@ def start_command(host: Host, run_id: str, foreground: bool) -> remote.Command:
     """The command that starts ``run_id`` on ``host``; the upload follows it on stdin."""
     mode = "fg" if foreground else "bg"
     command = remote.sh(START_SCRIPT, host.remote_dir, run_dir(host, run_id), host.python, mode)
-    return command.followed_by(boot_frame(START_BOOT))
+    return command.followed_by(boot_frame(start_boot()))
 
 
 def ask_command(host: Host, run_id: str, verb: str) -> remote.Command:
@@ -188,11 +261,12 @@ def executor_bytecode() -> Optional[Tuple[str, bytes]]:
 
 
 class Payload:
-    """What every node reads on the start command's stdin (see executor.unpack).
+    """What every node reads on the start command's stdin after the boot code answered.
 
-    Built once: the executor and its bytecode (read by the boot code), the
-    user's script, and a tar of ``--files``; between them, each host's own
-    config (its secret inside, mode 0600). The script and the tar are spooled
+    Built once: the executor and its bytecode (read by the boot code, sent
+    only to a node whose cache lacks them), the user's script, and a tar of
+    ``--files``; between them, each host's own config (its secret inside,
+    mode 0600). The script and the tar are spooled
     to a temporary file, which :meth:`remove` deletes.
     """
 
@@ -200,11 +274,8 @@ class Payload:
         for path in files:
             if not os.path.lexists(path):
                 raise UsageError(f"no such file to upload: {path}")
-        with open(EXECUTOR_SOURCE, "rb") as src:
-            head = [frame(".corunner/executor.py", src.read())]
-        name, data = executor_bytecode() or ("none", b"")
-        head.append(frame(f".corunner/__pycache__/{name}", data))
-        self.head = b"".join(head)
+        #: The executor and its bytecode, for a node whose cache lacks them.
+        self.executor = b"".join(frame(name, data) for name, data in executor_files())
         fd, self.path = tempfile.mkstemp(prefix="corunner-payload-", dir=workdir)
         with os.fdopen(fd, "wb") as f:
             if program.script:
@@ -222,9 +293,15 @@ class Payload:
             else:
                 f.write(END_MARKER)
 
-    def chunks(self, config: Dict[str, Any]) -> Iterator[bytes]:
-        yield self.head + frame(CONFIG_PATH, json.dumps(config).encode())
+    def chunks(self, config: Dict[str, Any], executor: bool = True) -> Iterator[bytes]:
+        """The upload after the boot code's answer: the executor only if the node needs it."""
+        head = self.executor if executor else b""
+        yield head + frame(CONFIG_PATH, json.dumps(config).encode())
         yield from remote.file_chunks(self.path)
+
+    def reply(self, config: Dict[str, Any]) -> Callable[[str], Iterator[bytes]]:
+        """What to send once the start boot code said HAVE_MARKER or NEED_MARKER."""
+        return lambda said: self.chunks(config, executor=said == NEED_MARKER)
 
     def remove(self) -> None:
         os.unlink(self.path)

@@ -16,7 +16,7 @@ import fabric
 
 from . import executor as executor_module
 from . import remote
-from .bootstrap import Payload, start_command
+from .bootstrap import HAVE_MARKER, NEED_MARKER, Payload, start_command
 from .errors import StartError
 from .inventory import Host
 from .listener import Listener
@@ -187,13 +187,12 @@ class SshStarter:
             config = self.config(conn, host)
             command = start_command(host, self.run_id, foreground=not self.spec.heartbeat)
             sent = self.clock()
+            markers, reply = (HAVE_MARKER, NEED_MARKER), self.payload.reply(config)
             if not self.spec.heartbeat:
-                chan, size = remote.start_streaming(
-                    conn, host, command, self.payload.chunks(config)
-                )
+                chan, size = remote.start_streaming(conn, host, command, markers, reply)
                 keep_open = True
                 return Started(host.id, sent, session=(chan, conn), sent=size)
-            done = remote.execute(conn, host, command, stdin=self.payload.chunks(config))
+            done = remote.converse(conn, host, command, markers, reply)
             pid = done.marked("CORUNNER-STARTED")
             if done.status != 0 or not pid or not pid.strip().isdigit():
                 raise StartError(host.id, f"could not start the executor: {done.error_line()}")

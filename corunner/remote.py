@@ -22,7 +22,6 @@ while the user's shell is still busy. A host that answers nothing for
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import select
@@ -420,6 +419,77 @@ def execute(
             chan.close()
 
 
+#: What to send once a command said one of its markers: called with the marker.
+Reply = Callable[[str], Iterable[bytes]]
+
+
+def converse(
+    conn: fabric.Connection,
+    host: Host,
+    command: Command,
+    markers: Sequence[str],
+    reply: Reply,
+    timeout: Optional[float] = None,
+) -> Completed:
+    """Run ``command``, wait for the first of ``markers`` on a line of its stdout,
+    send ``reply(marker)``, and return as :func:`execute` does.
+
+    One command and one channel: the node tells what it needs before the
+    bulk is sent (the start boot code: whether its cache holds the executor).
+    A command that ends before saying a marker is sent nothing more; its
+    status and stderr say why.
+    """
+    with translated(host, conn):
+        chan = open_command(conn, host, command, timeout)
+        try:
+            sent = send_all(chan, [command.head], timeout)
+            said, out, err = await_marker(chan, markers, timeout)
+            if said is not None:
+                sent += send_all(chan, reply(said), timeout)
+            with contextlib.suppress(OSError, EOFError):
+                chan.shutdown_write()
+            more, more_err = drain(chan, timeout)
+            return Completed(chan.recv_exit_status(), out + more, err + more_err, sent)
+        finally:
+            chan.close()
+
+
+def await_marker(
+    chan: paramiko.Channel, markers: Sequence[str], timeout: Optional[float] = None
+) -> Tuple[Optional[str], bytes, bytes]:
+    """Read stdout until a line equal to one of ``markers``: (that marker or None, stdout, stderr).
+
+    What came before it (shell start-up noise) is kept in the stdout returned.
+    None if the command ended first. Raises :class:`Stalled` after ``timeout``
+    seconds without a byte, :class:`Unanswered` if the host stopped answering.
+    """
+    wanted = {m.encode(): m for m in markers}
+    out, err = b"", []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        got = False
+        while chan.recv_stderr_ready():
+            err.append(chan.recv_stderr(CHUNK))
+            got = True
+        if chan.recv_ready():
+            out += chan.recv(CHUNK)
+            got = True
+            for line in out.splitlines():  # a few lines of noise at most
+                if line in wanted:
+                    return wanted[line], out, b"".join(err)
+        if got:
+            if timeout is not None:
+                deadline = time.monotonic() + timeout
+            continue
+        if chan.eof_received or chan.closed:
+            _raise_if_channel_hung(chan)
+            return None, out, b"".join(err)
+        wait = None if deadline is None else deadline - time.monotonic()
+        if wait is not None and wait <= 0:
+            raise Stalled(timeout or 0)
+        select.select([chan], [], [], min(wait, 1.0) if wait is not None else 1.0)
+
+
 def send_all(
     chan: paramiko.Channel, chunks: Iterable[bytes], timeout: Optional[float] = None
 ) -> int:
@@ -678,21 +748,30 @@ class ChannelWatcher:
 
 
 def start_streaming(
-    conn: fabric.Connection, host: Host, command: Command, stdin: Iterable[bytes]
+    conn: fabric.Connection,
+    host: Host,
+    command: Command,
+    markers: Sequence[str],
+    reply: Reply,
 ) -> Tuple[paramiko.Channel, int]:
-    """Run ``command``, send it ``stdin``, and hand back its still-open channel and the bytes sent.
+    """As :func:`converse`, but hand back the still-open channel and the bytes sent.
 
     For a command whose end is the news (the executor in the foreground):
     once the upload is sent, silence is the program running, so the channel
-    no longer times out.
+    no longer times out. A command that ended before its marker is handed
+    back all the same: its session's end is the news then.
     """
     with translated(host, conn):
         chan = open_command(conn, host, command)
         sent = 0
         try:
-            for chunk in itertools.chain([command.head], stdin):
-                chan.sendall(chunk)
-                sent += len(chunk)
+            chan.sendall(command.head)
+            sent += len(command.head)
+            said, _, _ = await_marker(chan, markers)
+            if said is not None:
+                for chunk in reply(said):
+                    chan.sendall(chunk)
+                    sent += len(chunk)
             chan.shutdown_write()
         except (OSError, EOFError):
             raise_if_hung(conn)  # else the node's command ended early; its status tells why

@@ -108,3 +108,21 @@ def test_a_planted_or_open_remote_dir_is_refused_with_its_line(
     assert (
         on_node(link.index, f"ls -A /tmp/elsewhere-{token}") == ""
     )  # nothing went behind the link
+
+
+def test_a_repeated_run_finds_the_executor_in_the_nodes_cache(lab, cli, tmp_path, on_node):
+    # Before, every run sent the executor and its bytecode (~155 KiB) to every node.
+    remote_dir = f"/tmp/cache-{secrets.token_hex(3)}"
+
+    def bytes_sent() -> set:
+        record = json.loads((tmp_path / "runs" / cli.latest_run_id() / "run.json").read_text())
+        return {h["bytes_sent"] for h in record["hosts"].values()}
+
+    done = cli("run", "--cmd", "hostname", "--remote-dir", remote_dir, *FAST)
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    assert all(n > 150_000 for n in bytes_sent()), bytes_sent()
+    done = cli("run", "--cmd", "hostname", "--remote-dir", remote_dir, *FAST)
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    assert all(n < 8_000 for n in bytes_sent()), bytes_sent()  # the boot code and the config
+    listing = on_node(lab.nodes[0].index, f"stat -c '%a %U' {remote_dir}/.executor/*")
+    assert listing.split() == ["700", "root"]

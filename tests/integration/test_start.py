@@ -6,6 +6,7 @@ foreground."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,13 +15,22 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from subprocess import PIPE
+from typing import Any, Callable, Dict, Optional
 
 import pytest
 from helpers import python38, wait_until
 
 from corunner import remote
-from corunner.bootstrap import START_BOOT, START_SCRIPT, Payload, boot_frame
+from corunner.bootstrap import (
+    HAVE_MARKER,
+    NEED_MARKER,
+    START_SCRIPT,
+    Payload,
+    boot_frame,
+    executor_key,
+    start_boot,
+)
 from corunner.executor import config_document
 from corunner.listener import Listener
 from corunner.spec import Program
@@ -45,17 +55,36 @@ def config(listener: Optional[Listener], program: Program, heartbeat: bool = Tru
 
 
 def start(
-    run_dir: Path, data: bytes, mode: str, python: str = sys.executable
+    run_dir: Path,
+    upload: Dict[str, bytes],
+    mode: str,
+    python: str = sys.executable,
+    cut: Callable[[bytes], bytes] = lambda data: data,
 ) -> subprocess.CompletedProcess:
+    """Start as SshStarter does over SSH: the command's head, the boot code's answer
+    (HAVE or NEED), then the upload for that answer (``cut`` short, to break it)."""
     # remote_dir: the run directory's parent, as for a host with run_dir(host, run id).
     command = remote.sh(START_SCRIPT, str(run_dir.parent), str(run_dir), python, mode)
-    command = command.followed_by(boot_frame(START_BOOT))
-    return subprocess.run(
-        ["sh", "-c", command.line],
-        input=command.head + data,
-        capture_output=True,
-        timeout=60,
-    )
+    command = command.followed_by(boot_frame(start_boot()))
+    argv = ["sh", "-c", command.line]
+    proc = subprocess.Popen(argv, stdin=PIPE, stdout=PIPE, stderr=PIPE)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write(command.head)
+    proc.stdin.flush()
+    out = b""
+    while True:
+        line = proc.stdout.readline()
+        out += line
+        if not line or line.strip() in (HAVE_MARKER.encode(), NEED_MARKER.encode()):
+            break
+    if line:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(cut(upload[line.strip().decode()]))
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+    out += proc.stdout.read()
+    err = proc.stderr.read()
+    return subprocess.CompletedProcess(argv, proc.wait(timeout=60), out, err)
 
 
 @pytest.fixture
@@ -77,10 +106,11 @@ def groups() -> Iterator[list]:
             pass
 
 
-def payload_bytes(tmp_path: Path, program: Program, files: list, cfg: dict) -> bytes:
+def payload_bytes(tmp_path: Path, program: Program, files: list, cfg: dict) -> Dict[str, bytes]:
+    """The upload after each answer of the boot code (the executor only after NEED)."""
     payload = Payload(program, [str(f) for f in files], str(tmp_path))
     try:
-        return b"".join(payload.chunks(cfg))
+        return {said: b"".join(payload.reply(cfg)(said)) for said in (HAVE_MARKER, NEED_MARKER)}
     finally:
         payload.remove()
 
@@ -173,7 +203,7 @@ def test_start_failures_say_why_in_one_marked_line(tmp_path: Path) -> None:
         assert len(lines) == 1, done.stderr
         return lines[0]
 
-    cut = error_of(start(tmp_path / "a", data[: len(data) // 2], "bg"))
+    cut = error_of(start(tmp_path / "a", data, "bg", cut=lambda d: d[: len(d) // 2]))
     assert "the upload ended early" in cut
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -182,8 +212,9 @@ def test_start_failures_say_why_in_one_marked_line(tmp_path: Path) -> None:
     no_python = error_of(start(tmp_path / "b", data, "bg", python="python3.99-missing"))
     assert "python interpreter 'python3.99-missing' not found" in no_python
     # A config cut short is caught by the executor, after the boot code.
-    head = data.index(b'{"run_id"')
-    late = error_of(start(tmp_path / "c", data[: head + 10], "bg"))
+    late = error_of(
+        start(tmp_path / "c", data, "bg", cut=lambda d: d[: d.index(b'{"run_id"') + 10])
+    )
     assert "cannot unpack the upload" in late and "ended early" in late
 
 
@@ -196,3 +227,36 @@ def _status(run_dir: Path) -> Optional[dict[str, Any]]:
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_a_second_start_finds_the_executor_in_the_cache_and_needs_only_the_config(
+    tmp_path: Path,
+) -> None:
+    program = Program(cmd="echo hi")
+    upload = payload_bytes(tmp_path, program, [], config(None, program, heartbeat=False))
+    top = tmp_path / "remote"
+    first = start(top / "run1", upload, "fg")
+    second = start(top / "run2", upload, "fg")
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert NEED_MARKER.encode() + b"\n" in first.stdout
+    assert HAVE_MARKER.encode() + b"\n" in second.stdout
+    assert (top / "run1" / "stdout").read_text() == (top / "run2" / "stdout").read_text() == "hi\n"
+    # Only the config and the program go after HAVE: about 1 KiB instead of ~150 KiB.
+    assert len(upload[HAVE_MARKER]) < 2048 < 100_000 < len(upload[NEED_MARKER])
+    cache = top / ".executor" / executor_key()
+    assert _mode(cache) == _mode(cache / "__pycache__") == 0o700
+    for run in ("run1", "run2"):  # each run directory holds the executor (linked, not copied)
+        here = top / run / ".corunner" / "executor.py"
+        assert os.stat(here).st_ino == os.stat(cache / "executor.py").st_ino
+
+
+def test_an_executor_cache_others_can_write_to_is_refused(tmp_path: Path) -> None:
+    program = Program(cmd="true")
+    upload = payload_bytes(tmp_path, program, [], config(None, program, heartbeat=False))
+    top = tmp_path / "remote"
+    assert start(top / "run1", upload, "fg").returncode == 0
+    cache = top / ".executor" / executor_key()
+    cache.chmod(0o777)
+    done = start(top / "run2", upload, "fg")
+    assert done.returncode != 0 and HAVE_MARKER.encode() not in done.stdout
+    assert f"refusing {cache}: it is writable by group or others (mode 777)" in done.stderr.decode()

@@ -70,6 +70,6 @@ def test_a_file_in_the_way_and_an_unmakeable_path_say_so(tmp_path: Path) -> None
 
 
 def test_the_boot_codes_compile_with_the_rule_inside_and_nothing_else_of_the_executor() -> None:
-    for code in (bootstrap.START_BOOT, bootstrap.ASK_BOOT):
+    for code in (bootstrap.start_boot(), bootstrap.ASK_BOOT):
         compile(code, "boot", "exec")
         assert "def private_dirs(" in code and "def main(" not in code
