@@ -194,7 +194,9 @@ class Run:
         if isinstance(event, Heard):
             return self.fleet.heartbeat(event.host, event.at)
         if isinstance(event, Exited):
-            return self.fleet.exited(event.host, event.at, event.exit_code, event.signal)
+            return self.fleet.exited(
+                event.host, event.at, event.exit_code, event.signal, event.error
+            )
         assert isinstance(event, Lost)
         return self.fleet.lost(event.host, event.at, event.reason)
 
@@ -213,7 +215,9 @@ class Run:
                 self.pids[result.host] = result.pid
             self.sent[result.host] = result.sent
             self.fleet.started(result.host, result.at, now)
-            if result.session is not None:
+            if result.ended is not None:  # it could not start its program: it said why
+                self._changes(self.fleet.exited(result.host, now, *result.ended))
+            elif result.session is not None:
                 watch.started(result)
 
     def _changes(self, changes: List[Change]) -> None:

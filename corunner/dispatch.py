@@ -10,7 +10,7 @@ here: a *starter* turns a host into :class:`Started` (or raises a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import fabric
 
@@ -37,6 +37,8 @@ class Started:
     session: Any = None
     #: Bytes sent to the node to start it (the command's stdin: scripts, upload).
     sent: int = 0
+    #: The program could not even start: its (exit code, signal, why), said by the start.
+    ended: Optional[Tuple[Optional[int], Optional[int], Optional[str]]] = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class Exited:
     at: float
     exit_code: Optional[int]
     signal: Optional[int]
+    #: Why the program could not start, when the node said so.
+    error: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,10 @@ class SessionWatch:
             if outcome is None:
                 events.append(Lost(host, self.clock(), "SSH session ended without a status"))
             else:
-                events.append(Exited(host, self.clock(), *outcome))
+                assert status is not None
+                why = status.get("error") if status.get("state") == "error" else None
+                error = why if isinstance(why, str) else None
+                events.append(Exited(host, self.clock(), *outcome, error=error))
         return events
 
     def wakeup(self) -> None:
@@ -179,6 +186,18 @@ class SshStarter:
             address, port = self.listener.bind(local)
         return [[address, port], ["", port]]  # "": the client address in $SSH_CONNECTION
 
+    @staticmethod
+    def _not_started(
+        done: remote.Completed,
+    ) -> Optional[Tuple[Optional[int], Optional[int], Optional[str]]]:
+        """The outcome a start printed instead of a pid: its program could not be executed."""
+        status = executor_module.read_marked(done.stdout, "CORUNNER-STATUS")
+        outcome = executor_module.final_outcome(status)
+        if status is None or outcome is None or done.status != 0:
+            return None
+        error = status.get("error")
+        return (*outcome, error if isinstance(error, str) else None)
+
     def __call__(self, host: Host) -> Started:
         """Start ``host``'s executor; raises RemoteError (the host is then unreachable)."""
         conn = remote.connect(host, self.spec.accept_new_host_keys)
@@ -194,6 +213,9 @@ class SshStarter:
                 return Started(host.id, sent, session=(chan, conn), sent=size)
             done = remote.converse(conn, host, command, markers, reply)
             pid = done.marked("CORUNNER-STARTED")
+            ended = self._not_started(done)
+            if ended is not None:
+                return Started(host.id, sent, sent=done.sent, ended=ended)
             if done.status != 0 or not pid or not pid.strip().isdigit():
                 raise StartError(host.id, f"could not start the executor: {done.error_line()}")
             return Started(host.id, sent, pid=int(pid), sent=done.sent)

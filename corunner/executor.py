@@ -615,11 +615,75 @@ def write_status(run_dir: str, status: Dict[str, Any]) -> None:
     """Atomically replace RUN_DIR/status.json, so readers never see half a file."""
     path = os.path.join(run_dir, "status.json")
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(json_dumps(status) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(json_dumps(status) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)  # half a file on a full disk holds the space we need
+        except OSError:
+            pass
+        raise
+
+
+#: Space kept for the last status.json, in the run directory: a program that
+#: fills the disk must not cost the run its outcome (see _try_write_status).
+RESERVE_PATH = ".corunner/status.reserve"
+RESERVE_SIZE = 16384  # bytes: a few pages, for status.json and its temporary copy
+
+
+def _reserve(run_dir: str) -> None:
+    try:
+        fd = os.open(os.path.join(run_dir, RESERVE_PATH), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, bytes(RESERVE_SIZE))
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # no room even now: the final message still tells the controller
+
+
+def program_env(cfg: Config, run_dir: str) -> Dict[str, str]:
+    """The program's environment: the executor's, the config's, and the run's names."""
+    env = dict(os.environ)
+    env.update(cfg.env)
+    env.update(CORUNNER_RUN_ID=cfg.run_id, CORUNNER_HOST=cfg.host, CORUNNER_RUN_DIR=run_dir)
+    return env
+
+
+def program_argv(cfg: Config) -> List[str]:
+    """What the executor runs: the script's argv, or the command under /bin/sh -c."""
+    return cfg.argv if cfg.argv is not None else ["/bin/sh", "-c", cfg.shell or ""]
+
+
+def cannot_execute(argv: List[str], env: Dict[str, str]) -> Optional[str]:
+    """Why ``argv[0]`` could not be started, as the spawn would fail; None if it can be.
+
+    Asked before the executor detaches, so that the start command itself
+    carries the reason to the controller (a noexec remote_dir, say).
+    """
+    try:
+        path = _executable(argv[0], env)
+    except FileNotFoundError:
+        path = ""
+    if not path or not os.path.exists(path):
+        return f"cannot execute {argv[0]}: No such file or directory"
+    if os.access(path, os.X_OK):
+        return None
+    return _exec_error(argv[0], path, "Permission denied")
+
+
+def _exec_error(name: str, path: str, why: str) -> str:
+    """The one line for a program that cannot be executed, with the likely cause."""
+    text = f"cannot execute {name}: {why}"
+    try:
+        noexec = bool(os.statvfs(path).f_flag & getattr(os, "ST_NOEXEC", 0))
+    except OSError:
+        noexec = False
+    return text + "; is remote_dir on a noexec mount?" if noexec else text
 
 
 def read_status(run_dir: str) -> Optional[Dict[str, Any]]:
@@ -687,36 +751,6 @@ def group_alive(pgid: Optional[int]) -> bool:
             if stat is not None and stat[1] == pgid and stat[0] not in "ZX":
                 return True
     return False
-
-
-def run_members(pgid: Optional[int], run_id: Optional[str]) -> List[int]:
-    """Live processes of group ``pgid`` that carry ``CORUNNER_RUN_ID=run_id``.
-
-    After the program exits, children it left behind keep its process group;
-    the run id in their environment proves the group is still ours and not a
-    recycled number.
-    """
-    if not pgid or pgid <= 0 or not run_id:
-        return []
-    marker = ("CORUNNER_RUN_ID=" + run_id).encode()
-    members = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        stat = _proc_stat(int(entry))
-        if stat is None or stat[1] != pgid or stat[0] in "ZX":
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                if marker in fh.read().split(b"\0"):
-                    members.append(int(entry))
-        except OSError:
-            continue
-    return members
 
 
 def executor_alive(pid: Optional[int]) -> bool:
@@ -1070,24 +1104,22 @@ class Session:
         """
         cfg = self.cfg
         status = new_status(cfg, time.time())
-        env = dict(os.environ)
-        env.update(cfg.env)
-        env.update(
-            CORUNNER_RUN_ID=cfg.run_id, CORUNNER_HOST=cfg.host, CORUNNER_RUN_DIR=self.run_dir
-        )
-        argv = cfg.argv if cfg.argv is not None else ["/bin/sh", "-c", cfg.shell or ""]
+        env = program_env(cfg, self.run_dir)
+        argv = program_argv(cfg)
         try:
             out = open(os.path.join(self.run_dir, "stdout"), "wb")
             err = open(os.path.join(self.run_dir, "stderr"), "wb")
         except OSError as exc:
             status.update(state="error", exit_code=127, ended_at=time.time(), error=str(exc))
             return status
+        _reserve(self.run_dir)
         try:
             with out, err:
                 self.pid = _spawn(argv, env, out.fileno(), err.fileno())
         except OSError as exc:
             code = 126 if isinstance(exc, PermissionError) else 127
-            status.update(state="error", exit_code=code, ended_at=time.time(), error=str(exc))
+            why = _exec_error(argv[0], argv[0], exc.strerror or str(exc))
+            status.update(state="error", exit_code=code, ended_at=time.time(), error=why)
             return status
         self._watch_exit()
         status.update(pid=self.pid, pgid=self.pid)
@@ -1216,8 +1248,10 @@ def _drain(fd: int) -> None:
         pass  # empty (EAGAIN), or a pidfd, which has nothing to read
 
 
-def _spawn(argv: List[str], env: Dict[str, str], stdout: int, stderr: int) -> int:
-    """Start ``argv`` in a session of its own, stdin from /dev/null; its pid.
+def _spawn(
+    argv: List[str], env: Dict[str, str], stdout: int, stderr: int, stdin: str = os.devnull
+) -> int:
+    """Start ``argv`` in a session of its own, stdin from the file ``stdin``; its pid.
 
     os.posix_spawn where it can set up a session, subprocess otherwise (~5 ms
     more to import). Either way the program is looked up in ``env``'s PATH and
@@ -1228,7 +1262,7 @@ def _spawn(argv: List[str], env: Dict[str, str], stdout: int, stderr: int) -> in
     if spawn is not None:
         signal = _signal_module()
         actions = [
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 0, stdin, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, stdout, 1),
             (os.POSIX_SPAWN_DUP2, stderr, 2),
         ]
@@ -1246,14 +1280,15 @@ def _spawn(argv: List[str], env: Dict[str, str], stdout: int, stderr: int) -> in
             pass  # this Python cannot make posix_spawn start a session
     import subprocess
 
-    proc = subprocess.Popen(
-        argv,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=stderr,
-        start_new_session=True,
-    )
+    with open(stdin, "rb") as source:
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=source,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
     proc.returncode = 0  # the Session reaps it: keep Popen from trying
     return proc.pid
 
@@ -1270,10 +1305,34 @@ def _executable(name: str, env: Dict[str, str]) -> str:
 
 
 def _try_write_status(run_dir: str, status: Dict[str, Any]) -> None:
+    """Write status.json; on a full disk, from the space reserved at the start.
+
+    If even that fails, ``status`` says so in its error (for the foreground
+    status line) and the final message still carries the outcome.
+    """
     try:
         write_status(run_dir, status)
+        return
     except OSError as exc:
-        _log(f"cannot write status.json: {exc}")
+        error = exc
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        try:
+            os.unlink(os.path.join(run_dir, RESERVE_PATH))
+        except OSError:
+            pass
+        else:
+            note = (
+                f"the node's disk filled up during the run ({error.strerror}): status.json "
+                "was written in corunner's reserve; the program's own files may be cut short"
+            )
+            status["error"] = status.get("error") or note
+            try:
+                write_status(run_dir, status)
+                return
+            except OSError as again:
+                error = again
+    status["error"] = status.get("error") or f"cannot write status.json: {error.strerror or error}"
+    _log(f"cannot write status.json: {error}")
 
 
 def cmd_run(foreground: bool) -> int:
@@ -1384,28 +1443,74 @@ def _wait_for(cond: Any, timeout: float) -> bool:
         time.sleep(0.05)
 
 
+def run_processes(run_id: Optional[str], host: Optional[str]) -> List[int]:
+    """Live processes of this user that carry the run's id and host in their environment.
+
+    The executor gives the program ``CORUNNER_RUN_ID`` and ``CORUNNER_HOST``,
+    and every process it starts inherits them, whatever process group or
+    session it moves to: daemons that double-fork, children that call
+    setsid. (One that clears its environment escapes; a cgroup would not
+    let it, but a node user may not make one.) Our own process is never one.
+    """
+    if not run_id or not host:
+        return []
+    wanted = {("CORUNNER_RUN_ID=" + run_id).encode(), ("CORUNNER_HOST=" + host).encode()}
+    me, found = os.getpid(), []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if wanted.issubset(fh.read().split(b"\0")) and pid_alive(int(entry)):
+                    found.append(int(entry))
+        except OSError:
+            continue  # gone, or not ours to read
+    return found
+
+
 def stop(run_dir: str, grace: float = 5.0) -> Dict[str, Any]:
-    """SIGTERM the running program's group, SIGKILL it after ``grace`` seconds."""
+    """End everything the run started: SIGTERM, then SIGKILL after ``grace`` seconds.
+
+    Everything: the program's process group, and every process that carries
+    the run's id in its environment (daemons and setsid children, which left
+    the group), also after the program itself has exited.
+    """
     import signal
 
     before = probe(run_dir)
     pgid = before.get("pgid")
-    stopped = False
     # "lost" still says running on disk: the program's children may outlive it.
-    # After an exit, only a group whose members carry our run id is ours to kill.
-    ours = before["state"] in ("running", "lost") or bool(run_members(pgid, before.get("run_id")))
-    if ours and pgid and group_alive(pgid):
-        for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+    # After an exit, only processes that carry our run id are ours to kill.
+    running = before["state"] in ("running", "lost")
+    run_id, host = before.get("run_id"), before.get("host")
+
+    def remaining() -> List[int]:
+        found = run_processes(run_id, host)
+        if running and pgid and group_alive(pgid):
+            found.append(-pgid)  # the group, for members that cleared their environment
+        return found
+
+    targets = remaining()
+    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for target in targets:
             try:
-                os.killpg(pgid, signum)
-            except ProcessLookupError:
-                break
-            if _wait_for(lambda: not group_alive(pgid), wait):
-                break
-        stopped = not group_alive(pgid)
-        if executor_alive(before.get("executor_pid")):
-            # Let the executor record the outcome so the reported state is final.
-            _wait_for(lambda: probe(run_dir)["state"] != "running", 2.0)
+                if target < 0:
+                    os.killpg(-target, signum)
+                else:
+                    os.kill(target, signum)
+            except OSError:
+                pass  # gone already, or not ours
+        if not targets or _wait_for(lambda: not remaining(), wait):
+            break
+        targets = remaining()
+    stopped = bool(targets) and not remaining()
+    if stopped and executor_alive(before.get("executor_pid")):
+        # Let the executor record the outcome so the reported state is final.
+        _wait_for(lambda: probe(run_dir)["state"] != "running", 2.0)
     return {"stopped": stopped, "pgid": pgid, "state": probe(run_dir)["state"]}
 
 
@@ -1630,6 +1735,21 @@ def cmd_start(run_dir: str, foreground: bool) -> int:
         return 99
     if foreground:
         return cmd_run(True)
+    try:
+        with open(CONFIG_PATH) as fh:
+            cfg = parse_config(json_loads(fh.read()))
+    except (OSError, ValueError):
+        cfg = None  # cmd_run says what is wrong with it, in the log
+    why = cfg and cannot_execute(program_argv(cfg), program_env(cfg, run_dir))
+    if cfg is not None and why:
+        # Said on the start command's stdout, where the controller reads it: a
+        # program that cannot start has nothing to send heartbeats about.
+        status = new_status(cfg, time.time())
+        code = 127 if "No such file" in why else 126
+        status.update(state="error", exit_code=code, ended_at=time.time(), error=why)
+        _try_write_status(run_dir, status)
+        _emit("CORUNNER-STATUS", status)
+        return 0
     sys.stdout.flush()
     pid = os.fork()
     if pid:

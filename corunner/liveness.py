@@ -123,16 +123,31 @@ _new = object.__new__
 
 
 def exited(
-    node: Node, now: float, exit_code: Optional[int], signal: Optional[int]
+    node: Node,
+    now: float,
+    exit_code: Optional[int],
+    signal: Optional[int],
+    error: Optional[str] = None,
 ) -> Tuple[Node, List[Change]]:
-    """The program ended: succeeded with code 0, failed otherwise."""
+    """The program ended: succeeded with code 0, failed otherwise.
+
+    ``error``: why it could not even start, when the node said so.
+    """
     if node.state in FINAL:
         return node, []
     ok = exit_code == 0 and signal is None
     new = State.SUCCEEDED if ok else State.FAILED
     reason = f"exit {exit_code}" if signal is None else f"signal {signal}"
     return _move(
-        node, new, now, reason, last_seen=now, ended_at=now, exit_code=exit_code, signal=signal
+        node,
+        new,
+        now,
+        error or reason,
+        last_seen=now,
+        ended_at=now,
+        exit_code=exit_code,
+        signal=signal,
+        error=error,
     )
 
 
@@ -206,9 +221,14 @@ class Fleet:
         return changes
 
     def exited(
-        self, host: str, now: float, exit_code: Optional[int], signal: Optional[int]
+        self,
+        host: str,
+        now: float,
+        exit_code: Optional[int],
+        signal: Optional[int],
+        error: Optional[str] = None,
     ) -> List[Change]:
-        return self.apply(host, exited(self.nodes[host], now, exit_code, signal))
+        return self.apply(host, exited(self.nodes[host], now, exit_code, signal, error))
 
     def lost(self, host: str, now: float, reason: str) -> List[Change]:
         return self.apply(host, lost(self.nodes[host], now, reason))

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import field
 import yaml
+from helpers import wait_until
 
-from corunner.errors import EXIT_LOST, EXIT_OK
+from corunner.errors import EXIT_FAILED, EXIT_LOST, EXIT_OK
 
 FAST = ("--interval", "0.2", "--dead-after", "10")
 
@@ -126,3 +127,79 @@ def test_a_repeated_run_finds_the_executor_in_the_nodes_cache(lab, cli, tmp_path
     assert all(n < 8_000 for n in bytes_sent()), bytes_sent()  # the boot code and the config
     listing = on_node(lab.nodes[0].index, f"stat -c '%a %U' {remote_dir}/.executor/*")
     assert listing.split() == ["700", "root"]
+
+
+def test_a_full_disk_loses_no_outcome_and_says_what_it_could_not_write(
+    healthy_lab, cli, tmp_path, on_node
+):
+    # Before: the live result said succeeded, status.json stayed "running", and
+    # status --refresh turned the recorded outcome into dead.
+    node = healthy_lab.nodes[5]
+    tiny = f"/tmp/tiny-{secrets.token_hex(3)}"
+    on_node(node.index, f"mkdir -p {tiny} && mount -t tmpfs -o size=1m tmpfs {tiny}")
+    try:
+        done, doc = cli.json(
+            "run", "--cmd", "dd if=/dev/zero of=fill bs=64k; exit 0",
+            "--remote-dir", f"{tiny}/rd", "--hosts", node.address, *FAST,
+        )  # fmt: skip
+        assert done.returncode == EXIT_OK, done.stdout + done.stderr
+        assert on_node(node.index, f"df --output=avail -k {tiny}").split()[-1] == "0"
+        done, doc = cli.json("status", "--refresh")
+        assert done.returncode == EXIT_OK, done.stdout + done.stderr
+        entry = doc["hosts"][node.address]
+        assert (entry["state"], entry["exit_code"]) == ("succeeded", 0)
+        assert (entry["node"]["state"], entry["node"]["exit_code"]) == ("exited", 0)
+        assert entry["node"]["error"].startswith("the node's disk filled up during the run")
+    finally:
+        on_node(node.index, f"umount {tiny}")
+
+
+def test_a_script_on_a_noexec_remote_dir_fails_with_the_reason(healthy_lab, cli, tmp_path, on_node):
+    # Before: failed, exit 126, with an empty error and an empty stderr.
+    node = healthy_lab.nodes[6]
+    mount = f"/tmp/noexec-{secrets.token_hex(3)}"
+    on_node(node.index, f"mkdir -p {mount} && mount -t tmpfs -o noexec tmpfs {mount}")
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\necho never\n")
+    try:
+        done, doc = cli.json(
+            "run", "--script", str(script), "--remote-dir", f"{mount}/rd",
+            "--hosts", node.address, *FAST,
+        )  # fmt: skip
+        assert done.returncode == EXIT_FAILED, done.stdout + done.stderr
+        why = "cannot execute ./job.sh: Permission denied; is remote_dir on a noexec mount?"
+        host = doc["hosts"][0]
+        assert (host["state"], host["exit_code"], host["error"]) == ("failed", 126, why)
+        assert why in done.stderr  # the error column, and one line
+    finally:
+        on_node(node.index, f"umount {mount}")
+
+
+def test_stop_ends_daemons_and_setsid_children_on_every_node(lab, cli, on_node):
+    # Before: stop said "stopped" (or "not running") and the daemons lived on.
+    spawn = (
+        "(setsid sleep 3131 &); setsid sleep 3132 & sleep 0.5; "
+        'if [ "$CORUNNER_NODE_INDEX" = 0 ]; then exit 0; fi; sleep 3133'
+    )
+    proc = cli.popen("run", "--cmd", spawn, *FAST)
+    try:
+
+        def spawned() -> bool:
+            return all(
+                on_node(n.index, "ps -eo args").count("sleep 313")
+                >= (2 if n.index == lab.nodes[0].index else 3)
+                for n in lab.nodes
+            )
+
+        wait_until(spawned, 60, interval=0.5)
+        wait_until(lambda: cli.states().get(lab.nodes[0].address) == "succeeded", 30)
+        done = cli("stop")
+        assert done.returncode == EXIT_OK, done.stdout + done.stderr
+        assert done.stdout.count(": stopped") == 8, done.stdout
+        for node in lab.nodes:
+            wait_until(lambda n=node: "sleep 313" not in on_node(n.index, "ps -eo args"), 15)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -9,6 +9,7 @@ just the end of the upload (tests/integration/test_start.py covers the rest).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -389,6 +390,40 @@ def test_stop_kills_the_whole_group_including_a_forked_child(
     assert again == {"stopped": False, "pgid": status["pgid"], "state": "exited"}
 
 
+@pytest.mark.parametrize("program_end", ["sleep 100", "true"], ids=["running", "exited"])
+def test_stop_ends_daemons_and_setsid_children_while_running_and_after_the_exit(
+    node: Node, listener: Listener, program_end: str
+) -> None:
+    # A double-forked daemon and a setsid child leave the program's group and
+    # session: killpg misses them. They keep the run's id in their environment.
+    node.configure(
+        _controller(listener),
+        shell="(setsid sh -c 'echo $$ > daemon.tmp; mv daemon.tmp daemon.pid; exec sleep 100' &);"
+        " setsid sh -c 'echo $$ > session.tmp; mv session.tmp session.pid; exec sleep 100' & "
+        + program_end,
+    )
+    node.start()
+
+    def pid_in(name: str) -> int:
+        try:
+            return int((node.dir / name).read_text())
+        except (OSError, ValueError):
+            return 0
+
+    pids = [wait_until(lambda n=n: pid_in(n), 10) for n in ("daemon.pid", "session.pid")]
+    try:
+        assert all(os.getsid(p) == p for p in pids)  # sessions of their own
+        if program_end == "true":
+            node.wait_state("exited")
+        stopped = node.marked("stop", str(node.dir), marker="CORUNNER-STOP")
+        assert stopped["stopped"] and stopped["state"] == "exited", stopped
+        wait_until(lambda: not any(_alive(p) for p in pids), 10)
+    finally:
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_stop_escalates_to_sigkill_after_the_grace(node: Node, listener: Listener) -> None:
     node.configure(
         _controller(listener),
@@ -496,17 +531,18 @@ def test_executor_gives_up_after_linger_and_exits(node: Node) -> None:
 
 
 def test_program_not_found_is_state_error(node: Node, listener: Listener) -> None:
+    # Said by the start command itself, before detaching: no heartbeat would say why.
     node.configure(_controller(listener), argv=["./no-such-program", "x"])
-    proc = node.start()
-    inbox = Inbox(listener)
-    inbox.wait_for(lambda msgs: any(m.final for m in msgs))
-    assert (inbox.finals()[0].exit_code, inbox.finals()[0].signal) == (127, None)
-    proc.wait()
+    said = node.marked("start", str(node.dir), marker="CORUNNER-STATUS")
+    assert said == node.status()
     status = node.status()
     assert status is not None and set(status) == STATUS_KEYS
     assert (status["state"], status["exit_code"], status["pid"]) == ("error", 127, None)
-    assert "no-such-program" in status["error"]
+    assert status["error"] == "cannot execute ./no-such-program: No such file or directory"
     assert node.probe()["state"] == "error"
+    inbox = Inbox(listener)
+    inbox.wait_for(lambda msgs: True)
+    assert inbox.messages == []  # nothing was started, nothing reports
 
 
 def test_argv_program_gets_its_arguments_in_the_run_directory(

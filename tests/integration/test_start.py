@@ -260,3 +260,21 @@ def test_an_executor_cache_others_can_write_to_is_refused(tmp_path: Path) -> Non
     done = start(top / "run2", upload, "fg")
     assert done.returncode != 0 and HAVE_MARKER.encode() not in done.stdout
     assert f"refusing {cache}: it is writable by group or others (mode 777)" in done.stderr.decode()
+
+
+def test_a_program_that_cannot_be_executed_says_why_on_the_start_command(tmp_path: Path) -> None:
+    # Detached, nothing would carry the reason home but status.json: the start
+    # command says it instead of a pid (the controller: failed, exit 126, error).
+    data = tmp_path / "data.txt"
+    data.write_text("not a program\n")
+    cfg = config(None, Program(cmd="true"))
+    cfg.update(argv=["./data.txt"], shell=None)
+    upload = payload_bytes(tmp_path, Program(cmd="true"), [data], cfg)
+    done = start(tmp_path / "remote" / RUN_ID, upload, "bg")
+    assert done.returncode == 0, done.stderr
+    assert b"CORUNNER-STARTED" not in done.stdout
+    line = next(ln for ln in done.stdout.decode().splitlines() if ln.startswith("CORUNNER-STATUS "))
+    status = json.loads(line.split(" ", 1)[1])
+    assert (status["state"], status["exit_code"]) == ("error", 126)
+    assert status["error"] == "cannot execute ./data.txt: Permission denied"
+    assert _status(tmp_path / "remote" / RUN_ID) == status

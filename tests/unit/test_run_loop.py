@@ -288,3 +288,26 @@ def test_a_session_keeps_only_the_tail_of_its_output_as_a_whole():
         kept = remote.keep_tail(kept, b"x" * 10_000, cap=65536)
     assert len(kept) == 65536
     assert remote.keep_tail(b"ab", b"cd", cap=3) == b"bcd"
+
+
+def test_a_program_that_cannot_start_fails_with_the_nodes_reason_and_its_bytes_counted(tmp_path):
+    clock = FakeClock()
+    run = make_run(tmp_path, ["a", "b"], clock)
+    why = "cannot execute ./job.sh: Permission denied; is remote_dir on a noexec mount?"
+    watch = FakeWatch(clock)
+
+    def start(host: Host) -> Started:
+        if host.id == "a":
+            return Started("a", clock(), sent=6000, ended=(126, None, why))
+        watch.events.put(Exited("b", clock(), 0, None))
+        return Started("b", clock(), pid=9, sent=160_000)
+
+    report = run.drive(start, watch)
+    rows = {h.host: h for h in report.hosts}
+    assert (rows["a"].state, rows["a"].exit_code, rows["a"].error) == ("failed", 126, why)
+    assert rows["b"].state == "succeeded"
+    assert report.exit_code == EXIT_FAILED
+    hosts_recorded = recorded(run)["hosts"]
+    assert hosts_recorded["a"]["error"] == why
+    assert (hosts_recorded["a"]["bytes_sent"], hosts_recorded["b"]["bytes_sent"]) == (6000, 160_000)
+    assert watch.watched == []  # nothing to watch: a's program never ran
