@@ -83,6 +83,9 @@ def _embedded(function: Any) -> str:
     return source
 
 
+#: Where ``run --stdin FILE`` lands in the run directory (the program's stdin).
+STDIN_PATH = ".corunner/stdin"
+
 #: The two answers of the start boot code, on a line of their own: the node has
 #: this executor in its cache (send the rest of the upload), or needs it first.
 HAVE_MARKER, NEED_MARKER = "CORUNNER-HAVE", "CORUNNER-NEED"
@@ -270,14 +273,26 @@ class Payload:
     to a temporary file, which :meth:`remove` deletes.
     """
 
-    def __init__(self, program: Program, files: Sequence[str], workdir: str):
+    def __init__(
+        self,
+        program: Program,
+        files: Sequence[str],
+        workdir: str,
+        stdin: Optional[str] = None,
+    ):
         for path in files:
             if not os.path.lexists(path):
                 raise UsageError(f"no such file to upload: {path}")
+        if stdin is not None and not os.path.isfile(stdin):
+            raise UsageError(f"no such file for --stdin: {stdin}")
         #: The executor and its bytecode, for a node whose cache lacks them.
         self.executor = b"".join(frame(name, data) for name, data in executor_files())
         fd, self.path = tempfile.mkstemp(prefix="corunner-payload-", dir=workdir)
         with os.fdopen(fd, "wb") as f:
+            if stdin is not None:
+                f.write(frame_header(FRAME_FILE, STDIN_PATH.encode(), os.path.getsize(stdin)))
+                with open(stdin, "rb") as src:
+                    shutil.copyfileobj(src, f, remote.CHUNK)
             if program.script:
                 mode = 0o755 if program.shebang else 0o644
                 script = os.fsencode(os.path.basename(program.script))

@@ -36,7 +36,7 @@ from .errors import (
 )
 from .fanout import DEFAULT_PARALLEL, Outcome, on_each
 from .hostrange import fold
-from .inventory import Host, Inventory, clean_remote_dir
+from .inventory import ENV_NAME, Host, Inventory, clean_remote_dir
 from .liveness import State
 from .loader import load_inventory
 from .record import find_run
@@ -298,6 +298,17 @@ def _remote_dir(hosts: List[Host], remote_dir: Optional[str]) -> List[Host]:
     return [dataclasses.replace(h, remote_dir=clean) for h in hosts]
 
 
+def _env_pairs(values: List[str]) -> Tuple[Tuple[str, str], ...]:
+    """``--env NAME=VALUE`` options as (name, value) pairs; UsageError for a bad one."""
+    pairs: Dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not ENV_NAME.fullmatch(name):
+            raise UsageError(f"--env wants NAME=VALUE with a variable name, got {item!r}")
+        pairs[name] = value
+    return tuple(pairs.items())
+
+
 def print_report(report: RunReport, out: Out) -> None:
     rows = [
         (
@@ -345,9 +356,12 @@ def _next_steps(report: RunReport) -> str:
         "listen": "HOST:PORT for the heartbeat listener (default: the address nodes reach us by)",
         "remote_dir": "directory on the nodes for the run directory (default: the inventory's remote_dir)",
         "show_output": "after the run, print every host's output, identical outputs once",
+        "env": "NAME=VALUE for the program's environment (repeatable; wins over the inventory's env:)",
+        "stdin": "a local file every node's program reads as its stdin (default: /dev/null)",
         **OUTPUT_HELP,
         **COMMON_HELP,
-    }
+    },
+    iterable=["env"],
 )
 @reported
 def run(
@@ -370,6 +384,8 @@ def run(
     show_output: bool = False,
     diff: bool = False,
     stream: Optional[str] = None,
+    env: Optional[List[str]] = None,
+    stdin: Optional[str] = None,
 ) -> None:
     """Run a script or command on every selected node at once and watch it to the end."""
     inv, selected = _select(inventory, hosts)
@@ -387,9 +403,13 @@ def run(
         listen=_parse_listen(listen),
         parallel=_number("parallel", parallel, DEFAULT_PARALLEL, integer=True),
         accept_new_host_keys=accept_new_host_keys,
+        env=_env_pairs(env or []),
+        stdin=stdin,
     )
     view = live.run_view(out.stream, [h.id for h in selected], spec.deadline)
-    meta = {"inventory": inv.source, "selection": hosts}
+    meta: Dict[str, Any] = {"inventory": inv.source, "selection": hosts}
+    # What was uploaded into each run directory: collect leaves it there (names only).
+    meta["inputs"] = [os.path.basename(os.path.abspath(p)) for p in (script, *spec.files) if p]
     if remote_dir is not None:
         meta["remote_dir"] = selected[0].remote_dir
     the_run = Run(selected, spec, meta=meta, on_change=view.on_change)
@@ -555,6 +575,7 @@ def stop(
         "src": "remote path to pull instead of the run's directory",
         "dest": "local directory (default: results/<run id>)",
         "divide": "one directory per host, DEST/<host>/",
+        "with_inputs": "also bring what was uploaded: the script, --files, the executor",
         **COMMON_HELP,
     }
 )
@@ -570,10 +591,12 @@ def collect(
     parallel: Optional[str] = None,
     json: bool = False,
     accept_new_host_keys: bool = False,
+    with_inputs: bool = False,
 ) -> None:
-    """Pull a run's directory (or --src) from every node that ran it."""
+    """Pull a run's results (or --src) from every node that ran it."""
     out = Out(json)
     run_id = None
+    inputs: List[str] = []
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     if src and hosts and not run:
         _, selected = _select(inventory, hosts)
@@ -584,11 +607,21 @@ def collect(
         inv = load_inventory(inventory or data.get("inventory"))
         only = [h.id for h in inv.select(hosts)] if hosts else None
         selected = postrun.record_hosts(data, inv, only)
+        inputs = [str(name) for name in data.get("inputs") or []]
     dest = dest or os.path.join("results", run_id or "pulled")
     began = time.monotonic()
     with live.TransferView(out.stream, len(selected), "collect") as view:
         outcomes = postrun.collect(
-            selected, src, dest, divide, run_id, workers, accept_new_host_keys, view.done
+            selected,
+            src,
+            dest,
+            divide,
+            run_id,
+            workers,
+            accept_new_host_keys,
+            view.done,
+            inputs=inputs,
+            with_inputs=with_inputs,
         )
     label = src or f"<remote_dir>/{run_id}"
     _finish_transfer(outcomes, out, "collect", "pull", label, dest, began, run_id)

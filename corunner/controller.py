@@ -97,7 +97,7 @@ class Run:
         """Start every host over SSH, watch until nothing is left to wait for, record."""
         spec = self.spec
         raise_open_files_limit(len(self.hosts) + 256)
-        payload = Payload(spec.program, spec.files, tempfile.gettempdir())
+        payload = Payload(spec.program, spec.files, tempfile.gettempdir(), spec.stdin)
         try:
             listener = None
             watch: Watch

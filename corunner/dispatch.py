@@ -16,7 +16,7 @@ import fabric
 
 from . import executor as executor_module
 from . import remote
-from .bootstrap import HAVE_MARKER, NEED_MARKER, Payload, start_command
+from .bootstrap import HAVE_MARKER, NEED_MARKER, STDIN_PATH, Payload, start_command
 from .errors import StartError
 from .inventory import Host
 from .listener import Listener
@@ -166,11 +166,14 @@ class SshStarter:
             linger=spec.linger,
             controller=self._controller_addresses(conn, host) if spec.heartbeat else [],
             env={
+                **dict(host.env),
+                **dict(spec.env),
                 "CORUNNER_RUN_ID": self.run_id,
                 "CORUNNER_HOST": host.id,
                 "CORUNNER_NODE_INDEX": str(self.index[host.id]),
                 "CORUNNER_NODE_COUNT": str(self.count),
             },
+            stdin=STDIN_PATH if spec.stdin else None,
             **spec.program.config_for(host),
         )
 

@@ -448,6 +448,7 @@ class Config(_Frozen):
         "heartbeat",
         "linger",
         "env",
+        "stdin",
     )
     run_id: str
     host: str
@@ -459,6 +460,7 @@ class Config(_Frozen):
     heartbeat: bool
     linger: float
     env: Dict[str, str]
+    stdin: Optional[str]
 
     def __init__(
         self,
@@ -472,6 +474,7 @@ class Config(_Frozen):
         heartbeat: bool,
         linger: float,
         env: Dict[str, str],
+        stdin: Optional[str] = None,
     ) -> None:
         self.__dict__.update(
             run_id=run_id,
@@ -484,6 +487,7 @@ class Config(_Frozen):
             heartbeat=heartbeat,
             linger=linger,
             env=env,
+            stdin=stdin,
         )
 
 
@@ -499,11 +503,13 @@ def config_document(
     heartbeat: bool,
     linger: float,
     env: Dict[str, str],
+    stdin: Optional[str] = None,
 ) -> Dict[str, Any]:
     """config.json as the controller writes it, for :func:`parse_config` on the node.
 
     Its keys are the fields of :class:`Config`, in order; ``controller`` is a
-    list of (host, port), host "" for the SSH client's address.
+    list of (host, port), host "" for the SSH client's address; ``stdin`` the
+    file in the run directory the program reads as its stdin (None: /dev/null).
     """
     return {
         "run_id": run_id,
@@ -516,6 +522,7 @@ def config_document(
         "heartbeat": heartbeat,
         "linger": linger,
         "env": env,
+        "stdin": stdin,
     }
 
 
@@ -572,6 +579,11 @@ def parse_config(data: Any) -> Config:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise ValueError("env must map strings to strings")
+    stdin = data["stdin"]
+    if stdin is not None and (
+        not isinstance(stdin, str) or not stdin or stdin.startswith("/") or ".." in stdin.split("/")
+    ):
+        raise ValueError("stdin must be null or a relative path in the run directory")
     return Config(
         run_id=data["run_id"],
         host=data["host"],
@@ -583,6 +595,7 @@ def parse_config(data: Any) -> Config:
         heartbeat=bool(data["heartbeat"]),
         linger=linger,
         env=dict(env),
+        stdin=stdin,
     )
 
 
@@ -1115,7 +1128,7 @@ class Session:
         _reserve(self.run_dir)
         try:
             with out, err:
-                self.pid = _spawn(argv, env, out.fileno(), err.fileno())
+                self.pid = _spawn(argv, env, out.fileno(), err.fileno(), cfg.stdin or os.devnull)
         except OSError as exc:
             code = 126 if isinstance(exc, PermissionError) else 127
             why = _exec_error(argv[0], argv[0], exc.strerror or str(exc))

@@ -29,12 +29,14 @@ DEFAULT_REMOTE_DIR = "/tmp/corunner-{user}"
 DEFAULT_PYTHON = "python3"
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds
 
-SETTINGS = ("user", "port", "key", "known_hosts", "remote_dir", "python", "connect_timeout")
+SETTINGS = ("user", "port", "key", "known_hosts", "remote_dir", "python", "connect_timeout", "env")
 TOP_KEYS = ("defaults", "groups")
 GROUP_KEYS = ("hosts",) + SETTINGS
 
 # A group name must survive split_patterns and never read as a host pattern.
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+#: An environment variable's name, as POSIX shells accept it.
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A selection word that can only be meant as a group: no digits, dots, brackets, colons.
 _GROUP_LIKE = re.compile(r"[A-Za-z_-]+")
 
@@ -54,6 +56,8 @@ class Host:
     python: str
     connect_timeout: float  # seconds
     groups: tuple[str, ...] = ()
+    #: The program's environment variables on this host (``env:``), sorted by name.
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def id(self) -> str:
@@ -226,7 +230,10 @@ class _Builder:
                 path + ("hosts",),
             )
         settings = dict(inherited)
-        settings.update(self.settings(group, path))
+        own = self.settings(group, path)
+        if "env" in own:  # a group's env: adds to the defaults' (and wins), never replaces them
+            own["env"] = tuple(sorted({**dict(inherited["env"]), **dict(own["env"])}.items()))
+        settings.update(own)
         hosts = []
         for index, entry in enumerate(entries):
             hosts.extend(self.entry_hosts(name, entry, settings, path + ("hosts", index)))
@@ -269,6 +276,7 @@ class _Builder:
             "remote_dir": self.remote_dir,
             "python": self.python,
             "connect_timeout": self.connect_timeout,
+            "env": self.env,
         }
         return {k: checks[k](mapping[k], path + (k,)) for k in SETTINGS if k in mapping}
 
@@ -281,6 +289,7 @@ class _Builder:
             "remote_dir": None,  # per user: default_remote_dir, once the user is known
             "python": DEFAULT_PYTHON,
             "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+            "env": (),
         }
 
     def require_user(self, settings: dict[str, Any], path: KeyPath) -> None:
@@ -353,6 +362,22 @@ class _Builder:
         if not isinstance(value, str) or not value.strip():
             raise self.error(f"python must be a command such as python3, not {_kind(value)}", path)
         return value.strip()
+
+    def env(self, value: object, path: KeyPath) -> tuple[tuple[str, str], ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, dict):
+            raise self.error(f"env must be a mapping of NAME: value, not {_kind(value)}", path)
+        pairs = {}
+        for name, item in value.items():
+            if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+                raise self.error(f"env: {name!r} is not a variable name", path + (name,))
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                raise self.error(
+                    f"env: {name} must be a string or a number, not {_kind(item)}", path + (name,)
+                )
+            pairs[name] = str(item)
+        return tuple(sorted(pairs.items()))
 
     def connect_timeout(self, value: object, path: KeyPath) -> float:
         if (

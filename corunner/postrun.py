@@ -12,7 +12,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Dict, List, Optional
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence
 
 from . import remote, transfer
 from .bootstrap import ask_command, remote_dir_of, run_dir
@@ -171,6 +171,12 @@ def stop(
     return outcomes
 
 
+#: What collect never brings home from a run directory: the secret, and spare space.
+NEVER_COLLECTED = (".corunner/config.json", ".corunner/status.reserve")
+#: What it brings only with ``--with-inputs``: the executor and the program's stdin.
+INPUTS = (".corunner/executor.py", ".corunner/__pycache__", ".corunner/stdin")
+
+
 def collect(
     hosts: List[Host],
     src: Optional[str],
@@ -180,15 +186,22 @@ def collect(
     parallel: int = DEFAULT_PARALLEL,
     accept_new_host_keys: bool = False,
     done: Done = None,
+    inputs: Sequence[str] = (),
+    with_inputs: bool = False,
 ) -> Dict[str, Outcome[transfer.Pulled]]:
-    """Pull ``src`` (default: the run's directory, without its secret) from every host.
+    """Pull ``src`` (default: the run's results) from every host.
 
-    ``done(outcome)`` is called from a worker thread as each host ends, for progress.
+    A run's results are its directory without what was sent to it: the
+    executor, the config (with the secret: never), the program's stdin and
+    ``inputs`` (the names of the uploaded script and files, from the run's
+    record), unless ``with_inputs``. ``done(outcome)`` is called from a worker
+    thread as each host ends, for progress.
     """
+    leave = list(NEVER_COLLECTED) + ([] if with_inputs else [*INPUTS, *inputs])
 
     def work(conn: Any, host: Host) -> transfer.Pulled:
         path = src or run_dir(host, run_id or "")
-        exclude = None if src else ".corunner/config.json"
+        exclude = () if src else leave
         name = None if src else run_id  # DEST/<run id>.<host> without --divide
         return transfer.pull(conn, host, path, dest, divide, exclude, contents=not src, name=name)
 

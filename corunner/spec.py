@@ -76,6 +76,10 @@ class RunSpec:
     parallel: int = DEFAULT_PARALLEL
     accept_new_host_keys: bool = False
     linger: float = 60.0
+    #: ``--env NAME=VALUE``: added to (and winning over) each host's ``env:``.
+    env: Tuple[Tuple[str, str], ...] = ()
+    #: ``--stdin FILE``: a local file every node's program reads as its stdin.
+    stdin: Optional[str] = None
 
     @property
     def silence_limit(self) -> float:

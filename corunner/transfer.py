@@ -30,7 +30,7 @@ import tarfile
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from typing import IO, Iterator, List, Optional
+from typing import IO, Iterator, List, Optional, Sequence
 
 import fabric
 import paramiko
@@ -74,17 +74,21 @@ fi
 echo CORUNNER-OK
 """
 
-#: Pull: $1 = source path, $2 = a path to leave out (or ""), $3 = marker.
+#: Pull: $1 = source path, $2 = marker, $3... = paths under it to leave out
+#: (each exactly: no wildcards, from the top of the source).
 PULL_SCRIPT = r"""
-src=$1
+src=$1 marker=$2
+shift 2
 if [ ! -e "$src" ] && [ ! -L "$src" ]; then
   echo "CORUNNER-ERROR no such file or directory: $src" >&2; exit 66
 fi
 cd -- "$(dirname -- "$src")" || exit 1
 base=$(basename -- "$src")
-printf '%s\n' "$3"
-if [ -n "$2" ]; then exec tar -cf - --no-unquote --exclude="$base/$2" -- "$base"; fi
-exec tar -cf - --no-unquote -- "$base"
+n=$#
+for x in "$@"; do set -- "$@" "--exclude=$base/$x"; done
+shift "$n"
+printf '%s\n' "$marker"
+exec tar -cf - --no-unquote --anchored --no-wildcards "$@" -- "$base"
 """
 
 
@@ -249,7 +253,7 @@ def pull(
     src: str,
     dest: str,
     divide: bool,
-    exclude: Optional[str] = None,
+    exclude: Sequence[str] = (),
     contents: bool = False,
     name: Optional[str] = None,
 ) -> Pulled:
@@ -273,7 +277,7 @@ def pull(
             host.id,
             f"copy of {src} needs tarfile's data filter: use Python 3.10.12, 3.11.4 or later",
         )
-    command = remote.sh(PULL_SCRIPT, src, exclude or "", MARKER)
+    command = remote.sh(PULL_SCRIPT, src, MARKER, *exclude)
 
     def consume(stream: IO[bytes]) -> Optional[Pulled]:
         try:

@@ -203,3 +203,50 @@ def test_stop_ends_daemons_and_setsid_children_on_every_node(lab, cli, on_node):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_env_and_stdin_reach_every_program_and_no_command_line(lab, cli, tmp_path, on_node):
+    secret = f"s3cr3t-{secrets.token_hex(4)}"
+    given = tmp_path / "input.txt"
+    given.write_text("the same input\n")
+    data = yaml.safe_load(lab.inventory.read_text())
+    data["defaults"]["env"] = {"FROM_INVENTORY": "inv", "TOKEN": "overridden"}
+    inventory = tmp_path / "env.yaml"
+    inventory.write_text(yaml.safe_dump(data))
+    proc = cli.popen(
+        "run", "--cmd", 'cat; echo "$FROM_INVENTORY $TOKEN"; sleep 3', "--env", f"TOKEN={secret}",
+        "--stdin", str(given), "--inventory", str(inventory), *FAST,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: len(cli.states()) == 8, 60)
+        for node in lab.nodes:
+            assert secret not in on_node(node.index, "ps -eo args")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == EXIT_OK, out + err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    done, doc = cli.json("status", "--output")
+    assert [g["output"] for g in doc["outputs"]["groups"]] == [f"the same input\ninv {secret}\n"]
+
+
+def test_collect_brings_results_not_inputs_unless_asked(lab, cli, tmp_path):
+    # Before: collect brought the executor, its bytecode, the script and every --files back.
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\ncp data.txt result.txt\n")
+    data = tmp_path / "data.txt"
+    data.write_text("input\n")
+    one = ("--hosts", lab.nodes[0].address)
+    done = cli("run", "--script", str(script), "--files", str(data), *one, *FAST)
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    for flags, inputs in (((), False), (("--with-inputs",), True)):
+        dest = tmp_path / f"got-{inputs}"
+        done = cli("collect", "--dest", str(dest), "--divide", *flags)
+        assert done.returncode == EXIT_OK, done.stdout + done.stderr
+        here = dest / lab.nodes[0].address
+        assert (here / "result.txt").read_text() == "input\n"
+        assert {"stdout", "stderr", "status.json"} <= {p.name for p in here.iterdir()}
+        for path in ("job.sh", "data.txt", ".corunner/executor.py"):
+            assert (here / path).exists() == inputs, path
+        assert not (here / ".corunner" / "config.json").exists()  # the secret, never

@@ -26,6 +26,7 @@ from corunner.bootstrap import (
     HAVE_MARKER,
     NEED_MARKER,
     START_SCRIPT,
+    STDIN_PATH,
     Payload,
     boot_frame,
     executor_key,
@@ -278,3 +279,21 @@ def test_a_program_that_cannot_be_executed_says_why_on_the_start_command(tmp_pat
     assert (status["state"], status["exit_code"]) == ("error", 126)
     assert status["error"] == "cannot execute ./data.txt: Permission denied"
     assert _status(tmp_path / "remote" / RUN_ID) == status
+
+
+def test_stdin_file_and_env_reach_the_program(tmp_path: Path) -> None:
+    given = tmp_path / "input.txt"
+    given.write_text("line one\nline two\n")
+    program = Program(cmd='cat; printf "%s\\n" "$TOKEN"')
+    cfg = config(None, program, heartbeat=False)
+    cfg.update(stdin=STDIN_PATH, env={"TOKEN": "s3cr3t value"})
+    payload = Payload(program, [], str(tmp_path), stdin=str(given))
+    try:
+        upload = {said: b"".join(payload.reply(cfg)(said)) for said in (HAVE_MARKER, NEED_MARKER)}
+    finally:
+        payload.remove()
+    run_dir = tmp_path / "remote" / RUN_ID
+    done = start(run_dir, upload, "fg")
+    assert done.returncode == 0, done.stderr
+    assert (run_dir / "stdout").read_text() == "line one\nline two\ns3cr3t value\n"
+    assert _mode(run_dir / STDIN_PATH) == 0o600

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Optional
 
 import pytest
@@ -401,3 +402,31 @@ def test_settings_are_type_checked(data: dict, message: str) -> None:
 @pytest.mark.parametrize("name", ["a b", "x,y", "n[1-2]", "", 5])
 def test_group_names_must_be_selectable(name: Any) -> None:
     assert "bad group name" in failure({"groups": {name: {"hosts": ["a"]}}}).msg
+
+
+def test_env_of_a_group_adds_to_the_defaults_and_wins() -> None:
+    inv = build(
+        {
+            "defaults": {"env": {"A": "1", "B": "from defaults"}},
+            "groups": {
+                "g": {"hosts": ["a"], "env": {"B": "from g", "C": 3}},
+                "h": {"hosts": ["b"]},
+            },
+        }
+    )
+    assert dict(inv.host("a").env) == {"A": "1", "B": "from g", "C": "3"}
+    assert dict(inv.host("b").env) == {"A": "1", "B": "from defaults"}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (["A=1"], "env must be a mapping of NAME: value"),
+        ({"1A": "x"}, "env: '1A' is not a variable name"),
+        ({"A-B": "x"}, "env: 'A-B' is not a variable name"),
+        ({"A": ["x"]}, "env: A must be a string or a number, not a list"),
+    ],
+)
+def test_bad_env_is_one_error_naming_the_variable(env: object, message: str) -> None:
+    with pytest.raises(InventoryError, match=re.escape(message)):
+        build({"defaults": {"env": env}, "groups": {"g": {"hosts": ["a"]}}})

@@ -219,3 +219,19 @@ def test_a_tree_is_archived_at_once_and_a_missing_source_is_a_usage_error(tmp_pa
         assert sorted(tar.getnames()) == ["payload", "payload/sub", "payload/sub/f"]
     with pytest.raises(UsageError, match="no such local file or directory"):
         transfer.build_archive(str(tmp_path / "missing"), str(tmp_path / "work"))
+
+
+def test_pull_leaves_out_exactly_the_paths_named(tmp_path):
+    run = tmp_path / "run"
+    for name in (".corunner/executor.py", ".corunner/log", "in*put", "input2", "sub/input2", "out"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(name)
+    command = remote.sh(
+        transfer.PULL_SCRIPT, str(run), "MARK", ".corunner/executor.py", "in*put", "input2"
+    )
+    done = subprocess.run(["sh", "-c", command.line], input=command.head, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    archive = done.stdout.split(b"MARK\n", 1)[1]
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        names = sorted(m.name for m in tar.getmembers() if m.isfile())
+    assert names == ["run/.corunner/log", "run/out", "run/sub/input2"]
