@@ -472,7 +472,10 @@ def await_marker(
             err.append(chan.recv_stderr(CHUNK))
             got = True
         if chan.recv_ready():
-            out += chan.recv(CHUNK)
+            data = chan.recv(CHUNK)
+            if not data:  # the end of stdout
+                return None, out, b"".join(err)
+            out += data
             got = True
             for line in out.splitlines():  # a few lines of noise at most
                 if line in wanted:

@@ -235,3 +235,15 @@ def test_pull_leaves_out_exactly_the_paths_named(tmp_path):
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         names = sorted(m.name for m in tar.getmembers() if m.isfile())
     assert names == ["run/.corunner/log", "run/out", "run/sub/input2"]
+
+
+def test_a_conversation_waits_for_its_marker_on_a_line_of_its_own_after_the_noise():
+    chan = FakeChannel([b"noise CORUNNER-NEED\nCORUNNER-", b"NEED\n"], stderr=[b"warning\n"])
+    said, out, err = remote.await_marker(chan, ["CORUNNER-HAVE", "CORUNNER-NEED"])  # type: ignore[arg-type]
+    assert (said, out, err) == (
+        "CORUNNER-NEED",
+        b"noise CORUNNER-NEED\nCORUNNER-NEED\n",
+        b"warning\n",
+    )
+    ended = FakeChannel([b"CORUNNER-ERROR python missing\n"])
+    assert remote.await_marker(ended, ["CORUNNER-HAVE"])[0] is None  # type: ignore[arg-type]
