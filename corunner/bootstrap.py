@@ -58,17 +58,21 @@ def take(n):
 exec(take(int(take(8))))
 """
 
+
 #: What the boot codes share: argv is the remote_dir, the executor's path in
 #: the run directory, then the executor's own arguments (so a node's process
 #: list reads ``.../executor.py start ...``); and the one check of remote_dir
 #: and everything under it (executor.private_dirs).
-_BOOT_HEAD = (
-    "from __future__ import annotations\n"  # the embedded functions' annotations stay text
-    "import sys\n"
-    "top = sys.argv.pop(1)\n"
-    "x = sys.argv.pop(1)\n"
-    "d = os.path.dirname(os.path.dirname(x))\n"
-)
+def _boot_head(owner: bool = False) -> str:
+    """The first lines of a boot code (``owner``: argv first holds the uid to check for)."""
+    return (
+        "from __future__ import annotations\n"  # the embedded functions' annotations stay text
+        "import sys\n"
+        + ("owner = int(sys.argv.pop(1))\n" if owner else "")
+        + "top = sys.argv.pop(1)\n"
+        "x = sys.argv.pop(1)\n"
+        "d = os.path.dirname(os.path.dirname(x))\n"
+    )
 
 
 def _embedded(function: Any) -> str:
@@ -166,7 +170,7 @@ def start_boot() -> str:
     """The start boot code for this executor (its cache key and file sizes inside)."""
     files = [(name[len(".corunner/") :], name, len(data)) for name, data in executor_files()]
     return (
-        _BOOT_HEAD
+        _boot_head()
         + _embedded(executor_module.private_dirs)
         + _START.replace("@HEADER@", str(executor_module.FRAME_HEADER))
         .replace("@CACHE@", CACHE_DIR)
@@ -179,12 +183,13 @@ def start_boot() -> str:
 
 #: Probe or stop (after LOADER): refuse a remote_dir or run directory another
 #: user could have written to (its executor would run as us), else import
-#: the run's executor and hand over.
+#: the run's executor and hand over. argv[1] is the uid they must belong to
+#: (the node user's: stop may run as root through sudo).
 ASK_BOOT = (
-    _BOOT_HEAD
+    _boot_head(owner=True)
     + _embedded(executor_module.private_dirs)
     + r"""
-why = private_dirs(top, d + "/.corunner", False)
+why = private_dirs(top, d + "/.corunner", False, owner)
 if why:
     sys.exit("CORUNNER-ERROR " + why)
 sys.path.insert(0, os.path.dirname(x))
@@ -216,16 +221,23 @@ exec "$py" -I -S -c "$loader" "$top" "$dir/.corunner/executor.py" start "$dir" "
 """.replace("@LOADER@", shlex.quote(LOADER))
 
 #: Ask the executor on the node about a run: $1 = remote_dir, $2 = run
-#: directory, $3 = python, $4 = verb; ASK_BOOT follows on stdin.
+#: directory, $3 = python, $4 = verb, $5 = the user the run's program runs
+#: as through sudo, or "" (stop then runs as that user too, to end it);
+#: ASK_BOOT follows on stdin.
 ASK_SCRIPT = r"""
-top=$1 dir=$2 py=$3 loader=@LOADER@
+top=$1 dir=$2 py=$3 loader=@LOADER@ owner=$(id -u)
 if [ ! -f "$dir/.corunner/executor.py" ]; then  # never started here, or removed since
   case $4 in
     stop) echo "CORUNNER-STOP {\"stopped\": false, \"state\": \"missing\"}" ;;
     *) echo "CORUNNER-PROBE {\"state\": \"missing\"}" ;;
   esac
   exit 0; fi
-exec "$py" -I -S -c "$loader" "$top" "$dir/.corunner/executor.py" "$4" "$dir"
+as=$5
+set -- "$py" -I -S -c "$loader" "$owner" "$top" "$dir/.corunner/executor.py" "$4" "$dir"
+if [ -n "$as" ] && [ "$4" = stop ]; then
+  sudo -n -u "$as" -- "$@" && exit 0
+  echo "CORUNNER-ERROR stop needs passwordless sudo (NOPASSWD) for $as" >&2; exit 1; fi
+exec "$@"
 """.replace("@LOADER@", shlex.quote(LOADER))
 
 
@@ -238,7 +250,9 @@ def start_command(host: Host, run_id: str, foreground: bool) -> remote.Command:
 
 def ask_command(host: Host, run_id: str, verb: str) -> remote.Command:
     """The command that asks ``host``'s executor about ``run_id`` (verb: probe or stop)."""
-    command = remote.sh(ASK_SCRIPT, host.remote_dir, run_dir(host, run_id), host.python, verb)
+    command = remote.sh(
+        ASK_SCRIPT, host.remote_dir, run_dir(host, run_id), host.python, verb, host.become or ""
+    )
     return command.followed_by(boot_frame(ASK_BOOT))
 
 

@@ -358,6 +358,8 @@ def _next_steps(report: RunReport) -> str:
         "show_output": "after the run, print every host's output, identical outputs once",
         "env": "NAME=VALUE for the program's environment (repeatable; wins over the inventory's env:)",
         "stdin": "a local file every node's program reads as its stdin (default: /dev/null)",
+        "sudo": "run the program as root through sudo -n (as the inventory's become: true)",
+        "sudo_user": "run the program as this user through sudo -n (implies --sudo)",
         **OUTPUT_HELP,
         **COMMON_HELP,
     },
@@ -386,6 +388,8 @@ def run(
     stream: Optional[str] = None,
     env: Optional[List[str]] = None,
     stdin: Optional[str] = None,
+    sudo: bool = False,
+    sudo_user: Optional[str] = None,
 ) -> None:
     """Run a script or command on every selected node at once and watch it to the end."""
     inv, selected = _select(inventory, hosts)
@@ -405,11 +409,14 @@ def run(
         accept_new_host_keys=accept_new_host_keys,
         env=_env_pairs(env or []),
         stdin=stdin,
+        become=(sudo_user or "root") if (sudo or sudo_user) else None,
     )
     view = live.run_view(out.stream, [h.id for h in selected], spec.deadline)
     meta: Dict[str, Any] = {"inventory": inv.source, "selection": hosts}
     # What was uploaded into each run directory: collect leaves it there (names only).
     meta["inputs"] = [os.path.basename(os.path.abspath(p)) for p in (script, *spec.files) if p]
+    if spec.become:
+        meta["become"] = spec.become  # stop ends the programs as that user
     if remote_dir is not None:
         meta["remote_dir"] = selected[0].remote_dir
     the_run = Run(selected, spec, meta=meta, on_change=view.on_change)

@@ -174,6 +174,7 @@ class SshStarter:
                 "CORUNNER_NODE_COUNT": str(self.count),
             },
             stdin=STDIN_PATH if spec.stdin else None,
+            become=spec.become or host.become,
             **spec.program.config_for(host),
         )
 

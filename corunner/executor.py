@@ -449,6 +449,7 @@ class Config(_Frozen):
         "linger",
         "env",
         "stdin",
+        "become",
     )
     run_id: str
     host: str
@@ -461,6 +462,7 @@ class Config(_Frozen):
     linger: float
     env: Dict[str, str]
     stdin: Optional[str]
+    become: Optional[str]
 
     def __init__(
         self,
@@ -475,6 +477,7 @@ class Config(_Frozen):
         linger: float,
         env: Dict[str, str],
         stdin: Optional[str] = None,
+        become: Optional[str] = None,
     ) -> None:
         self.__dict__.update(
             run_id=run_id,
@@ -488,6 +491,7 @@ class Config(_Frozen):
             linger=linger,
             env=env,
             stdin=stdin,
+            become=become,
         )
 
 
@@ -504,12 +508,14 @@ def config_document(
     linger: float,
     env: Dict[str, str],
     stdin: Optional[str] = None,
+    become: Optional[str] = None,
 ) -> Dict[str, Any]:
     """config.json as the controller writes it, for :func:`parse_config` on the node.
 
     Its keys are the fields of :class:`Config`, in order; ``controller`` is a
     list of (host, port), host "" for the SSH client's address; ``stdin`` the
-    file in the run directory the program reads as its stdin (None: /dev/null).
+    file in the run directory the program reads as its stdin (None: /dev/null);
+    ``become`` the user the program runs as through ``sudo -n`` (None: ours).
     """
     return {
         "run_id": run_id,
@@ -523,6 +529,7 @@ def config_document(
         "linger": linger,
         "env": env,
         "stdin": stdin,
+        "become": become,
     }
 
 
@@ -584,6 +591,9 @@ def parse_config(data: Any) -> Config:
         not isinstance(stdin, str) or not stdin or stdin.startswith("/") or ".." in stdin.split("/")
     ):
         raise ValueError("stdin must be null or a relative path in the run directory")
+    become = data["become"]
+    if become is not None and (not isinstance(become, str) or not become or become[0] == "-"):
+        raise ValueError("become must be null or a user name")
     return Config(
         run_id=data["run_id"],
         host=data["host"],
@@ -596,6 +606,7 @@ def parse_config(data: Any) -> Config:
         linger=linger,
         env=dict(env),
         stdin=stdin,
+        become=become,
     )
 
 
@@ -669,7 +680,41 @@ def program_env(cfg: Config, run_dir: str) -> Dict[str, str]:
 
 def program_argv(cfg: Config) -> List[str]:
     """What the executor runs: the script's argv, or the command under /bin/sh -c."""
-    return cfg.argv if cfg.argv is not None else ["/bin/sh", "-c", cfg.shell or ""]
+    argv = cfg.argv if cfg.argv is not None else ["/bin/sh", "-c", cfg.shell or ""]
+    if cfg.become:
+        # -E keeps the run's environment (CORUNNER_*, --env): stop finds the
+        # program by it, and its values never go on a command line.
+        return ["sudo", "-n", "-E", "-u", cfg.become, "--", *argv]
+    return argv
+
+
+def cannot_become(cfg: Config, env: Dict[str, str]) -> Optional[str]:
+    """Why ``sudo -n -E -u USER`` would not run the program, or None (no sudo, or it works).
+
+    ``-n``: sudo never asks for a password; a host that would need one says so.
+    """
+    if not cfg.become:
+        return None
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["sudo", "-n", "-E", "-u", cfg.become, "--", "true"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run sudo: {exc}"
+    if done.returncode == 0:
+        return None
+    said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    if any("password" in line for line in said):
+        return f"needs passwordless sudo (NOPASSWD) for {cfg.become}"
+    # sudo's first line is the cause; later ones are its plugins giving up.
+    return f"sudo -u {cfg.become} refused: {said[0] if said else f'exit {done.returncode}'}"
 
 
 def cannot_execute(argv: List[str], env: Dict[str, str]) -> Optional[str]:
@@ -1085,6 +1130,7 @@ class Session:
     def __init__(self, cfg: Config, run_dir: str, foreground: bool) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
+        self.foreground = foreground
         self.sel = Poller()
         # Seq starts from the wall clock in ms so that an executor restarted for
         # the same run still sends seqs above the ones the listener has seen.
@@ -1119,6 +1165,10 @@ class Session:
         status = new_status(cfg, time.time())
         env = program_env(cfg, self.run_dir)
         argv = program_argv(cfg)
+        why = cannot_become(cfg, env) if self.foreground else None  # detached: cmd_start asked
+        if why:
+            status.update(state="error", exit_code=126, ended_at=time.time(), error=why)
+            return status
         try:
             out = open(os.path.join(self.run_dir, "stdout"), "wb")
             err = open(os.path.join(self.run_dir, "stderr"), "wb")
@@ -1622,7 +1672,7 @@ def unpack(fd: int) -> bool:
             os.close(out)
 
 
-def private_dirs(top: str, path: str, create: bool) -> Optional[str]:
+def private_dirs(top: str, path: str, create: bool, owner_uid: int = -1) -> Optional[str]:
     """Check (and with ``create``, make) the directories from ``top`` down to ``path``.
 
     ``top`` is the remote_dir; ``path`` is it or lies under it. Each directory
@@ -1634,8 +1684,10 @@ def private_dirs(top: str, path: str, create: bool) -> Optional[str]:
     ``top`` that exist already (``/tmp``, an NFS home) are the system's.
     Returns None, or the one line saying what is wrong with which path and
     how to fix it. Self-contained (``os`` only): the boot code embeds it.
+    ``owner_uid``: whose they must be when that is not us (stop, run as root
+    through sudo, checks the node user's directories).
     """
-    me = os.geteuid()
+    me = os.geteuid() if owner_uid < 0 else owner_uid
 
     def refuse(p: str, why: str, fix: str) -> str:
         return f"refusing {p}: {why} ({fix})"
@@ -1753,7 +1805,8 @@ def cmd_start(run_dir: str, foreground: bool) -> int:
             cfg = parse_config(json_loads(fh.read()))
     except (OSError, ValueError):
         cfg = None  # cmd_run says what is wrong with it, in the log
-    why = cfg and cannot_execute(program_argv(cfg), program_env(cfg, run_dir))
+    env = program_env(cfg, run_dir) if cfg is not None else {}
+    why = cfg and (cannot_become(cfg, env) or cannot_execute(program_argv(cfg), env))
     if cfg is not None and why:
         # Said on the start command's stdout, where the controller reads it: a
         # program that cannot start has nothing to send heartbeats about.

@@ -29,7 +29,18 @@ DEFAULT_REMOTE_DIR = "/tmp/corunner-{user}"
 DEFAULT_PYTHON = "python3"
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds
 
-SETTINGS = ("user", "port", "key", "known_hosts", "remote_dir", "python", "connect_timeout", "env")
+SETTINGS = (
+    "user",
+    "port",
+    "key",
+    "known_hosts",
+    "remote_dir",
+    "python",
+    "connect_timeout",
+    "env",
+    "become",
+    "become_user",
+)
 TOP_KEYS = ("defaults", "groups")
 GROUP_KEYS = ("hosts",) + SETTINGS
 
@@ -58,6 +69,8 @@ class Host:
     groups: tuple[str, ...] = ()
     #: The program's environment variables on this host (``env:``), sorted by name.
     env: tuple[tuple[str, str], ...] = ()
+    #: The user the program runs as through ``sudo -n`` (``become:``), or None.
+    become: Optional[str] = None
 
     @property
     def id(self) -> str:
@@ -264,6 +277,8 @@ class _Builder:
         self.require_user(resolved, path)
         if resolved["remote_dir"] is None:
             resolved["remote_dir"] = default_remote_dir(resolved["user"])
+        become, become_user = resolved.pop("become"), resolved.pop("become_user")
+        resolved["become"] = (become_user or "root") if (become or become_user) else None
         return [Host(name=n, groups=(group,), **resolved) for n in names]
 
     def settings(self, mapping: dict[Any, Any], path: KeyPath) -> dict[str, Any]:
@@ -277,6 +292,8 @@ class _Builder:
             "python": self.python,
             "connect_timeout": self.connect_timeout,
             "env": self.env,
+            "become": self.become,
+            "become_user": self.become_user,
         }
         return {k: checks[k](mapping[k], path + (k,)) for k in SETTINGS if k in mapping}
 
@@ -290,6 +307,8 @@ class _Builder:
             "python": DEFAULT_PYTHON,
             "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
             "env": (),
+            "become": False,
+            "become_user": None,
         }
 
     def require_user(self, settings: dict[str, Any], path: KeyPath) -> None:
@@ -357,6 +376,16 @@ class _Builder:
             return clean_remote_dir(value)
         except ValueError as exc:
             raise self.error(f"remote_dir {exc}", path) from None
+
+    def become(self, value: object, path: KeyPath) -> bool:
+        if not isinstance(value, bool):
+            raise self.error(f"become must be true or false, not {_kind(value)}", path)
+        return value
+
+    def become_user(self, value: object, path: KeyPath) -> Optional[str]:
+        if value is None:
+            return None
+        return self.user(value, path)
 
     def python(self, value: object, path: KeyPath) -> str:
         if not isinstance(value, str) or not value.strip():

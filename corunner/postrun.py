@@ -86,6 +86,8 @@ def record_hosts(
         recorded = remote_dir_of((entry or {}).get("remote_dir") or "", run_id, host.id)
         if recorded is not None:
             host = dataclasses.replace(host, remote_dir=recorded)
+        if data.get("become"):  # run --sudo: the programs run as that user
+            host = dataclasses.replace(host, become=str(data["become"]))
         hosts.append(host)
     return hosts
 

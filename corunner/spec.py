@@ -80,6 +80,8 @@ class RunSpec:
     env: Tuple[Tuple[str, str], ...] = ()
     #: ``--stdin FILE``: a local file every node's program reads as its stdin.
     stdin: Optional[str] = None
+    #: ``--sudo``/``--sudo-user``: the user every program runs as (wins over ``become:``).
+    become: Optional[str] = None
 
     @property
     def silence_limit(self) -> float:

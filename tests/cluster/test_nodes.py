@@ -250,3 +250,56 @@ def test_collect_brings_results_not_inputs_unless_asked(lab, cli, tmp_path):
         for path in ("job.sh", "data.txt", ".corunner/executor.py"):
             assert (here / path).exists() == inputs, path
         assert not (here / ".corunner" / "config.json").exists()  # the secret, never
+
+
+def test_sudo_runs_the_program_as_root_and_stop_still_ends_it(
+    lab, cli, field_users, tmp_path, on_node
+):
+    # Before: no way but --cmd 'sudo -n ...', which --script cannot do.
+    two = ",".join(n.address for n in lab.nodes[:2])
+    deploy = field.user_inventory(lab, tmp_path, "cr-deploy")
+    done, doc = cli.json(
+        "run", "--cmd", 'id -un; echo "$TOKEN"', "--sudo", "--env", "TOKEN=kept",
+        "--inventory", str(deploy), "--hosts", two, *FAST,
+    )  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    done, doc = cli.json("status", "--output")
+    assert [g["output"] for g in doc["outputs"]["groups"]] == ["root\nkept\n"]
+
+    data = yaml.safe_load(deploy.read_text())
+    data["defaults"]["become"] = True
+    become = tmp_path / "become.yaml"
+    become.write_text(yaml.safe_dump(data))
+    proc = cli.popen(
+        "run", "--cmd", "sleep 3141", "--inventory", str(become), "--hosts", two, *FAST
+    )
+    try:
+        for node in lab.nodes[:2]:
+            wait_until(
+                lambda n=node: "root sleep 3141" in on_node(n.index, "ps -eo user=,args="), 60
+            )
+        done = cli("stop")
+        assert done.returncode == EXIT_OK, done.stdout + done.stderr
+        assert done.stdout.count(": stopped") == 2, done.stdout
+        for node in lab.nodes[:2]:
+            wait_until(lambda n=node: "sleep 3141" not in on_node(n.index, "ps -eo args"), 15)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_sudo_that_would_ask_for_a_password_says_so_in_one_line(lab, cli, field_users, tmp_path):
+    node = lab.nodes[3]
+    inventory = field.user_inventory(lab, tmp_path, "cr-zsh")
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\nid -u\n")
+    done, doc = cli.json(
+        "run", "--script", str(script), "--sudo", "--inventory", str(inventory),
+        "--hosts", node.address, *FAST,
+    )  # fmt: skip
+    assert done.returncode == EXIT_FAILED, done.stdout + done.stderr
+    host = doc["hosts"][0]
+    assert (host["state"], host["exit_code"]) == ("failed", 126)
+    assert host["error"] == "needs passwordless sudo (NOPASSWD) for root"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -297,3 +298,19 @@ def test_stdin_file_and_env_reach_the_program(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert (run_dir / "stdout").read_text() == "line one\nline two\ns3cr3t value\n"
     assert _mode(run_dir / STDIN_PATH) == 0o600
+
+
+@pytest.mark.skipif(shutil.which("sudo") is None or os.geteuid() != 0, reason="needs sudo, as root")
+def test_become_runs_the_program_through_sudo_with_the_runs_environment(tmp_path: Path) -> None:
+    program = Program(cmd='id -u; echo "$CORUNNER_RUN_ID $TOKEN"')
+    cfg = config(None, program, heartbeat=False)
+    cfg.update(become="root", env={"TOKEN": "kept"})
+    done = start(tmp_path / "remote" / RUN_ID, payload_bytes(tmp_path, program, [], cfg), "fg")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "remote" / RUN_ID / "stdout").read_text() == f"0\n{RUN_ID} kept\n"
+    cfg.update(become="no-such-user-here")
+    done = start(tmp_path / "remote" / "r2", payload_bytes(tmp_path, program, [], cfg), "bg")
+    line = next(ln for ln in done.stdout.decode().splitlines() if ln.startswith("CORUNNER-STATUS "))
+    status = json.loads(line.split(" ", 1)[1])
+    assert status["exit_code"] == 126
+    assert status["error"].startswith("sudo -u no-such-user-here refused: sudo: unknown user")

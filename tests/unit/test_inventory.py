@@ -430,3 +430,19 @@ def test_env_of_a_group_adds_to_the_defaults_and_wins() -> None:
 def test_bad_env_is_one_error_naming_the_variable(env: object, message: str) -> None:
     with pytest.raises(InventoryError, match=re.escape(message)):
         build({"defaults": {"env": env}, "groups": {"g": {"hosts": ["a"]}}})
+
+
+def test_become_and_become_user_pick_the_user_sudo_runs_the_program_as() -> None:
+    inv = build(
+        {
+            "defaults": {"become": True},
+            "groups": {
+                "g": {"hosts": ["a"]},
+                "h": {"hosts": ["b"], "become_user": "postgres"},
+                "i": {"hosts": ["c"], "become": False},
+            },
+        }
+    )
+    assert [h.become for h in inv.hosts] == ["root", "postgres", None]
+    with pytest.raises(InventoryError, match="become must be true or false"):
+        build({"defaults": {"become": "yes"}, "groups": {"g": {"hosts": ["a"]}}})
