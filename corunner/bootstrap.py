@@ -232,9 +232,9 @@ if [ ! -f "$dir/.corunner/executor.py" ]; then  # never started here, or removed
     *) echo "CORUNNER-PROBE {\"state\": \"missing\"}" ;;
   esac
   exit 0; fi
-as=$5
-set -- "$py" -I -S -c "$loader" "$owner" "$top" "$dir/.corunner/executor.py" "$4" "$dir"
-if [ -n "$as" ] && [ "$4" = stop ]; then
+verb=$4 as=$5
+set -- "$py" -I -S -c "$loader" "$owner" "$top" "$dir/.corunner/executor.py" "$verb" "$dir"
+if [ -n "$as" ] && [ "$verb" = stop ]; then
   sudo -n -u "$as" -- "$@" && exit 0
   echo "CORUNNER-ERROR stop needs passwordless sudo (NOPASSWD) for $as" >&2; exit 1; fi
 exec "$@"

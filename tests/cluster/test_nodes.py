@@ -143,7 +143,9 @@ def test_a_full_disk_loses_no_outcome_and_says_what_it_could_not_write(
             "--remote-dir", f"{tiny}/rd", "--hosts", node.address, *FAST,
         )  # fmt: skip
         assert done.returncode == EXIT_OK, done.stdout + done.stderr
-        assert on_node(node.index, f"df --output=avail -k {tiny}").split()[-1] == "0"
+        # The program filled it: what is left is the executor's reserve, freed at the end.
+        free_kib = int(on_node(node.index, f"df --output=avail -k {tiny}").split()[-1])
+        assert free_kib <= 16
         done, doc = cli.json("status", "--refresh")
         assert done.returncode == EXIT_OK, done.stdout + done.stderr
         entry = doc["hosts"][node.address]
@@ -275,9 +277,7 @@ def test_sudo_runs_the_program_as_root_and_stop_still_ends_it(
     )
     try:
         for node in lab.nodes[:2]:
-            wait_until(
-                lambda n=node: "root sleep 3141" in on_node(n.index, "ps -eo user=,args="), 60
-            )
+            wait_until(lambda n=node: ["root", "sleep", "3141"] in _processes(lab, n), 60)
         done = cli("stop")
         assert done.returncode == EXIT_OK, done.stdout + done.stderr
         assert done.stdout.count(": stopped") == 2, done.stdout
@@ -303,3 +303,10 @@ def test_sudo_that_would_ask_for_a_password_says_so_in_one_line(lab, cli, field_
     host = doc["hosts"][0]
     assert (host["state"], host["exit_code"]) == ("failed", 126)
     assert host["error"] == "needs passwordless sudo (NOPASSWD) for root"
+
+
+def _processes(lab, node) -> list:
+    """Each process of ``node`` as [user, arg, arg, ...]."""
+    from conftest import node_sh
+
+    return [line.split() for line in node_sh(lab, node.index, "ps -eo user=,args=").splitlines()]
