@@ -66,7 +66,12 @@ def test_bad_inventory_is_one_line_with_file_and_line(tmp_path, case):
 
 @pytest.mark.parametrize(
     "selection, message",
-    [("nosuchgroup", "unknown group 'nosuchgroup'"), ("other[1-3]", "matches no host")],
+    [
+        ("nosuchgroup", "unknown group 'nosuchgroup'"),
+        ("lba", "unknown group 'lba' (did you mean 'lab'?)"),
+        ("lab!other3", "'other3' matches no host in ./hosts.yaml (nothing to remove)"),
+        ("lab,", "empty item in the comma list"),
+    ],
 )
 def test_bad_selection_is_one_line(tmp_path, selection, message):
     (tmp_path / "hosts.yaml").write_text(GOOD)
