@@ -23,7 +23,7 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, cast
 
-from invoke import Collection, Context, Exit, Program, task
+from invoke import Collection, Context, Exit
 
 from . import __version__, live, outputs, postrun, render, transfer
 from .controller import Run
@@ -39,6 +39,7 @@ from .hostrange import fold
 from .inventory import Host, Inventory, clean_remote_dir
 from .liveness import State
 from .loader import load_inventory
+from .options import CorunnerProgram, task
 from .record import find_run
 from .report import RunReport, group_by_state
 from .spec import Program as RunProgram
@@ -210,8 +211,8 @@ def hosts(
 @reported
 def cp(
     c: Context,
-    src: str,
-    dest: str,
+    src: Optional[str] = None,
+    dest: Optional[str] = None,
     pull: bool = False,
     divide: bool = False,
     hosts: Optional[str] = None,
@@ -221,6 +222,8 @@ def cp(
     accept_new_host_keys: bool = False,
 ) -> None:
     """Copy a file or tree to every node at once, or (--pull) from every node."""
+    if not src or not dest:
+        raise UsageError("cp needs --src SRC and --dest DEST")
     if divide and not pull:
         raise UsageError(
             "--divide only applies to --pull (one local directory per host): add --pull or drop it"
@@ -341,7 +344,7 @@ def _next_steps(report: RunReport) -> str:
         "interval": "seconds between heartbeats (default 1)",
         "dead_after": "seconds of silence before a node is dead (default 5 intervals)",
         "deadline": "seconds after which still-running nodes time out",
-        "heartbeat": "watch nodes by heartbeat; --no-heartbeat keeps SSH sessions open instead",
+        "no_heartbeat": "no heartbeats: keep each node's SSH session open and wait on it instead",
         "listen": "HOST:PORT for the heartbeat listener (default: the address nodes reach us by)",
         "remote_dir": "directory on the nodes for the run directory (default: the inventory's remote_dir)",
         "show_output": "after the run, print every host's output, identical outputs once",
@@ -362,7 +365,7 @@ def run(
     interval: Optional[str] = None,
     dead_after: Optional[str] = None,
     deadline: Optional[str] = None,
-    heartbeat: bool = True,
+    no_heartbeat: bool = False,
     listen: Optional[str] = None,
     json: bool = False,
     accept_new_host_keys: bool = False,
@@ -383,7 +386,7 @@ def run(
         interval=_number("interval", interval, 1.0),
         dead_after=_optional_number("dead-after", dead_after),
         deadline=_optional_number("deadline", deadline),
-        heartbeat=heartbeat,
+        heartbeat=not no_heartbeat,
         listen=_parse_listen(listen),
         parallel=_number("parallel", parallel, DEFAULT_PARALLEL, integer=True),
         accept_new_host_keys=accept_new_host_keys,
@@ -595,4 +598,4 @@ def collect(
 
 
 ns = Collection(hosts, cp, run, status, stop, collect)
-program = Program(namespace=ns, version=__version__, name="corunner", binary="corunner")
+program = CorunnerProgram(namespace=ns, version=__version__, name="corunner", binary="corunner")
