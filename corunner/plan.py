@@ -1,17 +1,25 @@
 """What a task would do, for ``--dry``: the hosts, the SSH settings each would
 use, the remote command or copy and the bytes it would upload.
 
-Pure values and formatting: the task layer measures the upload (a local file
-read) and prints; nothing here, nor in a dry run, opens a connection.
+Values and their formatting, and one builder per task. Nothing here opens a
+connection; the builders of ``run`` and ``cp`` read local files only, to
+measure the upload the way the task would build it (in a temporary
+directory, removed again).
 """
 
 from __future__ import annotations
 
+import os
+import shlex
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from . import remote, transfer
+from .bootstrap import Payload
 from .hostrange import fold
 from .inventory import Host
+from .spec import RunSpec
 
 #: What a dry run's ``--json`` document is: corunner/schemas/plan.json.
 SCHEMA_VERSION = 1
@@ -95,3 +103,123 @@ def _by_settings(hosts: Sequence[Host]) -> List[Tuple[List[str], str]]:
     for host in hosts:
         groups.setdefault(ssh_settings(host), []).append(host.id)
     return [(ids, settings) for settings, ids in groups.items()]
+
+
+# -- one builder per task ---------------------------------------------------------
+
+
+def run_plan(hosts: Sequence[Host], spec: RunSpec, not_listed: Tuple[str, ...] = ()) -> Plan:
+    """What ``run`` would do; builds its upload once to count the bytes (UsageError: no file)."""
+    program = spec.program
+    if program.cmd is not None:
+        what = f"/bin/sh -c {shlex.quote(program.cmd)}"
+    else:
+        script = os.path.basename(program.script or "")
+        runner = f"./{script}" if program.shebang else f"<python> {script}"
+        what = " ".join([runner, *(shlex.quote(a) for a in program.args)])
+    with tempfile.TemporaryDirectory(prefix="corunner-") as work:
+        payload = Payload(program, spec.files, work)
+        upload = len(payload.head) + os.path.getsize(payload.path)
+        payload.remove()
+    if spec.heartbeat:
+        watch = f"heartbeats every {spec.interval:g}s, dead after {spec.silence_limit:g}s silent"
+    else:
+        watch = "no heartbeats: each host's SSH session stays open until the program ends"
+    deadline = f"{spec.deadline:g}s" if spec.deadline else "none"
+    mode = "bg" if spec.heartbeat else "fg"
+    start = remote.sh("<start script>", "<remote_dir>/<run id>", "<python>", mode)
+    steps = (
+        Step("run", what),
+        Step("in", "<remote_dir>/<run id>/ on each host, a new directory"),
+        Step(
+            "ssh",
+            f"{start} (the upload on its stdin: the executor, the program, --files,"
+            " then the host's config.json)",
+        ),
+        Step("files", ", ".join(spec.files) or "none"),
+        Step("watch", f"{watch}; deadline {deadline}; {spec.parallel} hosts at once"),
+    )
+    return Plan("run", steps, tuple(hosts), upload, not_listed)
+
+
+def copy_plan(
+    hosts: Sequence[Host],
+    src: str,
+    dest: str,
+    pull: bool,
+    divide: bool,
+    not_listed: Tuple[str, ...] = (),
+) -> Plan:
+    """What ``cp`` would do; a push archives its source as the copy would, to count the bytes."""
+    if pull:
+        where = f"{dest}/<host>/<name>" if divide else f"{dest}/<name>.<host>"
+        example = f" (e.g. {_pulled_as(hosts[0], src, dest, divide)})" if hosts else ""
+        steps = (
+            Step("pull", f"{src} from each host, as one tar stream over SSH"),
+            Step("into", f"{where} here{example}"),
+        )
+        return Plan("cp", steps, tuple(hosts), None, not_listed)
+    with tempfile.TemporaryDirectory(prefix="corunner-") as work:
+        archive = transfer.build_archive(src, work)
+        if archive.file is not None:
+            how = "one file over SFTP (a tar stream if DEST must be created first)"
+            upload = os.path.getsize(archive.file)
+        else:
+            how, upload = "a tar stream on one SSH command per host", os.path.getsize(archive.path)
+    steps = (
+        Step("push", f"{archive.src} as {how}"),
+        Step("to", f"{dest} on each host (inside it if it ends with / or is a directory)"),
+    )
+    return Plan("cp", steps, tuple(hosts), upload, not_listed)
+
+
+def status_plan(
+    run_id: str,
+    record_dir: str,
+    refresh: bool,
+    hosts: Sequence[Host],
+    stream: str,
+    outputs_from: Sequence[Host],
+) -> Plan:
+    """What ``status`` would do: read the record; with --refresh or --output, ask the nodes."""
+    steps = [Step("read", f"the record of run {run_id} in {record_dir}")]
+    if refresh:
+        steps.append(Step("ask", f"each host for <remote_dir>/{run_id}/status.json"))
+    if outputs_from:
+        steps.append(Step("fetch", f"{stream} of the run from {fold(h.id for h in outputs_from)}"))
+    if not (refresh or outputs_from):
+        return Plan("status", (*steps, Step("ask", "no node: the record is enough")), ())
+    return Plan("status", tuple(steps), tuple(hosts))
+
+
+def stop_plan(run_id: str, hosts: Sequence[Host], not_listed: Tuple[str, ...] = ()) -> Plan:
+    """What ``stop`` would do: one command per host that ends the program's process group."""
+    ask = remote.sh("<ask script>", f"<remote_dir>/{run_id}", "<python>", "stop")
+    steps = (
+        Step("stop", f"run {run_id}: its program's whole process group"),
+        Step("ssh", ask),
+    )
+    return Plan("stop", steps, tuple(hosts), None, not_listed)
+
+
+def collect_plan(
+    run_id: Optional[str],
+    hosts: Sequence[Host],
+    src: Optional[str],
+    dest: str,
+    divide: bool,
+    not_listed: Tuple[str, ...] = (),
+) -> Plan:
+    """What ``collect`` would do: pull the run's directory (or ``src``) from each host."""
+    what = src or f"<remote_dir>/{run_id}/ (without its secret)"
+    where = f"{dest}/<host>/" if divide else f"{dest}/<name>.<host>"
+    steps = (
+        Step("pull", f"{what} from each host, as one tar stream over SSH"),
+        Step("into", f"{where} here"),
+    )
+    return Plan("collect", steps, tuple(hosts), None, not_listed)
+
+
+def _pulled_as(host: Host, src: str, dest: str, divide: bool) -> str:
+    name = os.path.basename(src.rstrip("/")) or "root"
+    return os.path.join(dest, host.id, name) if divide else os.path.join(dest, f"{name}.{host.id}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -72,6 +73,20 @@ def test_every_tasks_short_flags_come_from_the_table(name: str, context: object)
         assert "h" not in shorts, f"{name} --{long} takes -h"
 
 
+def test_the_product_tasks_use_most_of_the_table() -> None:
+    used = {long for _, ctx in every_task(product) for long in flags_of(ctx)}
+    assert set(SHORT) <= used  # no letter is reserved for an option nobody has
+
+
+def test_every_task_that_selects_hosts_has_exclude_and_dry() -> None:
+    for name, ctx in every_task(product):
+        flags = flags_of(ctx)
+        if "hosts" in flags:
+            assert "exclude" in flags, name
+            if name != "hosts":  # the hosts task contacts no node
+                assert "dry" in flags, name
+
+
 def argparse_flags(parser: argparse.ArgumentParser) -> Dict[str, str]:
     """long name -> short letter, for the options of a compat parser that have both."""
     out = {}
@@ -94,6 +109,12 @@ def test_corunner_run_and_cp_agree_with_the_table(parser: argparse.ArgumentParse
         assert by_letter[short] == long
 
 
+def test_readme_lists_the_table() -> None:
+    text = README.read_text()
+    rows = re.findall(r"^\| `-(\w)` \| `--([a-z-]+)` \| (.+?) \|$", text, re.M)
+    assert [(s, long) for s, long, _ in rows] == [(f.short, f.long) for f in FLAGS]
+
+
 def test_corunner_program_keeps_only_its_core_options() -> None:
     names = {arg.name for arg in program.core_args()}
     assert names == set(CORE)
@@ -109,7 +130,7 @@ def test_corunner_program_runs_in_process(capsys: pytest.CaptureFixture[str]) ->
     )
     out = capsys.readouterr().out
     assert out.startswith("Usage: corunner [--core-opts] run [--options]")
-    assert "-H STRING, --hosts=STRING" in out
+    assert "-H STRING, --hosts=STRING" in out and "-x STRING, --exclude=STRING" in out
 
 
 def run_context() -> object:
@@ -122,6 +143,7 @@ def run_context() -> object:
         ("No idea what '--cmnd' is!", " did you mean --cmd?"),
         ("No idea what '--cmnd=true' is!", " did you mean --cmd?"),
         ("No idea what '--host' is!", " did you mean --hosts?"),
+        ("No idea what '--dryrun' is!", " did you mean --dry?"),
         ("No idea what '--no-hearbeat' is!", " did you mean --no-heartbeat?"),
         ("No idea what '--zzz' is!", " (corunner run --help lists its options)"),
         ("Flag 'x' needed value and was not given one!", ""),
