@@ -130,6 +130,7 @@ def retable(collection: Collection) -> Collection:
             iterable=old.iterable,
             incrementable=old.incrementable,
         )
+        new.__doc__ = old.__doc__  # set on the task itself by some (lab's _fault)
         out.add_task(new, name=name)
     for sub in collection.collections.values():
         out.add_collection(retable(sub))

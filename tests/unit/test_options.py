@@ -57,6 +57,11 @@ def flags_of(context: object) -> Dict[str, List[str]]:
 TASKS = every_task(checkout_tasks())
 
 
+def test_retabled_tasks_keep_their_docstrings() -> None:
+    lab = checkout_tasks().collections["lab"]
+    assert all(task.__doc__ for task in lab.tasks.values())
+
+
 def test_the_table_is_one_letter_per_option() -> None:
     shorts = [f.short for f in FLAGS]
     longs = [f.long for f in FLAGS]
