@@ -133,7 +133,7 @@ class Inventory:
         self, name: str, user: Optional[str] = None, port: Optional[int] = None
     ) -> Host:
         """A host this inventory does not list, with its defaults; InventoryError without a user."""
-        settings = {**_builtin_settings(), **self.defaults}
+        settings = dict(self._ad_hoc_defaults)
         if user is not None:
             settings["user"] = user
         if port is not None:
@@ -167,6 +167,10 @@ class Inventory:
     def _by_id(self) -> dict[str, Host]:
         # cached_property writes the instance __dict__ directly, so it works on a frozen class.
         return {h.id: h for h in self.hosts}
+
+    @cached_property
+    def _ad_hoc_defaults(self) -> dict[str, Any]:
+        return {**_builtin_settings(), **self.defaults}
 
     @cached_property
     def _by_name(self) -> dict[str, list[Host]]:
@@ -203,7 +207,11 @@ class _Resolver:
         picked: dict[str, Host] = {} if terms[0][0] == UNION else dict(every)
         for op, operand in terms:
             adds = op in (UNION, "^") and not strict
-            found = self.operand(operand, adds, {**every, **picked})
+            extra: dict[str, list[Host]] = {}  # hosts named ad hoc so far, by name
+            for host in (*every.values(), *picked.values()):
+                if host.id not in self.inv._by_id and host not in extra.get(host.name, ()):
+                    extra.setdefault(host.name, []).append(host)
+            found = self.operand(operand, adds, extra)
             if (
                 not found
                 and not adds
@@ -225,11 +233,11 @@ class _Resolver:
                 picked = {i: h for i, h in {**picked, **found}.items() if i not in both}
         return picked
 
-    def operand(self, operand: str, adds: bool, known: dict[str, Host]) -> dict[str, Host]:
+    def operand(self, operand: str, adds: bool, extra: dict[str, list[Host]]) -> dict[str, Host]:
         """The hosts one operand names. ``adds``: names not listed become ad-hoc hosts.
 
-        ``known``: hosts selected so far, ad-hoc ones among them, which a later
-        ``!`` or ``&`` may name.
+        ``extra``: the hosts not listed that the selection named so far, by
+        name, which a later ``!`` or ``&`` may name too.
         """
         if operand.startswith("@"):
             return self.at(operand)
@@ -238,20 +246,26 @@ class _Resolver:
         user, pattern, port_text = _split_entry(operand)
         port = _port_number(operand, port_text)
         if user is None and port is None and _GROUP_LIKE.fullmatch(pattern):
-            if pattern not in self.inv._by_name and all(h.name != pattern for h in known.values()):
+            if pattern not in self.inv._by_name and pattern not in extra:
                 raise self.unknown_group(pattern, at=False)
         found: dict[str, Host] = {}
         for name in expand(pattern):
             matches = [h for h in self.inv._by_name.get(name, []) if port in (None, h.port)]
             if not matches:
-                matches = [h for h in known.values() if h.name == name and port in (None, h.port)]
+                matches = [h for h in extra.get(name, ()) if port in (None, h.port)]
             if not matches and adds:
                 matches = [self.inv.ad_hoc_host(name, user, port)]
             for host in matches:
                 if adds and user is not None and host.user != user:
-                    # The record keeps host ids only: status and collect would log in as host.user.
+                    # One host id, one user: the record keeps ids, and status
+                    # and collect log in again as the host's user.
+                    where = (
+                        f"is in {self.inv.source}"
+                        if host.id in self.inv._by_id
+                        else "is named earlier"
+                    )
                     raise InventoryError(
-                        f"{operand!r}: {host.id} is in {self.inv.source} with user {host.user}; "
+                        f"{operand!r}: {host.id} {where} with user {host.user}; "
                         f"drop '{user}@' or change the inventory"
                     )
                 found[host.id] = host

@@ -174,6 +174,11 @@ ERRORS = [
         None,
         "'deploy@n1': n1 is in hosts.yaml with user root; drop 'deploy@' or change the inventory",
     ),
+    (
+        "bob@x1,carol@x1",
+        None,
+        "'carol@x1': x1 is named earlier with user bob; drop 'carol@' or change the inventory",
+    ),
     ("rack1!rack1", None, "--hosts 'rack1!rack1' selects no host"),
     ("lab", "lab", "--hosts 'lab' --exclude 'lab' selects no host"),
     ("spare", None, "--hosts 'spare' selects no host (group 'spare' lists no host)"),
