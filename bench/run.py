@@ -1,6 +1,6 @@
 """Run the benchmark suite: corunner against its peers on one local lab, side by side.
 
-    python3 bench/run.py [--nodes 8,32] [--rounds 5] [--only fanout,push,pull,scaling,listener,idle]
+    python3 bench/run.py [--nodes 8,32] [--rounds 5] [--only fanout,push,pull,listener,idle]
                          [--listener-sizes 1000,5000,10000] [--listener-seconds 60] [--idle-rounds 3]
 
 Starts a lab of real sshd nodes at 127.0.1.33 and up (as many as the chosen
@@ -11,7 +11,7 @@ round by round, and stops the lab, whatever happens. ``idle`` then starts a
 
 bench/RESULTS.md is updated, not rewritten: the sections of the benchmarks
 that ran replace their earlier versions (or are added), every other section
-stays as it was. A run of all the lab benchmarks (fanout, push, pull, scaling)
+stays as it was. A run of all the lab benchmarks (fanout, push, pull)
 also rewrites the header, the machine table and the methodology. The whole
 file is printed at the end.
 """
@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import fanout, idle, listener, pull, push, scaling  # noqa: E402
+from bench import fanout, idle, listener, pull, push  # noqa: E402
 from bench.common import (  # noqa: E402
     FIRST,
     MAX_NODES,
@@ -48,9 +48,9 @@ from bench.common import (  # noqa: E402
 from corunner.errors import LabError  # noqa: E402
 from corunner.testing import lab  # noqa: E402
 
-BENCHMARKS = ("fanout", "push", "pull", "scaling", "listener", "idle")
+BENCHMARKS = ("fanout", "push", "pull", "listener", "idle")
 #: The benchmarks that share the main lab (the others bring their own or need none).
-LAB_BENCHMARKS = ("fanout", "push", "pull", "scaling")
+LAB_BENCHMARKS = ("fanout", "push", "pull")
 #: How each benchmark's section of RESULTS.md starts: the key to replace it there.
 HEADINGS = {
     "fanout": "## Fan-out",
@@ -138,8 +138,6 @@ def lab_size(args: argparse.Namespace) -> int:
         need = max(need, push.NODES)
     if "pull" in args.only:
         need = max(need, pull.NODES)
-    if "scaling" in args.only:
-        need = max(need, *scaling.SIZES)
     return min(need, MAX_NODES)
 
 
@@ -291,7 +289,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 2
             try:
                 ctx = Context(the_lab, work, env, Nodes(the_lab.nodes), log)
-                peer: Optional[str] = None
                 steps: Dict[str, Callable[[], str]] = {
                     "push": lambda: push.run(ctx, args.rounds),
                     "pull": lambda: pull.run(ctx, args.rounds),
@@ -300,12 +297,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     log(f"{name} ...")
                     try:
                         if name == "fanout":
-                            text, results = fanout.run(
+                            text, _ = fanout.run(
                                 ctx, [s for s in args.sizes if s <= n], args.rounds
                             )
-                            peer = fanout.fastest_peer(results)
-                        elif name == "scaling":
-                            text = scaling.run(ctx, args.rounds, peer)
                         else:
                             text = steps[name]()
                     except BenchError as exc:

@@ -23,9 +23,9 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, cast
 
-from invoke import Collection, Context, Exit, Program, task
+from invoke import Collection, Context, Exit
 
-from . import __version__, live, outputs, postrun, render, transfer
+from . import __version__, live, outputs, plan, postrun, render, transfer
 from .controller import Run
 from .errors import (
     EXIT_INTERRUPTED,
@@ -36,10 +36,11 @@ from .errors import (
 )
 from .fanout import DEFAULT_PARALLEL, Outcome, on_each
 from .hostrange import fold
-from .inventory import ENV_NAME, Host, Inventory, clean_remote_dir
+from .inventory import ENV_NAME, Host, Inventory, ad_hoc_entry, clean_remote_dir
 from .liveness import State
 from .loader import load_inventory
-from .record import find_run
+from .options import CorunnerProgram, task
+from .record import find_run, run_outcomes
 from .report import RunReport, group_by_state
 from .spec import Program as RunProgram
 from .spec import RunSpec
@@ -47,7 +48,9 @@ from .spec import RunSpec
 F = TypeVar("F", bound=Callable[..., Any])
 
 COMMON_HELP = {
-    "hosts": "comma list of groups and host patterns (default: every host)",
+    "hosts": "groups, host patterns, @failed...; set operators , ! & ^ (default: every host)",
+    "exclude": "hosts to leave out, the same syntax as --hosts",
+    "dry": "print what would be done (hosts, SSH settings, command, bytes); contact no node",
     "inventory": "inventory file (default: $CORUNNER_INVENTORY, else ./hosts.yaml)",
     "parallel": f"how many hosts to work on at once (default {DEFAULT_PARALLEL})",
     "json": "print one JSON document on stdout (progress goes to stderr)",
@@ -95,9 +98,40 @@ def reported(fn: F) -> F:
     return cast(F, wrapper)
 
 
-def _select(inventory: Optional[str], hosts: Optional[str]) -> Tuple[Inventory, List[Host]]:
+def _select(
+    inventory: Optional[str],
+    hosts: Optional[str],
+    exclude: Optional[str] = None,
+    run: Optional[str] = None,
+) -> Tuple[Inventory, List[Host]]:
+    """Load the inventory and select; ``@failed`` and friends read run ``run`` (None: latest)."""
     inv = load_inventory(inventory)
-    return inv, inv.select(hosts)
+    return inv, _pick(inv, hosts, exclude, run)
+
+
+def _pick(
+    inv: Inventory, hosts: Optional[str], exclude: Optional[str], run: Optional[str]
+) -> List[Host]:
+    """``--hosts``/``--exclude`` over ``inv``; hosts it does not list are said once, on stderr."""
+    selected = inv.select(hosts, exclude, functools.partial(run_outcomes, run))
+    extra = [h.id for h in inv.not_listed(selected)]
+    if extra:
+        count = f"{len(extra)} host{'s' if len(extra) > 1 else ''}"
+        print(
+            f"note: {count} not in {inv.source}, using its defaults: {fold(extra)}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return selected
+
+
+def _dry(out: Out, the_plan: plan.Plan) -> None:
+    """Print what a task would do (``--dry``); nothing else happens."""
+    if out.as_json:
+        out.document(the_plan.document())
+        return
+    for line in the_plan.lines():
+        out.line(line)
 
 
 def _number(option: str, value: Any, default: float, integer: bool = False) -> Any:
@@ -177,16 +211,21 @@ def _show_outputs(
 @task(
     help={
         "hosts": COMMON_HELP["hosts"],
+        "exclude": COMMON_HELP["exclude"],
         "inventory": COMMON_HELP["inventory"],
         "json": COMMON_HELP["json"],
     }
 )
 @reported
 def hosts(
-    c: Context, hosts: Optional[str] = None, inventory: Optional[str] = None, json: bool = False
+    c: Context,
+    hosts: Optional[str] = None,
+    exclude: Optional[str] = None,
+    inventory: Optional[str] = None,
+    json: bool = False,
 ) -> None:
     """List the selected hosts with their user and port, their count and folded form."""
-    inv, selected = _select(inventory, hosts)
+    inv, selected = _select(inventory, hosts, exclude)
     out = Out(json)
     if json:
         out.document(render.hosts_document(inv.source, selected))
@@ -210,24 +249,31 @@ def hosts(
 @reported
 def cp(
     c: Context,
-    src: str,
-    dest: str,
+    src: Optional[str] = None,
+    dest: Optional[str] = None,
     pull: bool = False,
     divide: bool = False,
     hosts: Optional[str] = None,
+    exclude: Optional[str] = None,
     inventory: Optional[str] = None,
     parallel: Optional[str] = None,
     json: bool = False,
     accept_new_host_keys: bool = False,
+    dry: bool = False,
 ) -> None:
     """Copy a file or tree to every node at once, or (--pull) from every node."""
+    if not src or not dest:
+        raise UsageError("cp needs --src SRC and --dest DEST")
     if divide and not pull:
         raise UsageError(
             "--divide only applies to --pull (one local directory per host): add --pull or drop it"
         )
-    _, selected = _select(inventory, hosts)
+    inv, selected = _select(inventory, hosts, exclude)
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     out = Out(json)
+    if dry:
+        _dry(out, plan.copy_plan(selected, src, dest, pull, divide, _not_listed(inv, selected)))
+        return
     began = time.monotonic()
     kind = "pull" if pull else "push"
     with live.TransferView(out.stream, len(selected), f"{kind} {src}") as view:
@@ -352,7 +398,7 @@ def _next_steps(report: RunReport) -> str:
         "interval": "seconds between heartbeats (default 1)",
         "dead_after": "seconds of silence before a node is dead (default 5 intervals)",
         "deadline": "seconds after which still-running nodes time out",
-        "heartbeat": "watch nodes by heartbeat; --no-heartbeat keeps SSH sessions open instead",
+        "no_heartbeat": "no heartbeats: keep each node's SSH session open and wait on it instead",
         "listen": "HOST:PORT for the heartbeat listener (default: the address nodes reach us by)",
         "remote_dir": "directory on the nodes for the run directory (default: the inventory's remote_dir)",
         "show_output": "after the run, print every host's output, identical outputs once",
@@ -373,12 +419,13 @@ def run(
     args: str = "",
     files: str = "",
     hosts: Optional[str] = None,
+    exclude: Optional[str] = None,
     inventory: Optional[str] = None,
     parallel: Optional[str] = None,
     interval: Optional[str] = None,
     dead_after: Optional[str] = None,
     deadline: Optional[str] = None,
-    heartbeat: bool = True,
+    no_heartbeat: bool = False,
     listen: Optional[str] = None,
     json: bool = False,
     accept_new_host_keys: bool = False,
@@ -390,9 +437,10 @@ def run(
     stdin: Optional[str] = None,
     sudo: bool = False,
     sudo_user: Optional[str] = None,
+    dry: bool = False,
 ) -> None:
     """Run a script or command on every selected node at once and watch it to the end."""
-    inv, selected = _select(inventory, hosts)
+    inv, selected = _select(inventory, hosts, exclude)
     selected = _remote_dir(selected, remote_dir)
     show = show_output or diff or stream is not None
     chosen_stream = _stream(stream)
@@ -403,7 +451,7 @@ def run(
         interval=_number("interval", interval, 1.0),
         dead_after=_optional_number("dead-after", dead_after),
         deadline=_optional_number("deadline", deadline),
-        heartbeat=heartbeat,
+        heartbeat=not no_heartbeat,
         listen=_parse_listen(listen),
         parallel=_number("parallel", parallel, DEFAULT_PARALLEL, integer=True),
         accept_new_host_keys=accept_new_host_keys,
@@ -411,14 +459,18 @@ def run(
         stdin=stdin,
         become=(sudo_user or "root") if (sudo or sudo_user) else None,
     )
+    if dry:
+        _dry(out, plan.run_plan(selected, spec, _not_listed(inv, selected)))
+        return
     view = live.run_view(out.stream, [h.id for h in selected], spec.deadline)
-    meta: Dict[str, Any] = {"inventory": inv.source, "selection": hosts}
+    meta: Dict[str, Any] = {"inventory": inv.source, "selection": hosts, "exclude": exclude}
     # What was uploaded into each run directory: collect leaves it there (names only).
     meta["inputs"] = [os.path.basename(os.path.abspath(p)) for p in (script, *spec.files) if p]
     if spec.become:
         meta["become"] = spec.become  # stop ends the programs as that user
     if remote_dir is not None:
         meta["remote_dir"] = selected[0].remote_dir
+    meta["ad_hoc"] = [ad_hoc_entry(h) for h in inv.not_listed(selected)]
     the_run = Run(selected, spec, meta=meta, on_change=view.on_change)
     out.line(
         f"run {the_run.run_id}: {spec.program.describe()} on {len(selected)} hosts: "
@@ -450,6 +502,24 @@ def run(
         raise Exit(code=report.exit_code)
 
 
+def _run_hosts(
+    run_id: str,
+    data: Dict[str, Any],
+    inventory: Optional[str],
+    hosts: Optional[str],
+    exclude: Optional[str],
+) -> Tuple[Inventory, List[Host]]:
+    """The hosts of a recorded run that ``--hosts``/``--exclude`` pick (default: all of them)."""
+    listed = load_inventory(inventory or data.get("inventory"))
+    inv = listed.with_ad_hoc(data.get("ad_hoc") or ())  # the run's hosts named ad hoc
+    only = [h.id for h in _pick(inv, hosts, exclude, run_id)] if hosts or exclude else None
+    return listed, postrun.record_hosts(data, inv, only)
+
+
+def _not_listed(inv: Inventory, hosts: List[Host]) -> Tuple[str, ...]:
+    return tuple(h.id for h in inv.not_listed(hosts))
+
+
 def _interrupted(the_run: Run, selected: List[Host], out: Out) -> None:
     """Ctrl-C: ask whether to stop the remote programs; never ask off a terminal."""
     run_id = the_run.run_id
@@ -477,6 +547,7 @@ def _interrupted(the_run: Run, selected: List[Host], out: Out) -> None:
         "parallel": COMMON_HELP["parallel"],
         "json": COMMON_HELP["json"],
         "accept_new_host_keys": COMMON_HELP["accept_new_host_keys"],
+        "dry": COMMON_HELP["dry"],
     }
 )
 @reported
@@ -491,6 +562,7 @@ def status(
     parallel: Optional[str] = None,
     json: bool = False,
     accept_new_host_keys: bool = False,
+    dry: bool = False,
 ) -> None:
     """Show how a run went, from its record or (--refresh) from the nodes themselves."""
     record = find_run(run)
@@ -500,9 +572,15 @@ def status(
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     data = record.load()
     run_hosts: List[Host] = []
-    if refresh or show:
+    if refresh or show or dry:
         inv = load_inventory(inventory or data.get("inventory"))
         run_hosts = postrun.record_hosts(data, inv)
+    if dry:
+        ran = postrun.started_hosts(data, run_hosts) if show else []
+        _dry(
+            out, plan.status_plan(record.run_id, record.dir, refresh, run_hosts, chosen_stream, ran)
+        )
+        return
     unasked: List[str] = []
     if refresh:
         outcomes = postrun.refresh(record, run_hosts, workers, accept_new_host_keys)
@@ -546,8 +624,10 @@ def status(
     help={
         "run": "run id (default: the latest run)",
         "hosts": COMMON_HELP["hosts"],
+        "exclude": COMMON_HELP["exclude"],
         "inventory": COMMON_HELP["inventory"],
         "json": COMMON_HELP["json"],
+        "dry": COMMON_HELP["dry"],
     }
 )
 @reported
@@ -555,16 +635,20 @@ def stop(
     c: Context,
     run: Optional[str] = None,
     hosts: Optional[str] = None,
+    exclude: Optional[str] = None,
     inventory: Optional[str] = None,
     json: bool = False,
+    dry: bool = False,
 ) -> None:
     """Terminate a run's program (its whole process group) on every node still running it."""
     record = find_run(run)
     data = record.load()
-    inv = load_inventory(inventory or data.get("inventory"))
-    only = [h.id for h in inv.select(hosts)] if hosts else None
+    inv, targets = _run_hosts(record.run_id, data, inventory, hosts, exclude)
     out = Out(json)
-    outcomes = postrun.stop(record, postrun.record_hosts(data, inv, only))
+    if dry:
+        _dry(out, plan.stop_plan(record.run_id, targets, _not_listed(inv, targets)))
+        return
+    outcomes = postrun.stop(record, targets)
     for o in outcomes.values():
         if o.value is not None:
             state = "stopped" if o.value.get("stopped") else f"not running ({o.value.get('state')})"
@@ -594,11 +678,13 @@ def collect(
     dest: Optional[str] = None,
     divide: bool = False,
     hosts: Optional[str] = None,
+    exclude: Optional[str] = None,
     inventory: Optional[str] = None,
     parallel: Optional[str] = None,
     json: bool = False,
     accept_new_host_keys: bool = False,
     with_inputs: bool = False,
+    dry: bool = False,
 ) -> None:
     """Pull a run's results (or --src) from every node that ran it."""
     out = Out(json)
@@ -606,16 +692,19 @@ def collect(
     inputs: List[str] = []
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     if src and hosts and not run:
-        _, selected = _select(inventory, hosts)
+        inv, selected = _select(inventory, hosts, exclude)
     else:
         record = find_run(run)
-        data = record.load()
         run_id = record.run_id
-        inv = load_inventory(inventory or data.get("inventory"))
-        only = [h.id for h in inv.select(hosts)] if hosts else None
-        selected = postrun.record_hosts(data, inv, only)
+        data = record.load()
+        inv, selected = _run_hosts(run_id, data, inventory, hosts, exclude)
         inputs = [str(name) for name in data.get("inputs") or []]
     dest = dest or os.path.join("results", run_id or "pulled")
+    if dry:
+        _dry(
+            out, plan.collect_plan(run_id, selected, src, dest, divide, _not_listed(inv, selected))
+        )
+        return
     began = time.monotonic()
     with live.TransferView(out.stream, len(selected), "collect") as view:
         outcomes = postrun.collect(
@@ -635,4 +724,4 @@ def collect(
 
 
 ns = Collection(hosts, cp, run, status, stop, collect)
-program = Program(namespace=ns, version=__version__, name="corunner", binary="corunner")
+program = CorunnerProgram(namespace=ns, version=__version__, name="corunner", binary="corunner")

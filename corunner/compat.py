@@ -11,7 +11,8 @@ codes, output and errors are exactly those of ``corunner run``/``corunner cp``.
   too and is COMMAND's working directory). ``-n`` is ``--no-heartbeat``.
 * ``corunner-cp -s SRC -d DEST [--divide] [--pull]``: ``corunner cp``.
 
-``--explain`` prints the ``corunner`` commands instead of running them.
+``--explain`` prints the ``corunner`` commands instead of running them. Short
+flags mean what they mean in ``corunner`` (corunner.options.FLAGS).
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ from .errors import EXIT_USAGE
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hosts", metavar="SEL", help="groups and host patterns (default: all)")
-    parser.add_argument("--inventory", metavar="FILE", help="inventory file (default: hosts.yaml)")
+    parser.add_argument(
+        "-H", "--hosts", metavar="SEL", help="groups and host patterns (default: all)"
+    )
+    parser.add_argument("-x", "--exclude", metavar="SEL", help="hosts to leave out")
+    parser.add_argument(
+        "-I", "--inventory", metavar="FILE", help="inventory file (default: hosts.yaml)"
+    )
     parser.add_argument("-p", "--parallel", metavar="N", help="hosts worked on at once")
     parser.add_argument(
         "--accept-new-host-keys",
@@ -40,7 +46,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _shared(args: argparse.Namespace) -> List[str]:
     argv: List[str] = []
-    for option in ("hosts", "inventory", "parallel"):
+    for option in ("hosts", "exclude", "inventory", "parallel"):
         value = getattr(args, option)
         if value is not None:
             argv.append(f"--{option}={value}")

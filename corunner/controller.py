@@ -31,6 +31,7 @@ from .liveness import Change, Fleet
 from .record import RunRecord, new_run_id
 from .report import HostReport, RunReport
 from .spec import RunSpec
+from .window import Gate, Window
 
 #: Why a host still queued at the deadline never ran (docs/faults.md).
 NOT_STARTED = "not started before the deadline"
@@ -92,6 +93,7 @@ class Run:
         self.sent: Dict[str, int] = {}  # bytes sent to start each host
         self.wall0, self.mono0 = time.time(), clock()
         self.fleet = Fleet.of(self.hosts, spec.silence_limit, self.mono0)
+        self.gate: Optional[Gate] = None  # the start window of the run, once it runs
 
     def execute(self) -> RunReport:
         """Start every host over SSH, watch until nothing is left to wait for, record."""
@@ -122,7 +124,10 @@ class Run:
             payload.remove()
 
     # -- workers -----------------------------------------------------------
-    def _start(self, host: Host, start: Starter, watch: Watch) -> None:
+    def _start(self, host: Host, start: Starter, watch: Watch, gate: Gate) -> None:
+        if not gate.enter():
+            return  # the deadline or Ctrl-C came first: this host never starts
+        began = self.clock()
         result: Union[Started, _NotStarted]
         try:
             result = start(host)
@@ -130,6 +135,7 @@ class Run:
             result = _NotStarted(host.id, exc.cause)
         except Exception as exc:  # a bug must not leave the host pending forever
             result = _NotStarted(host.id, InternalError.from_exception(host.id, exc).cause)
+        gate.leave(self.clock() - began if isinstance(result, Started) else None)
         self.inbox.put(result)
         watch.wakeup()
 
@@ -147,15 +153,17 @@ class Run:
         pool = concurrent.futures.ThreadPoolExecutor(
             max(1, min(spec.parallel, len(self.hosts))), thread_name_prefix="corunner-start"
         )
+        self.gate = gate = Gate(Window(spec.parallel))
         interrupted = False
         try:
             for host in self.hosts.values():
-                pool.submit(self._start, host, start, watch)
+                pool.submit(self._start, host, start, watch, gate)
             while waiting or not self.fleet.finished:
                 now = self.clock()
                 if deadline is not None and now >= deadline:
                     # Queued starts never begin; those in flight finish, so a
                     # program that did start is recorded (timeout) and stoppable.
+                    gate.close()
                     pool.shutdown(wait=True, cancel_futures=True)
                     self._take_started(waiting, watch)
                     now = self.clock()
@@ -181,6 +189,7 @@ class Run:
             # After Ctrl-C, starts already in flight are let finish (each within the
             # connect and stall limits) and queued ones are dropped: every program
             # that was started is then known, recorded, and stoppable.
+            gate.close()
             pool.shutdown(wait=interrupted, cancel_futures=True)
             if interrupted:
                 self._take_started(waiting, watch)

@@ -6,14 +6,17 @@ switched off. NodeSet parses a whole set language, though: ``!``, ``&`` and
 ``node[1-2-3]`` means -2..3 and Unicode digits count as digits. Each of these
 gives a silent surprise in an inventory, so every pattern is first checked here
 against the small syntax users mean, with an error that names the mistake.
-Pure: no I/O.
+
+A ``--hosts`` selection does use the set operators, as ClusterShell defines
+them: :func:`split_terms` cuts it into operator and operand pairs, applied
+left to right by :meth:`corunner.inventory.Inventory.select`. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import re
 import string
-from typing import Iterable
+from typing import Iterable, Optional
 
 from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetParseError
 
@@ -24,6 +27,9 @@ MAX_NAMES = 100_000
 
 _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-:")
 _OPERATORS = {"!": "set difference", "&": "set intersection", "^": "symmetric difference"}
+#: Operators of a ``--hosts`` selection, as ClusterShell's NodeSet reads them.
+UNION = ","
+SET_OPERATORS = (UNION, *_OPERATORS)
 _ELEMENT = re.compile(r"([0-9]+)(?:-([0-9]+)(?:/([0-9]+))?)?")
 _IPV4 = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
 
@@ -55,6 +61,60 @@ def split_patterns(sel: str) -> list[str]:
     if not all(items):
         raise HostRangeError(sel, "empty item in the comma list")
     return items
+
+
+def split_terms(sel: str) -> list[tuple[str, str]]:
+    """Cut a selection into ``(operator, operand)`` pairs, to apply left to right.
+
+    ``"lab!n3&rack1"`` -> ``[(",", "lab"), ("!", "n3"), ("&", "rack1")]``.
+    Operators are those of ClusterShell's NodeSet: ``,`` union, ``!``
+    difference, ``&`` intersection, ``^`` symmetric difference; inside
+    brackets none of them splits. A comma before another operator is dropped
+    (``lab,!n3`` as Ansible writes it is ``lab!n3``), and a selection that
+    starts with an operator keeps it on its first pair (the caller applies it
+    to every host: ``!n3`` is all hosts but n3). Operands are stripped.
+    Raises HostRangeError for a missing operand or unbalanced brackets.
+    """
+    tokens: list[str] = []  # operands and operator characters, in order
+    depth, start = 0, 0
+    for i, ch in enumerate(sel):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise HostRangeError(sel, f"stray ']' at position {i + 1} (no '[' before it)")
+        elif depth == 0 and ch in SET_OPERATORS:
+            tokens += [sel[start:i].strip(), ch]
+            start = i + 1
+    if depth > 0:
+        raise HostRangeError(sel, "unclosed '[' (missing ']')")
+    tokens.append(sel[start:].strip())
+    # tokens alternate operand, operator, operand...; blank operands sit between two operators.
+    terms: list[tuple[str, str]] = []
+    op: Optional[str] = UNION
+    for index, token in enumerate(tokens):
+        if index % 2 == 0:  # an operand
+            if token:
+                assert op is not None  # an operand always follows an operator token
+                terms.append((op, token))
+                op = None
+            continue
+        if op is None:
+            op = token
+        elif op == UNION and token != UNION and (terms or index == 1):
+            op = token  # ",!" as Ansible writes it; or a leading "!"
+        else:
+            raise HostRangeError(sel, _missing_operand(op))
+    if op is not None:
+        raise HostRangeError(sel, _missing_operand(op))
+    return terms
+
+
+def _missing_operand(op: str) -> str:
+    if op == UNION:
+        return "empty item in the comma list"
+    return f"{op!r} ({_OPERATORS[op]}) needs a group or host pattern after it"
 
 
 def expand(pattern: str) -> list[str]:
@@ -110,7 +170,7 @@ def _check_pattern(pattern: str) -> int:
     """Check one comma-free pattern; return an upper bound of its name count."""
     if pattern.startswith("@"):
         raise HostRangeError(
-            pattern, "'@group' syntax is not supported: write the group name without '@'"
+            pattern, "'@' names a group in --hosts; a host pattern cannot name a group"
         )
     count = 1
     i = 0
@@ -138,10 +198,7 @@ def _check_char(pattern: str, ch: str) -> None:
     if ch in _NAME_CHARS:
         return
     if ch in _OPERATORS:
-        reason = (
-            f"{ch!r} is a NodeSet operator ({_OPERATORS[ch]}), not part of a host name;"
-            " select several hosts with a comma list"
-        )
+        reason = f"{ch!r} is a set operator ({_OPERATORS[ch]}) in --hosts, not part of a host name"
     elif ch.isspace():
         reason = "whitespace is not allowed in a host name"
     elif ch == "@":

@@ -16,10 +16,11 @@ import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from .errors import HostRangeError, InventoryError
-from .hostrange import expand, split_patterns
+from .hostrange import UNION, expand, split_terms
+from .report import OUTCOME_SELECTORS, RunOutcomes
 
 DEFAULT_PORT = 22
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -53,6 +54,9 @@ _GROUP_LIKE = re.compile(r"[A-Za-z_-]+")
 
 KeyPath = tuple
 
+#: Reads the run that ``--hosts @failed`` and friends refer to (raises RecordError if none).
+LastRun = Callable[[], RunOutcomes]
+
 
 @dataclass(frozen=True)
 class Host:
@@ -80,35 +84,58 @@ class Host:
 
 @dataclass(frozen=True)
 class Inventory:
-    """Hosts in file order, groups as host ids, and the file name for messages."""
+    """Hosts in file order, groups as host ids, and the file name for messages.
+
+    ``defaults`` are the settings of a host the inventory does not list but
+    ``--hosts`` names (its ``defaults:`` block over the built-in values).
+    """
 
     hosts: tuple[Host, ...]
     groups: Mapping[str, tuple[str, ...]] = field(hash=False)
     source: str = "<inventory>"
+    defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
-    def select(self, selection: Optional[str]) -> list[Host]:
-        """Hosts picked by a ``--hosts`` comma list of group names and host patterns.
+    def select(
+        self,
+        selection: Optional[str] = None,
+        exclude: Optional[str] = None,
+        last_run: Optional[LastRun] = None,
+    ) -> list[Host]:
+        """The hosts a ``--hosts`` selection picks, minus those ``--exclude`` picks.
 
-        None or blank selects every host. A pattern picks the hosts whose name
-        or id it expands to. The result is in inventory order, without
-        duplicates. Raises InventoryError for an unknown group or a pattern
-        that matches no host, and HostRangeError for a malformed pattern.
+        None or blank selects every host. A selection applies ClusterShell's
+        set operators left to right (``,`` union, ``!`` difference, ``&``
+        intersection, ``^`` symmetric difference; ``lab,!n3`` is ``lab!n3``;
+        a leading operator starts from every host) to operands that are:
+        a group name or ``@group``; ``@failed``, ``@unreachable``, ``@dead``,
+        ``@timeout``, ``@stalled`` or ``@not-succeeded``, the hosts of the run
+        ``last_run`` reads that ended so; or ``[user@]pattern[:port]``, the
+        inventory's hosts of those names, and in a union the names it does not
+        list as hosts with :attr:`defaults` (``clush -w``). A word of letters
+        only (no digit or dot) is a group name. The result is in inventory
+        order, hosts not listed last, without duplicates.
+
+        Raises InventoryError for an unknown group (with the closest name), a
+        host named with another user than the inventory's, an operand of
+        ``!``, ``&`` or ``--exclude`` that matches no host, or a selection left
+        empty; HostRangeError for a malformed pattern; RecordError from
+        ``last_run``.
         """
-        if selection is None or not selection.strip():
-            return list(self.hosts)
-        wanted: set[str] = set()
-        for item in split_patterns(selection):
-            if item in self.groups:
-                wanted.update(self.groups[item])
-                continue
-            names = set(expand(item))
-            matched = [h.id for h in self.hosts if h.name in names or h.id in names]
-            if not matched:
-                if _GROUP_LIKE.fullmatch(item):
-                    raise self._unknown_group(item)
-                raise InventoryError(f"{item!r} matches no host in {self.source}")
-            wanted.update(matched)
-        return [h for h in self.hosts if h.id in wanted]
+        resolver = _Resolver(self, last_run)
+        picked = {h.id: h for h in self.hosts}
+        if selection is not None and selection.strip():
+            picked = resolver.evaluate(selection, picked)
+        if exclude is not None and exclude.strip():
+            removed = resolver.evaluate(exclude, picked, strict=True)
+            picked = {i: h for i, h in picked.items() if i not in removed}
+        if not picked:
+            said = f"--hosts {selection!r}" if selection and selection.strip() else "every host"
+            if exclude and exclude.strip():
+                said += f" --exclude {exclude!r}"
+            why = f" ({'; '.join(resolver.empty)})" if resolver.empty else ""
+            raise InventoryError(f"{said} selects no host{why}")
+        order = {h.id: i for i, h in enumerate(self.hosts)}
+        return sorted(picked.values(), key=lambda h: order.get(h.id, len(order)))
 
     def host(self, host_id: str) -> Host:
         """The host with this id (``name`` or ``name:port``); InventoryError if none."""
@@ -117,14 +144,263 @@ class Inventory:
         except KeyError:
             raise InventoryError(f"no host {host_id!r} in {self.source}") from None
 
+    def not_listed(self, hosts: list[Host]) -> list[Host]:
+        """Those of ``hosts`` that this inventory does not list (named ad hoc in --hosts)."""
+        return [h for h in hosts if h.id not in self._by_id]
+
+    def ad_hoc_host(
+        self, name: str, user: Optional[str] = None, port: Optional[int] = None
+    ) -> Host:
+        """A host this inventory does not list, with its defaults; InventoryError without a user."""
+        settings = dict(self._ad_hoc_defaults)
+        if user is not None:
+            settings["user"] = user
+        if port is not None:
+            settings["port"] = port
+        if settings["user"] is None:
+            raise InventoryError(
+                f"cannot tell which user logs in to {name}: write user@{name}, "
+                "or set 'user:' under defaults",
+                self.source,
+            )
+        return Host(name=name, **host_fields(settings))
+
+    def with_ad_hoc(self, entries: Iterable[str]) -> Inventory:
+        """This inventory plus the hosts of ``[user@]name[:port]`` entries it does not list.
+
+        How a run's record brings back the hosts it ran on that were named ad
+        hoc (see :func:`ad_hoc_entry`). Raises InventoryError for a bad entry.
+        """
+        extra: dict[str, Host] = {}
+        for entry in entries:
+            user, pattern, port = _split_entry(entry)
+            for name in expand(pattern):
+                host = self.ad_hoc_host(name, user, _port_number(entry, port))
+                if host.id not in self._by_id:
+                    extra.setdefault(host.id, host)
+        if not extra:
+            return self
+        return replace(self, hosts=self.hosts + tuple(extra.values()))
+
     @cached_property
     def _by_id(self) -> dict[str, Host]:
         # cached_property writes the instance __dict__ directly, so it works on a frozen class.
         return {h.id: h for h in self.hosts}
 
-    def _unknown_group(self, name: str) -> InventoryError:
-        known = ", ".join(self.groups) or "none"
-        return InventoryError(f"unknown group {name!r} (groups: {known})")
+    @cached_property
+    def _ad_hoc_defaults(self) -> dict[str, Any]:
+        return {**_builtin_settings(), **self.defaults}
+
+    @cached_property
+    def _by_name(self) -> dict[str, list[Host]]:
+        names: dict[str, list[Host]] = {}
+        for h in self.hosts:
+            names.setdefault(h.name, []).append(h)
+        return names
+
+
+def ad_hoc_entry(host: Host) -> str:
+    """How a run record keeps a host not in the inventory: ``user@name:port``."""
+    port = f":{host.port}" if ":" not in host.name else ""  # an IPv6 name takes no :port
+    return f"{host.user}@{host.name}{port}"
+
+
+class _Resolver:
+    """Evaluates selections over one inventory; remembers why an operand was empty."""
+
+    def __init__(self, inventory: Inventory, last_run: Optional[LastRun]):
+        self.inv = inventory
+        self.last_run = last_run
+        self._outcomes: Optional[RunOutcomes] = None
+        self.empty: list[str] = []  # why operands selected nothing, for the error message
+
+    def evaluate(
+        self, selection: str, every: dict[str, Host], strict: bool = False
+    ) -> dict[str, Host]:
+        """Apply the selection's terms left to right; a leading operator starts from ``every``.
+
+        ``strict`` (--exclude): names that match no host are an error, never
+        hosts to add.
+        """
+        terms = split_terms(selection)
+        picked: dict[str, Host] = {} if terms[0][0] == UNION else dict(every)
+        for op, operand in terms:
+            adds = op in (UNION, "^") and not strict
+            extra: dict[str, list[Host]] = {}  # hosts named ad hoc so far, by name
+            for host in (*every.values(), *picked.values()):
+                if host.id not in self.inv._by_id and host not in extra.get(host.name, ()):
+                    extra.setdefault(host.name, []).append(host)
+            found = self.operand(operand, adds, extra)
+            if (
+                not found
+                and not adds
+                and not operand.startswith("@")
+                and operand not in self.inv.groups
+            ):
+                task = "exclude" if strict else ("remove" if op == "!" else "keep")
+                raise InventoryError(
+                    f"{operand!r} matches no host in {self.inv.source} (nothing to {task})"
+                )
+            if op == UNION:
+                picked.update((i, h) for i, h in found.items() if i not in picked)
+            elif op == "!":
+                picked = {i: h for i, h in picked.items() if i not in found}
+            elif op == "&":
+                picked = {i: h for i, h in picked.items() if i in found}
+            else:
+                both = picked.keys() & found.keys()
+                picked = {i: h for i, h in {**picked, **found}.items() if i not in both}
+        return picked
+
+    def operand(self, operand: str, adds: bool, extra: dict[str, list[Host]]) -> dict[str, Host]:
+        """The hosts one operand names. ``adds``: names not listed become ad-hoc hosts.
+
+        ``extra``: the hosts not listed that the selection named so far, by
+        name, which a later ``!`` or ``&`` may name too.
+        """
+        if operand.startswith("@"):
+            return self.at(operand)
+        if operand in self.inv.groups:
+            return self.group(operand)
+        user, pattern, port_text = _split_entry(operand)
+        port = _port_number(operand, port_text)
+        if user is None and port is None and _GROUP_LIKE.fullmatch(pattern):
+            if pattern not in self.inv._by_name and pattern not in extra:
+                raise self.unknown_group(pattern, at=False)
+        found: dict[str, Host] = {}
+        for name in expand(pattern):
+            matches = [h for h in self.inv._by_name.get(name, []) if port in (None, h.port)]
+            if not matches:
+                matches = [h for h in extra.get(name, ()) if port in (None, h.port)]
+            if not matches and adds:
+                matches = [self.inv.ad_hoc_host(name, user, port)]
+            for host in matches:
+                if adds and user is not None and host.user != user:
+                    # One host id, one user: the record keeps ids, and status
+                    # and collect log in again as the host's user.
+                    where = (
+                        f"is in {self.inv.source}"
+                        if host.id in self.inv._by_id
+                        else "is named earlier"
+                    )
+                    raise InventoryError(
+                        f"{operand!r}: {host.id} {where} with user {host.user}; "
+                        f"drop '{user}@' or change the inventory"
+                    )
+                found[host.id] = host
+        return found
+
+    def group(self, name: str) -> dict[str, Host]:
+        ids = self.inv.groups[name]
+        if not ids:
+            self.empty.append(f"group {name!r} lists no host")
+        return {i: self.inv.host(i) for i in ids}
+
+    def at(self, operand: str) -> dict[str, Host]:
+        """``@group`` (``@rack[1-2]`` too) or ``@failed`` and the other run outcomes."""
+        name = operand[1:]
+        if name in OUTCOME_SELECTORS:
+            return self.outcome(name)
+        if not name:
+            raise InventoryError("'@' needs a group name after it (as in @lab)")
+        found: dict[str, Host] = {}
+        for group in expand(name):
+            if group not in self.inv.groups:
+                raise self.unknown_group(group, at=True)
+            found.update(self.group(group))
+        return found
+
+    def outcome(self, selector: str) -> dict[str, Host]:
+        if self.last_run is None:
+            raise InventoryError(f"@{selector} needs a run record, and none is at hand here")
+        if self._outcomes is None:
+            self._outcomes = self.last_run()
+        outcomes = self._outcomes
+        inv = self.inv.with_ad_hoc(outcomes.ad_hoc)
+        found: dict[str, Host] = {}
+        for host_id in outcomes.hosts(selector):
+            try:
+                found[host_id] = inv._by_id[host_id]
+            except KeyError:
+                raise InventoryError(
+                    f"host {host_id} of run {outcomes.run_id} is no longer in the inventory; "
+                    "pass the run's inventory with --inventory FILE",
+                    self.inv.source,
+                ) from None
+        if not found:
+            self.empty.append(f"run {outcomes.run_id} has no {selector.replace('-', ' ')} host")
+        return found
+
+    def unknown_group(self, name: str, at: bool) -> InventoryError:
+        known = list(self.inv.groups)
+        prefix = "@" if at else ""
+        choices = [prefix + g for g in known] + (["@" + s for s in OUTCOME_SELECTORS] if at else [])
+        close = difflib.get_close_matches(prefix + name, choices, n=1)
+        if close:
+            hint = f"did you mean {close[0]!r}?"
+        else:
+            hint = f"groups: {', '.join(known) or 'none'}"
+            if not at:
+                hint += f"; a host not in {self.inv.source}: {name}:22 or user@{name}"
+        return InventoryError(f"unknown group {prefix + name!r} ({hint})")
+
+
+def _split_entry(entry: str) -> tuple[Optional[str], str, Optional[str]]:
+    """``[user@]pattern[:port]`` -> (user, pattern, port text); None for a part not given.
+
+    More than one colon is an IPv6 address, with no port. Raises HostRangeError
+    for an empty user, host or port.
+    """
+    pattern = entry.strip()
+    user: Optional[str] = None
+    if "@" in pattern:
+        user, _, pattern = pattern.partition("@")
+        if not user.strip():
+            raise HostRangeError(entry, "empty user before '@'")
+        user = user.strip()
+    port: Optional[str] = None
+    if pattern.count(":") == 1:
+        pattern, _, port = pattern.partition(":")
+    if not pattern:
+        raise HostRangeError(entry, "no host name")
+    return user, pattern, port
+
+
+def _port_number(entry: str, text: Optional[str]) -> Optional[int]:
+    """A port from ``:PORT`` text (None if not given); HostRangeError unless 1-65535."""
+    if text is None:
+        return None
+    if not (text.isdigit() and text.isascii() and 1 <= int(text) <= 65535):
+        raise HostRangeError(entry, f"port must be a number from 1 to 65535, not {text!r}")
+    return int(text)
+
+
+def _builtin_settings() -> dict[str, Any]:
+    """The settings of a host when nothing sets them (user: the inventory decides)."""
+    return {
+        "user": None,
+        "port": DEFAULT_PORT,
+        "key": None,
+        "known_hosts": os.path.normpath(os.path.expanduser(DEFAULT_KNOWN_HOSTS)),
+        "remote_dir": None,  # per user: default_remote_dir, once the user is known
+        "python": DEFAULT_PYTHON,
+        "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+        "env": (),
+        "become": False,
+        "become_user": None,
+    }
+
+
+def host_fields(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A Host's fields from resolved settings (the user known): the per-user
+    default remote_dir filled in, ``become``/``become_user`` made the one user
+    sudo runs the program as (``become_user`` alone implies ``become``)."""
+    fields = dict(settings)
+    if fields["remote_dir"] is None:
+        fields["remote_dir"] = default_remote_dir(fields["user"])
+    become, become_user = fields.pop("become"), fields.pop("become_user")
+    fields["become"] = (become_user or "root") if (become or become_user) else None
+    return fields
 
 
 def inventory_from_dict(
@@ -224,6 +500,7 @@ class _Builder:
             hosts=tuple(hosts.values()),
             groups=MappingProxyType({g: tuple(ids) for g, ids in members.items()}),
             source=self.source,
+            defaults=MappingProxyType(self.ad_hoc_settings(settings)),
         )
 
     def group_hosts(
@@ -275,11 +552,7 @@ class _Builder:
         except HostRangeError as exc:
             raise self.error(exc.msg, path) from exc
         self.require_user(resolved, path)
-        if resolved["remote_dir"] is None:
-            resolved["remote_dir"] = default_remote_dir(resolved["user"])
-        become, become_user = resolved.pop("become"), resolved.pop("become_user")
-        resolved["become"] = (become_user or "root") if (become or become_user) else None
-        return [Host(name=n, groups=(group,), **resolved) for n in names]
+        return [Host(name=n, groups=(group,), **host_fields(resolved)) for n in names]
 
     def settings(self, mapping: dict[Any, Any], path: KeyPath) -> dict[str, Any]:
         """Validated settings present in ``mapping`` (a defaults or group block)."""
@@ -310,6 +583,16 @@ class _Builder:
             "become": False,
             "become_user": None,
         }
+
+    def ad_hoc_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The defaults for hosts named ad hoc; their user stays None if none can be told."""
+        resolved = dict(settings)
+        if resolved["user"] is None:
+            try:
+                resolved["user"] = self.local_user or getpass.getuser()
+            except (OSError, KeyError, ImportError):  # no USER, no passwd entry
+                pass
+        return resolved
 
     def require_user(self, settings: dict[str, Any], path: KeyPath) -> None:
         if settings["user"] is not None:

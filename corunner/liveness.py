@@ -196,6 +196,8 @@ class Fleet:
     #: No node can turn dead by silence before this time: a lower bound, kept
     #: by every event, so that ``tick`` scans the fleet only when one might.
     quiet_until: float = float("-inf")
+    #: How many nodes are pending or alive; None: to be counted again.
+    _live: Optional[int] = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, hosts: Iterable[str], dead_after: float, now: float) -> Fleet:
@@ -204,7 +206,11 @@ class Fleet:
     def apply(self, host: str, result: Tuple[Node, List[Change]]) -> List[Change]:
         node, changes = result
         self.nodes[host] = node
-        self.changes.extend(changes)
+        if changes:
+            self.changes.extend(changes)
+            if self._live is not None:
+                for change in changes:
+                    self._live += (change.new in LIVE) - (change.old in LIVE)
         return changes
 
     def started(self, host: str, sent_at: float, now: float) -> None:
@@ -267,8 +273,14 @@ class Fleet:
 
     @property
     def finished(self) -> bool:
-        """True when nothing is left to wait for: no node is pending or alive."""
-        return not any(n.state in LIVE for n in self.nodes.values())
+        """True when nothing is left to wait for: no node is pending or alive.
+
+        The run loop asks after every event; the count is kept up by every
+        change, so a check costs nothing however large the fleet.
+        """
+        if self._live is None:
+            self._live = sum(1 for n in self.nodes.values() if n.state in LIVE)
+        return self._live == 0
 
     def by_state(self) -> Dict[State, List[str]]:
         out: Dict[State, List[str]] = {}

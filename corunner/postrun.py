@@ -68,9 +68,14 @@ class NodeStatus:
 def record_hosts(
     data: Dict[str, Any], inventory: Inventory, only: Optional[List[str]] = None
 ) -> List[Host]:
-    """The inventory's hosts that took part in a recorded run (optionally a subset)."""
+    """The hosts that took part in a recorded run (optionally a subset).
+
+    Hosts the inventory lists come from it; those named ad hoc in ``--hosts``
+    from the record's ``ad_hoc`` entries, with the inventory's defaults.
+    """
     hosts = []
     run_id = str(data.get("run_id", ""))
+    inventory = inventory.with_ad_hoc(data.get("ad_hoc") or ())
     for host_id, entry in data.get("hosts", {}).items():
         if only is not None and host_id not in only:
             continue

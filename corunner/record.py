@@ -15,6 +15,7 @@ import time
 from typing import IO, Any, Dict, Optional
 
 from .errors import RecordError
+from .report import RunOutcomes
 
 DEFAULT_ROOT = ".corunner/runs"
 
@@ -108,3 +109,11 @@ def find_run(run_id: Optional[str], root: Optional[str] = None) -> RunRecord:
             f"records of runs started elsewhere: set CORUNNER_RUNS to their directory)"
         )
     return record
+
+
+def run_outcomes(run_id: Optional[str], root: Optional[str] = None) -> RunOutcomes:
+    """How each host of run ``run_id`` (None: the latest) ended, for ``--hosts @failed``.
+
+    Raises RecordError when there is no such run or its record is unreadable.
+    """
+    return RunOutcomes.from_record(find_run(run_id, root).load())

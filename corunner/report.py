@@ -5,7 +5,7 @@ and the task layer read. Pure data; the exit code follows the one policy in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple, TypeVar
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple, TypeVar
 
 from .errors import exit_code_for
 from .liveness import State
@@ -60,3 +60,42 @@ class RunReport:
 
     def by_state(self) -> Dict[State, List[str]]:
         return group_by_state((h.host, h.state) for h in self.hosts)
+
+
+#: ``--hosts @NAME`` selectors: the hosts of a recorded run whose state is one
+#: of these (``None``: any state but succeeded, so a run still going counts).
+OUTCOME_SELECTORS: Dict[str, Optional[FrozenSet[str]]] = {
+    "failed": frozenset({State.FAILED.value}),
+    "unreachable": frozenset({State.UNREACHABLE.value}),
+    "dead": frozenset({State.DEAD.value}),
+    "timeout": frozenset({State.TIMEOUT.value}),
+    "stalled": frozenset({"stalled"}),
+    "not-succeeded": None,
+}
+
+
+@dataclass(frozen=True)
+class RunOutcomes:
+    """How each host of a recorded run ended, for ``--hosts @failed`` and friends.
+
+    ``ad_hoc``: the ``user@host:port`` entries of the run's hosts that were not
+    in the inventory, so they can be selected again with the same settings.
+    """
+
+    run_id: str
+    states: Tuple[Tuple[str, str], ...]  # (host id, state), in the run's order
+    ad_hoc: Tuple[str, ...] = ()
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> RunOutcomes:
+        """From a run record's ``run.json`` content (see corunner.record)."""
+        hosts = data.get("hosts") or {}
+        states = tuple((str(h), str((e or {}).get("state", "?"))) for h, e in hosts.items())
+        return cls(str(data.get("run_id", "?")), states, tuple(data.get("ad_hoc") or ()))
+
+    def hosts(self, selector: str) -> List[str]:
+        """The host ids that ``@selector`` picks (a key of OUTCOME_SELECTORS)."""
+        wanted = OUTCOME_SELECTORS[selector]
+        if wanted is None:
+            return [h for h, state in self.states if state != State.SUCCEEDED.value]
+        return [h for h, state in self.states if state in wanted]

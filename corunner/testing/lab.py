@@ -1,7 +1,8 @@
 """The lab: a local test cluster of real OpenSSH servers, one per "node".
 
 Each node is one ``sshd`` in its own mount, UTS and PID namespaces, started by
-``unshare`` as root. It listens on its own loopback address ``127.0.1.<i>:22``,
+``unshare`` as root. It listens on its own loopback address ``127.0.1.<i>:22``
+(:func:`node_address`: indices above 254 go on in ``127.0.2.x``, ``127.0.3.x``...),
 answers ``hostname`` with ``node<i>``, has its own host key and a private tmpfs
 on ``/tmp``. The network namespace is shared with the host on purpose: a node
 reaches the controller's listener on ``127.0.0.1``. Everything else (``/root``,
@@ -24,6 +25,7 @@ import fcntl
 import json
 import os
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -32,7 +34,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from ..errors import LabError
 
@@ -45,7 +47,13 @@ NODE_VIEW = Path("/run/corunner-lab")
 #: ``$0`` of the shell that becomes sshd: marks an ``unshare`` process as ours.
 MARKER = "corunner-lab-node"
 PORT = 22
+#: The first block of node addresses: node ``i`` is ``127.0.1.<i>`` for i in 1..254.
 NETWORK = "127.0.1."
+#: Node addresses per /24 block: .1 to .254 (never .0 or .255).
+BLOCK_SIZE = 254
+#: Highest node index: ``127.0.254.254``. Blocks go on from ``127.0.1.0/24`` up,
+#: ``127.0.0.0/24`` (the controller's 127.0.0.1) is never used.
+MAX_INDEX = BLOCK_SIZE * 254
 STATE_FILE = "lab.json"
 STATE_VERSION = 1
 #: sshd refuses to start without its privilege separation directory.
@@ -87,6 +95,20 @@ class Node:
     pid: int
 
 
+@dataclass(frozen=True)
+class Memory:
+    """What the lab's processes take, summed over every process of every node (bytes).
+
+    ``pss`` (proportional set size) shares each page among the processes mapping
+    it, so it adds up to what the nodes really cost; ``rss`` counts shared pages
+    (libraries) once per process and overstates it.
+    """
+
+    processes: int
+    rss: int
+    pss: int
+
+
 @dataclass
 class Lab:
     """A running lab and the files a client needs to reach it.
@@ -122,6 +144,11 @@ class Lab:
             f"(it has {_host_pattern([n.index for n in self.nodes])})"
         )
 
+    def memory(self) -> Memory:
+        """The memory of every process of the running nodes: ``unshare``, sshd and
+        whatever runs in the node (sessions, programs)."""
+        return _memory([n.pid for n in self.nodes if _is_ours(n.pid, self.state_dir)])
+
     def kill(self, i: Union[int, str]) -> None:
         """SIGKILL the node: its sshd and every process in it die, like a dead machine.
 
@@ -142,7 +169,8 @@ class Lab:
         init = _child_of(node.pid)
         seen: Set[int] = set()
         # Stop PID 1 (the listening sshd) first so it cannot fork more, then
-        # rescan until no new process shows up.
+        # rescan until no new process shows up. SIGSTOP takes effect when each
+        # process next runs: wait for that, so the node is hung once this returns.
         for _ in range(10):
             pids = [p for p in _pids_in_namespace_of(init) if p not in seen]
             if not pids:
@@ -152,6 +180,7 @@ class Lab:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGSTOP)
             seen.update(pids)
+            _wait_stopped(seen, node)
 
     def thaw(self, i: Union[int, str]) -> None:
         """SIGCONT every process of the node: it carries on where it stopped."""
@@ -240,7 +269,13 @@ def up(
     timeout: Optional[float] = None,
     ephemeral: bool = False,
 ) -> Lab:
-    """Start ``nodes`` nodes at ``127.0.1.<first>`` and up, and return the lab.
+    """Start ``nodes`` nodes at indices ``first`` and up, and return the lab.
+
+    Node ``i`` listens on :func:`node_address` ``(i)``: ``127.0.1.<i>`` up to 254,
+    then ``127.0.2.1`` and on, up to :data:`MAX_INDEX`. The nodes start all at
+    once and are waited for together: 1,000 of them took 20 s on two cores, 7 s
+    of it making their host keys (kept for the next time), and 1.3 MiB of
+    memory (PSS) each.
 
     A lab already running in ``state_dir`` is stopped first: ``up`` always
     gives fresh nodes (empty ``/tmp``), never a half-reused lab. Keys already
@@ -254,10 +289,10 @@ def up(
     the node that did not within ``timeout`` seconds (default 30 + 0.5 per
     node), after stopping every node it started.
     """
-    if nodes < 1 or first < 1 or first + nodes - 1 > 254:
+    if nodes < 1 or first < 1 or first + nodes - 1 > MAX_INDEX:
         raise LabError(
-            f"cannot place {nodes} nodes from {NETWORK}{first}: "
-            f"addresses must stay within {NETWORK}1-254"
+            f"cannot place {nodes} nodes from index {first}: indices must stay within "
+            f"1-{MAX_INDEX} ({node_address(1)}-{node_address(MAX_INDEX)})"
         )
     if timeout is None:
         timeout = 30.0 + 0.5 * nodes
@@ -276,7 +311,7 @@ def up(
         started: List[Node] = []
         try:
             for i in indices:
-                started.append(Node(i, _address(i), _hostname(i), _spawn(state_dir, i)))
+                started.append(Node(i, node_address(i), _hostname(i), _spawn(state_dir, i)))
             # Recorded before waiting: a crash from here on leaves pids to clean up.
             _write_state(state_dir, started, owner)
             _wait_for_banners(started, state_dir, time.monotonic() + timeout)
@@ -345,17 +380,62 @@ def read_banner(address: str, timeout: float = 1.0, port: int = PORT) -> str:
 # --- names and files ------------------------------------------------------------------
 
 
-def _address(i: int) -> str:
-    return f"{NETWORK}{i}"
+def node_address(i: int) -> str:
+    """The loopback address of node ``i``: 1 -> ``127.0.1.1``, 254 -> ``127.0.1.254``,
+    255 -> ``127.0.2.1``, 1000 -> ``127.0.4.238``: 254 nodes per /24 block, skipping
+    .0 and .255. Raises LabError outside 1..:data:`MAX_INDEX`."""
+    if not 1 <= i <= MAX_INDEX:
+        raise LabError(f"no lab address for node index {i}: indices go from 1 to {MAX_INDEX}")
+    block, offset = divmod(i - 1, BLOCK_SIZE)
+    return f"127.0.{block + 1}.{offset + 1}"
 
 
 def _hostname(i: int) -> str:
     return f"node{i}"
 
 
-def _host_pattern(indices: List[int]) -> str:
-    lo, hi = min(indices), max(indices)
-    return f"{NETWORK}{lo}" if lo == hi else f"{NETWORK}[{lo}-{hi}]"
+def _blocks(indices: Iterable[int]) -> Dict[int, List[int]]:
+    """Last octets by third octet, both ascending: {1: [250, ..., 254], 2: [1, ...]}."""
+    blocks: Dict[int, List[int]] = {}
+    for i in sorted(set(indices)):
+        block, offset = divmod(i - 1, BLOCK_SIZE)
+        blocks.setdefault(block + 1, []).append(offset + 1)
+    return blocks
+
+
+def _fold_numbers(numbers: Sequence[int]) -> str:
+    """Ascending numbers as a range body: [1, 2, 3, 7] -> ``1-3,7``."""
+    runs: List[List[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _bracket(numbers: Sequence[int]) -> str:
+    body = _fold_numbers(numbers)
+    return body if len(numbers) == 1 else f"[{body}]"
+
+
+def _host_patterns(indices: Iterable[int]) -> List[str]:
+    """The nodes' addresses as host patterns (hostrange syntax), in address order.
+
+    One pattern per /24 block, and consecutive blocks holding the same last
+    octets in one: indices 1..1000 -> ``127.0.[1-3].[1-254]``, ``127.0.4.[1-238]``.
+    """
+    groups: List[Tuple[List[int], List[int]]] = []  # (third octets, last octets)
+    for block, offsets in _blocks(indices).items():
+        if groups and groups[-1][1] == offsets and groups[-1][0][-1] == block - 1:
+            groups[-1][0].append(block)
+        else:
+            groups.append(([block], offsets))
+    return [f"127.0.{_bracket(blocks)}.{_bracket(offsets)}" for blocks, offsets in groups]
+
+
+def _host_pattern(indices: Iterable[int]) -> str:
+    return ",".join(_host_patterns(indices))
 
 
 def _node_dir(state_dir: Path, i: int) -> Path:
@@ -379,7 +459,7 @@ def _inventory_text(state_dir: Path, indices: List[int]) -> str:
         "  connect_timeout: 5\n"
         "groups:\n"
         "  lab:\n"
-        f'    hosts: ["{_host_pattern(indices)}"]\n'
+        f"    hosts: {json.dumps(_host_patterns(indices))}\n"
     )
 
 
@@ -392,10 +472,11 @@ def _node_python() -> str:
     return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else "python3"
 
 
-def _ssh_config_text(state_dir: Path) -> str:
+def _ssh_config_text(state_dir: Path, indices: List[int]) -> str:
+    blocks = " ".join(f"127.0.{block}.*" for block in _blocks(indices))
     return (
-        "# written by corunner.lab: ssh -F <this file> 127.0.1.1\n"
-        f"Host {NETWORK}*\n"
+        f"# written by corunner.lab: ssh -F <this file> {node_address(min(indices))}\n"
+        f"Host {blocks}\n"
         "  User root\n"
         f"  IdentityFile {state_dir / 'id_ed25519'}\n"
         "  IdentitiesOnly yes\n"
@@ -408,7 +489,7 @@ def _sshd_config_text(i: int, version: Tuple[int, int]) -> str:
     inside = NODE_VIEW / "nodes" / _hostname(i)
     lines = [
         f"# written by corunner.lab for {_hostname(i)}; paths as the node sees them",
-        f"ListenAddress {_address(i)}:{PORT}",
+        f"ListenAddress {node_address(i)}:{PORT}",
         f"HostKey {inside / 'ssh_host_ed25519_key'}",
         f"AuthorizedKeysFile {NODE_VIEW / 'id_ed25519.pub'}",
         "PermitRootLogin prohibit-password",
@@ -416,11 +497,22 @@ def _sshd_config_text(i: int, version: Tuple[int, int]) -> str:
         "KbdInteractiveAuthentication no",
         "UsePAM no",
         "StrictModes no",
+        # Connections not yet logged in, per node (each node is its own listener):
+        # the default 10:30:100 starts dropping them at 10, which a test hammering
+        # one node, or a slow controller opening several at once, reaches quickly.
         "MaxStartups 200:30:400",
+        # Longer than the default 120 s: with 1,000+ nodes on a few cores a
+        # controller may take minutes to get round to finishing each handshake;
+        # clients time out on their own (the inventory's connect_timeout).
+        "LoginGraceTime 300",
+        # Channels per connection (default 10): a run multiplexes exec, SFTP and
+        # forwarded channels over one connection.
         "MaxSessions 50",
+        # No zlib state (~300 KiB per connection) even if a client asks for it.
+        "Compression no",
         "Subsystem sftp internal-sftp",
         "PidFile none",
-        "LogLevel ERROR",
+        "LogLevel INFO",  # a line per login: tests read it to prove that --dry logs in nowhere
         "PrintMotd no",
         "UseDNS no",
     ]
@@ -439,26 +531,41 @@ def _sshd_version() -> Tuple[int, int]:
 
 
 def _ensure_keys(paths: Iterable[Tuple[Path, str]]) -> None:
-    """Generate the ed25519 keys that are missing, concurrently (one ssh-keygen each).
+    """Generate the ed25519 keys that are missing, a few ssh-keygen at a time.
 
     Keys already there are kept (and made private again: ssh and sshd refuse
-    keys others can read).
+    keys others can read). At most :data:`_KEYGEN_JOBS` run at once: a thousand
+    at once would only fight over the cores (and hold two pipes each).
     """
-    jobs = []
-    for path, comment in paths:
-        if path.is_file() and path.with_suffix(".pub").is_file():
-            path.chmod(0o600)
-            continue
-        path.unlink(missing_ok=True)
-        path.with_suffix(".pub").unlink(missing_ok=True)
-        cmd = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
-        out = subprocess.PIPE
-        job = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=_ENV)
-        jobs.append((path, job))
-    for path, job in jobs:
+    jobs: List[Tuple[Path, subprocess.Popen[bytes]]] = []
+
+    def finish(path: Path, job: subprocess.Popen[bytes]) -> None:
         _, err = job.communicate()
         if job.returncode != 0:
             raise LabError(f"ssh-keygen failed for {path}: {err.decode(errors='replace').strip()}")
+
+    try:
+        for path, comment in paths:
+            if path.is_file() and path.with_suffix(".pub").is_file():
+                path.chmod(0o600)
+                continue
+            path.unlink(missing_ok=True)
+            path.with_suffix(".pub").unlink(missing_ok=True)
+            if len(jobs) >= _KEYGEN_JOBS:
+                finish(*jobs.pop(0))
+            cmd = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
+            out = subprocess.PIPE
+            job = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=_ENV)
+            jobs.append((path, job))
+        while jobs:
+            finish(*jobs.pop(0))
+    finally:
+        for _, job in jobs:  # only after an error: do not leave them behind
+            job.kill()
+            job.communicate()
+
+
+_KEYGEN_JOBS = 2 * (os.cpu_count() or 1) + 2
 
 
 def _write_files(state_dir: Path, indices: List[int]) -> None:
@@ -473,10 +580,10 @@ def _write_files(state_dir: Path, indices: List[int]) -> None:
     for i in indices:
         _write_text(_node_dir(state_dir, i) / "sshd_config", _sshd_config_text(i, version))
         kind, blob = (_node_dir(state_dir, i) / "ssh_host_ed25519_key.pub").read_text().split()[:2]
-        known.append(f"{_address(i)} {kind} {blob}\n")
+        known.append(f"{node_address(i)} {kind} {blob}\n")
     _write_text(state_dir / "known_hosts", "".join(known))
     _write_text(state_dir / "hosts.yaml", _inventory_text(state_dir, indices))
-    _write_text(state_dir / "ssh_config", _ssh_config_text(state_dir))
+    _write_text(state_dir / "ssh_config", _ssh_config_text(state_dir, indices))
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -675,15 +782,77 @@ def _process_identity(pid: int) -> Optional[List[int]]:
 
 def _child_of(pid: int) -> Optional[int]:
     """The one child of an unshare process: PID 1 of the node's namespace."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = [
-            e.name
-            for e in os.scandir("/proc")
-            if e.name.isdigit() and (_proc_stat(int(e.name)) or ["", ""])[1] == str(pid)
-        ]
-    return int(children[0]) if children else None
+    return _children_of([pid]).get(pid)
+
+
+def _children_of(pids: Iterable[int]) -> Dict[int, int]:
+    """{unshare pid: its one child} for those that have one; one /proc scan at most
+    (when the kernel has no ``/proc/<pid>/task/<pid>/children``)."""
+    found: Dict[int, int] = {}
+    unknown: Set[int] = set()
+    for pid in pids:
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            unknown.add(pid)
+            continue
+        if children:
+            found[pid] = int(children[0])
+    if unknown:
+        for parent, kids in _process_tree().items():
+            if parent in unknown:
+                found[parent] = min(kids)
+    return found
+
+
+def _process_tree() -> Dict[int, List[int]]:
+    """{pid: its children} of every process, from one scan of /proc."""
+    tree: Dict[int, List[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _proc_stat(int(entry.name))
+            if fields:
+                tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    return tree
+
+
+def _memory(roots: List[int]) -> Memory:
+    """The memory of ``roots`` and all their descendants (see :class:`Memory`)."""
+    tree = _process_tree()
+    pids: List[int] = []
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo += tree.get(pid, [])
+    counted = rss = pss = 0
+    for pid in pids:
+        fields: Dict[str, int] = {}
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                name, _, value = line.partition(":")
+                if name in ("Rss", "Pss"):
+                    fields[name] = int(value.split()[0]) * 1024
+        if "Rss" in fields:
+            counted += 1
+            rss += fields["Rss"]
+            pss += fields.get("Pss", fields["Rss"])
+    return Memory(counted, rss, pss)
+
+
+def _wait_stopped(pids: Iterable[int], node: Node, timeout: float = 5.0) -> None:
+    """Wait until each of ``pids`` is stopped or gone; LabError if one goes on running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        moving = [p for p in pids if _proc_state(p) not in (None, "T", "t", "Z", "X")]
+        if not moving:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(
+                f"{node.hostname} ({node.address}): processes {moving} still run "
+                f"{timeout:.0f} s after SIGSTOP"
+            )
+        time.sleep(0.002)
 
 
 def _pids_in_namespace_of(init: Optional[int]) -> List[int]:
@@ -710,24 +879,34 @@ def _gone(pid: int) -> bool:
     return _proc_state(pid) in (None, "Z", "X")
 
 
-def _kill_and_wait(pids: List[int], timeout: float = 10.0) -> None:
+def _kill_and_wait(pids: List[int], timeout: Optional[float] = None) -> None:
     """SIGKILL unshare processes (SIGTERM is blocked) and wait until their nodes are gone.
 
     The caller has checked the pids are ours. ``--kill-child`` takes the node's
-    PID 1 along, and the kernel then kills the rest of its namespace.
+    PID 1 along, and the kernel then kills the rest of its namespace. All are
+    signalled first, then waited for together (default: 10 s + 20 ms per node).
     """
-    inits = [c for c in (_child_of(p) for p in pids) if c is not None]
+    if not pids:
+        return
+    if timeout is None:
+        timeout = 10.0 + 0.02 * len(pids)
+    inits = list(_children_of(pids).values())
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     waiting = list(pids) + inits
+    pause = 0.005
     while waiting:
         waiting = [p for p in waiting if not _gone(p)]
         if waiting and time.monotonic() > deadline:
-            raise LabError(f"lab processes {waiting} still alive {timeout:.0f} s after SIGKILL")
+            shown = ", ".join(map(str, waiting[:20])) + (" ..." if len(waiting) > 20 else "")
+            raise LabError(
+                f"{len(waiting)} lab processes ({shown}) still alive {timeout:.0f} s after SIGKILL"
+            )
         if waiting:
-            time.sleep(0.01)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 def _down(state_dir: Path) -> int:
@@ -744,30 +923,57 @@ def _down(state_dir: Path) -> int:
     return len(pids)
 
 
-def _abandoned(pid: int, state_dir: Path) -> bool:
-    """Whether a lab process is left over: its state dir forgot it, or its owner is gone."""
-    if _busy(state_dir):
+def _abandoned(
+    pid: int, state_dir: Path, seen: Optional[Dict[Path, Tuple[bool, Set[int], bool]]] = None
+) -> bool:
+    """Whether a lab process is left over: its state dir forgot it, or its owner is gone.
+
+    ``seen`` caches what was read of each state dir (busy, recorded pids, owner
+    gone), so judging a thousand nodes of one lab reads its state once.
+    """
+    facts = seen.get(state_dir) if seen is not None else None
+    if facts is None:
+        facts = _lab_facts(state_dir)
+        if seen is not None:
+            seen[state_dir] = facts
+    busy, recorded, owner_gone = facts
+    if busy:
         return False  # its up/restart may not have recorded this pid yet
+    return pid not in recorded or owner_gone
+
+
+def _lab_facts(state_dir: Path) -> Tuple[bool, Set[int], bool]:
+    """(busy, pids its state records, owner gone) of the lab in ``state_dir``."""
+    if _busy(state_dir):
+        return True, set(), False
     try:
         state = _read_state(state_dir)
     except LabError:
-        return True
-    if state is None or pid not in [n.get("pid") for n in state.get("nodes", [])]:
-        return True
+        return False, set(), True
+    if state is None:
+        return False, set(), True
+    nodes = state.get("nodes")
+    recorded: Set[int] = {
+        n["pid"]
+        for n in (nodes if isinstance(nodes, list) else [])
+        if isinstance(n, dict) and isinstance(n.get("pid"), int)
+    }
     owner = state.get("owner")
-    return bool(owner) and _process_identity(owner[0]) != owner
+    owner_gone = isinstance(owner, list) and bool(owner) and _process_identity(owner[0]) != owner
+    return False, recorded, owner_gone
 
 
 def _reclaim(indices: List[int], state_dir: Path) -> None:
     """Kill left-over nodes of other labs on our addresses; refuse to touch live labs."""
     wanted = set(indices)
     stale = []
+    seen: Dict[Path, Tuple[bool, Set[int], bool]] = {}
     for pid, where, i in _all_lab_processes():
         if i not in wanted or where == state_dir:
             continue
-        if not _abandoned(pid, where):
+        if not _abandoned(pid, where, seen):
             raise LabError(
-                f"{_address(i)} is used by the lab in {where}: stop it first "
+                f"{node_address(i)} is used by the lab in {where}: stop it first "
                 f"(`inv lab.down` there, or corunner.lab.down(Path({str(where)!r})))"
             )
         stale.append(pid)
@@ -818,7 +1024,7 @@ def _socket_owner(inode: int) -> str:
 def _check_wildcard_port() -> None:
     """Raise LabError if a server on all addresses, port 22, keeps 127.0.1.x:22 from binding."""
     taken = {addr for addr, _ in _listeners(PORT)}
-    free = next((_address(i) for i in range(254, 0, -1) if _address(i) not in taken), None)
+    free = next((node_address(i) for i in range(254, 0, -1) if node_address(i) not in taken), None)
     if free is None:
         return
     with socket.socket() as sock:
@@ -853,37 +1059,146 @@ def _check_wildcard_port() -> None:
 def _check_addresses_free(indices: List[int]) -> None:
     busy = {addr: inode for addr, inode in _listeners(PORT)}
     for i in indices:
-        if _address(i) in busy:
+        if node_address(i) in busy:
             raise LabError(
-                f"{_address(i)}:{PORT} is already in use by {_socket_owner(busy[_address(i)])}: "
+                f"{node_address(i)}:{PORT} is already in use by {_socket_owner(busy[node_address(i)])}: "
                 f"stop it, or start the lab at other addresses (first=...)"
             )
+
+
+#: Banner probes open at once while a lab starts. Each costs its node a fork and
+#: an exec of sshd; more at once would only queue for the cores.
+_PROBES = 32
+#: Seconds one probe may wait for its banner before it is dropped and tried again.
+_PROBE_TIMEOUT = 10.0
+#: Bytes of the identification line a probe reads at most.
+_BANNER_MAX = 256
+
+
+@dataclass
+class _Probe:
+    """One non-blocking banner read in flight."""
+
+    node: Node
+    sock: socket.socket
+    started: float
+    connected: bool = False
+    data: bytes = b""
 
 
 def _wait_for_banners(nodes: List[Node], state_dir: Path, deadline: float) -> None:
     """Wait until each node answers with an SSH banner; LabError naming the first that won't.
 
-    The nodes start concurrently, so waiting for them one after the other
-    costs no more than the slowest one.
+    All nodes are waited for together, with non-blocking sockets on one
+    selector: a node is probed once ``/proc/net/tcp`` shows it listening (one
+    read for all of them), at most :data:`_PROBES` probes at a time, each retried
+    until the deadline. Exits are checked on every node a few times a second.
     """
-    for node in nodes:
-        while True:
-            try:
-                if read_banner(node.address, timeout=1.0).startswith("SSH-"):
+    waiting: Dict[str, Node] = {n.address: n for n in nodes}
+    listening: Set[str] = set()
+    retry_at: Dict[str, float] = {}
+    probes: Dict[str, _Probe] = {}
+    selector = selectors.DefaultSelector()
+    can_scan = os.access("/proc/net/tcp", os.R_OK)
+    next_scan = next_exit_check = 0.0
+
+    def drop(probe: _Probe, again: bool) -> None:
+        selector.unregister(probe.sock)
+        probe.sock.close()
+        del probes[probe.node.address]
+        if again:
+            retry_at[probe.node.address] = time.monotonic() + 0.05
+        else:
+            del waiting[probe.node.address]
+            listening.discard(probe.node.address)
+
+    try:
+        while waiting:
+            now = time.monotonic()
+            if now >= next_exit_check:
+                next_exit_check = now + 0.2
+                for node in waiting.values():
+                    if _exited(node.pid, state_dir):
+                        raise LabError(
+                            f"{node.hostname} ({node.address}) exited during start-up: "
+                            f"{_log_tail(state_dir, node.index)}"
+                        )
+            if now > deadline:
+                late = next(iter(waiting.values()))
+                others = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+                raise LabError(
+                    f"{late.hostname} ({late.address}){others} did not answer with an SSH "
+                    f"banner in time: {_log_tail(state_dir, late.index)}"
+                )
+            if len(listening) < len(waiting) and now >= next_scan:
+                next_scan = now + 0.05
+                if can_scan:
+                    listening |= {a for a, _ in _listeners(PORT) if a in waiting}
+                else:
+                    listening = set(waiting)
+            for address in listening:
+                if len(probes) >= _PROBES:
                     break
-            except OSError:
-                pass
-            if _exited(node.pid, state_dir):
-                raise LabError(
-                    f"{node.hostname} ({node.address}) exited during start-up: "
-                    f"{_log_tail(state_dir, node.index)}"
-                )
-            if time.monotonic() > deadline:
-                raise LabError(
-                    f"{node.hostname} ({node.address}) did not answer with an SSH banner "
-                    f"in time: {_log_tail(state_dir, node.index)}"
-                )
-            time.sleep(0.02)
+                if address not in probes and retry_at.get(address, 0.0) <= now:
+                    _start_probe(waiting[address], selector, probes, retry_at)
+            for key, events in selector.select(timeout=0.02):
+                probe = key.data
+                done = _advance_probe(probe, selector, events)
+                if done is not None:
+                    drop(probe, again=not done)
+            now = time.monotonic()
+            for probe in [p for p in probes.values() if now - p.started > _PROBE_TIMEOUT]:
+                drop(probe, again=True)
+    finally:
+        for probe in probes.values():
+            probe.sock.close()
+        selector.close()
+
+
+def _start_probe(
+    node: Node,
+    selector: selectors.BaseSelector,
+    probes: Dict[str, _Probe],
+    retry_at: Dict[str, float],
+) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    err = sock.connect_ex((node.address, PORT))
+    if err not in (0, errno.EINPROGRESS):
+        sock.close()
+        retry_at[node.address] = time.monotonic() + 0.05
+        return
+    probe = _Probe(node, sock, time.monotonic(), connected=err == 0)
+    selector.register(sock, selectors.EVENT_READ if err == 0 else selectors.EVENT_WRITE, probe)
+    probes[node.address] = probe
+
+
+def _advance_probe(probe: _Probe, selector: selectors.BaseSelector, events: int) -> Optional[bool]:
+    """Move a probe on after its socket is ready: True once it read an SSH banner,
+    False if it failed (to be tried again), None while it goes on."""
+    if not probe.connected:
+        if probe.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return False  # refused, typically: sshd not listening yet
+        probe.connected = True
+        selector.modify(probe.sock, selectors.EVENT_READ, probe)
+        return None
+    try:
+        chunk = probe.sock.recv(_BANNER_MAX)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return False
+    if not chunk:
+        return False
+    probe.data += chunk
+    if b"\n" not in probe.data and len(probe.data) < _BANNER_MAX:
+        return None
+    if not probe.data.startswith(b"SSH-"):
+        return False
+    # Identify ourselves so sshd logs a quiet disconnect, not an error.
+    with contextlib.suppress(OSError):
+        probe.sock.send(b"SSH-2.0-corunner-lab-probe\r\n")
+    return True
 
 
 def _log_tail(state_dir: Path, i: int) -> str:

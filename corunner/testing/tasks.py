@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
-from invoke import Collection, Context, task
+from invoke import Collection, Context, Task, task
 
 from ..cli import reported
 from ..hostrange import fold
@@ -19,15 +19,28 @@ from . import lab as lab_module
 STATE_DIR = str(lab_module.DEFAULT_STATE_DIR)
 
 
-@task(help={"nodes": "how many nodes (default 8)", "state_dir": "where keys and state go"})
+MIB = 1024 * 1024
+
+
+@task(
+    help={
+        "nodes": "how many nodes (default 8; 1,000 and more work: 127.0.1.x, then 127.0.2.x ...)",
+        "first": "index of the first node (default 1: 127.0.1.1)",
+        "state_dir": "where keys and state go",
+    }
+)
 @reported
-def up(c: Context, nodes: int = 8, state_dir: str = STATE_DIR) -> None:
+def up(c: Context, nodes: int = 8, first: int = 1, state_dir: str = STATE_DIR) -> None:
     """Start the local test cluster: one real sshd per node on its own loopback address."""
     began = time.monotonic()
-    the_lab = lab_module.up(int(nodes), Path(state_dir))
+    the_lab = lab_module.up(int(nodes), Path(state_dir), first=int(first))
+    took = time.monotonic() - began
+    print(f"{len(the_lab.nodes)} nodes up in {took:.1f}s: {fold(n.address for n in the_lab.nodes)}")
+    used = the_lab.memory()
+    count = len(the_lab.nodes)
     print(
-        f"{len(the_lab.nodes)} nodes up in {time.monotonic() - began:.1f}s: "
-        f"{fold(n.address for n in the_lab.nodes)}"
+        f"memory: {used.pss / MIB:.0f} MiB PSS in {used.processes} processes, "
+        f"{used.pss / MIB / count:.2f} MiB per node (RSS sum {used.rss / MIB:.0f} MiB)"
     )
     print(f"inventory: {the_lab.inventory}")
 
@@ -36,10 +49,12 @@ def up(c: Context, nodes: int = 8, state_dir: str = STATE_DIR) -> None:
 @reported
 def down(c: Context, state_dir: str = STATE_DIR) -> None:
     """Stop every node of the local test cluster."""
-    print(f"{lab_module.down(Path(state_dir))} nodes stopped")
+    began = time.monotonic()
+    stopped = lab_module.down(Path(state_dir))
+    print(f"{stopped} nodes stopped in {time.monotonic() - began:.1f}s")
 
 
-def _fault(action: str) -> Callable[..., None]:
+def _fault(action: str) -> Task[Any]:
     @task(
         name=action, help={"node": "node index or address", "state_dir": "where keys and state go"}
     )

@@ -5,21 +5,24 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import uuid
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple, TypeVar
 
 import paramiko
 import pytest
 import yaml
 from helpers import wait_until
 
-from corunner.testing import lab as lab_module
 from corunner.errors import LabError
-from corunner.testing.lab import NETWORK, Lab, Node, read_banner
+from corunner.hostrange import expand
+from corunner.inventory import inventory_from_dict
+from corunner.testing import lab as lab_module
+from corunner.testing.lab import MAX_INDEX, NETWORK, Lab, Node, node_address, read_banner
 
 #: Addresses 127.0.1.1 .. 127.0.1.32: where a user's own lab (``inv lab.up``, up to
 #: 32 nodes) may run while the tests do. Neither the session lab nor the throw-away
@@ -55,9 +58,20 @@ def run(client: paramiko.SSHClient, command: str) -> Tuple[int, str]:
     return stdout.channel.recv_exit_status(), lines[-1] if lines else ""
 
 
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def pure(test: F) -> F:
+    """A test of the lab's own logic that starts nothing: it runs without the session lab."""
+    test.needs_no_lab = True  # type: ignore[attr-defined]
+    return test
+
+
 @pytest.fixture(autouse=True)
-def _environment(lab: Lab) -> None:
+def _environment(request: pytest.FixtureRequest) -> None:
     """Every test here needs what the lab needs: skip or fail alike when it cannot run."""
+    if not getattr(request.function, "needs_no_lab", False):
+        request.getfixturevalue("lab")
 
 
 @pytest.fixture
@@ -224,6 +238,135 @@ def test_up_names_the_process_holding_a_node_address(lab: Lab, tmp_path: Path) -
         squatter.listen()
         with pytest.raises(LabError, match=rf"{re.escape(address)}:22 is already in use by python"):
             lab_module.up(1, tmp_path, first=at)
+
+
+@pure
+def test_node_index_maps_to_an_address_254_per_block() -> None:
+    expected = {
+        1: "127.0.1.1",
+        101: "127.0.1.101",
+        254: "127.0.1.254",
+        255: "127.0.2.1",
+        508: "127.0.2.254",
+        509: "127.0.3.1",
+        1000: "127.0.4.238",
+        2000: "127.0.8.222",
+        MAX_INDEX: "127.0.254.254",
+    }
+    assert {i: node_address(i) for i in expected} == expected
+    assert all(node_address(i) == f"{NETWORK}{i}" for i in range(1, 255))  # as it always was
+    addresses = [node_address(i) for i in range(1, 2001)]
+    assert len(set(addresses)) == 2000
+    assert all(a.split(".")[3] not in ("0", "255") for a in addresses)
+    for index in (0, -1, MAX_INDEX + 1):
+        with pytest.raises(LabError, match="indices go from 1 to"):
+            node_address(index)
+    with pytest.raises(LabError, match="indices must stay within"):
+        lab_module.up(2, Path("/nonexistent"), first=MAX_INDEX)  # refused before anything runs
+
+
+@pure
+@pytest.mark.parametrize(
+    "first, count, patterns",
+    [
+        (101, 8, ["127.0.1.[101-108]"]),
+        (5, 1, ["127.0.1.5"]),
+        (250, 10, ["127.0.1.[250-254]", "127.0.2.[1-5]"]),
+        (1, 1000, ["127.0.[1-3].[1-254]", "127.0.4.[1-238]"]),
+        (254, 510, ["127.0.1.254", "127.0.[2-3].[1-254]", "127.0.4.1"]),
+        (300, 2000, ["127.0.2.[46-254]", "127.0.[3-9].[1-254]", "127.0.10.[1-13]"]),
+    ],
+)
+def test_inventory_folds_the_addresses_one_pattern_per_run_of_blocks(
+    first: int, count: int, patterns: List[str], tmp_path: Path
+) -> None:
+    indices = list(range(first, first + count))
+    text = lab_module._inventory_text(tmp_path, indices)
+    data = yaml.safe_load(text)
+    assert data["groups"]["lab"]["hosts"] == patterns
+    addresses = [node_address(i) for i in indices]
+    assert expand(",".join(patterns)) == addresses  # in node order
+    inventory = inventory_from_dict(data)
+    assert [h.name for h in inventory.hosts] == addresses
+    config = lab_module._ssh_config_text(tmp_path, indices)
+    blocks = sorted({a.rsplit(".", 1)[0] for a in addresses}, key=lambda b: int(b.split(".")[2]))
+    assert f"Host {' '.join(b + '.*' for b in blocks)}\n" in config
+
+
+def test_a_lab_across_a_block_boundary_answers_on_every_node_and_stops(
+    lab: Lab, tmp_path: Path
+) -> None:
+    first = _free_block_boundary(10, lab)
+    indices = list(range(first, first + 10))
+    addresses = [node_address(i) for i in indices]
+    if first == 250:
+        assert addresses == [f"127.0.1.{i}" for i in range(250, 255)] + [
+            f"127.0.2.{i}" for i in range(1, 6)
+        ]
+    # Addresses past the boundary are checked like the others before anything starts.
+    with socket.socket() as squatter:
+        squatter.bind((addresses[7], 22))
+        squatter.listen()
+        with pytest.raises(LabError, match=rf"{re.escape(addresses[7])}:22 is already in use"):
+            lab_module.up(10, tmp_path / "crossing", first=first)
+
+    crossing = lab_module.up(10, tmp_path / "crossing", first=first)
+    try:
+        assert [(n.index, n.address, n.hostname) for n in crossing.nodes] == [
+            (i, a, f"node{i}") for i, a in zip(indices, addresses)
+        ]
+        known = crossing.known_hosts.read_text().splitlines()
+        assert [line.split()[0] for line in known] == addresses
+        hosts = yaml.safe_load(crossing.inventory.read_text())["groups"]["lab"]["hosts"]
+        assert expand(",".join(hosts)) == addresses
+        for node in crossing.nodes:
+            with connect(crossing, node) as client:
+                assert run(client, "hostname") == (0, node.hostname)
+        if shutil.which("ssh"):  # the generated ssh_config reaches the second block too
+            last = crossing.nodes[-1]
+            done = subprocess.run(
+                ["ssh", "-F", str(crossing.ssh_config), "-o", "BatchMode=yes", last.address]
+                + ["hostname"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert (done.returncode, done.stdout.split()[-1:]) == (0, [last.hostname]), done.stderr
+        used = crossing.memory()
+        assert used.processes >= 20 and 0 < used.pss <= used.rss  # unshare + sshd per node
+        # Another live lab may not take any of them, past the boundary either.
+        with pytest.raises(LabError, match=re.escape(f"{addresses[6]} is used by the lab in")):
+            lab_module.up(1, tmp_path / "other", first=indices[6])
+    finally:
+        stopped = lab_module.down(tmp_path / "crossing")
+    assert stopped == 10
+    assert not any(_alive(n.pid) for n in crossing.nodes)
+    for address in addresses:
+        with pytest.raises(ConnectionRefusedError):
+            read_banner(address)
+
+
+def _free_block_boundary(count: int, lab: Lab) -> int:
+    """First of ``count`` free consecutive indices that cross from one /24 block into
+    the next (127.0.1.250-254 then 127.0.2.1-5 for 10), clear of the user's lab and
+    the session lab; the next boundaries if another lab is there."""
+    taken = set(USER_BLOCK) | {n.index for n in lab.nodes}
+    for block in range(1, 9):
+        first = block * lab_module.BLOCK_SIZE - count // 2 + 1
+        indices = range(first, first + count)
+        if taken.isdisjoint(indices) and all(_refused(node_address(i)) for i in indices):
+            return first
+    raise AssertionError(f"no {count} free addresses across any of the first 8 block boundaries")
+
+
+def _refused(address: str) -> bool:
+    try:
+        read_banner(address, timeout=0.2)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _free_addresses(count: int, lab: Lab) -> int:

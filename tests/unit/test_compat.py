@@ -37,6 +37,18 @@ def test_command_words_are_quoted_and_their_options_stay_theirs():
     assert run == ["run", """--cmd=sh -c 'echo $HOME; ls '"'"'a b'"'"''""", "--hosts=web"]
 
 
+def test_selection_options_pass_through_with_corunners_short_flags():
+    (run,) = run_argvs("-H", "lab!n3", "-x", "@failed", "-I", "h.yaml", "-p", "8", "true")
+    assert run == [
+        "run",
+        "--cmd=true",
+        "--hosts=lab!n3",
+        "--exclude=@failed",
+        "--inventory=h.yaml",
+        "--parallel=8",
+    ]
+
+
 def test_without_a_remote_dir_files_only_go_into_the_run_directory():
     argvs = run_argvs("-f", "a.py", "-f", "data", "python3", "a.py")
     assert argvs == [["run", "--cmd=python3 a.py", "--files=a.py,data"]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corunner.errors import HostRangeError, InventoryError
-from corunner.hostrange import MAX_NAMES, expand, fold, split_patterns
+from corunner.hostrange import MAX_NAMES, expand, fold, split_patterns, split_terms
 
 EXPANSIONS = [
     ("node1", ["node1"]),
@@ -64,11 +64,11 @@ REJECTED = [
     ("node[1 - 3]", "bad range item"),
     ("node[1-3/0]", "step must be at least 1"),
     ("node[1/2]", "bad range item"),
-    ("a!b", "'!' is a NodeSet operator (set difference)"),
-    ("a&b", "'&' is a NodeSet operator (set intersection)"),
-    ("a^b", "'^' is a NodeSet operator (symmetric difference)"),
-    ("node[1-3]!node2", "NodeSet operator"),
-    ("@lab", "'@group' syntax is not supported"),
+    ("a!b", "'!' is a set operator (set difference) in --hosts"),
+    ("a&b", "'&' is a set operator (set intersection) in --hosts"),
+    ("a^b", "'^' is a set operator (symmetric difference) in --hosts"),
+    ("node[1-3]!node2", "set operator"),
+    ("@lab", "'@' names a group in --hosts"),
     ("a@b", "'@' is not part of a host name"),
     ("a b", "whitespace"),
     ("a\tb", "whitespace"),
@@ -165,3 +165,47 @@ def test_split_patterns_keeps_commas_inside_brackets(sel: str, items: list[str])
 def test_split_patterns_rejects_broken_lists(sel: str, reason: str) -> None:
     with pytest.raises(HostRangeError, match=reason.replace("[", r"\[")):
         split_patterns(sel)
+
+
+TERMS = [
+    ("lab", [(",", "lab")]),
+    ("lab,web", [(",", "lab"), (",", "web")]),
+    ("lab!n3", [(",", "lab"), ("!", "n3")]),
+    ("lab,!n3", [(",", "lab"), ("!", "n3")]),  # Ansible's spelling, same meaning
+    ("lab&rack1", [(",", "lab"), ("&", "rack1")]),
+    ("lab,&rack1", [(",", "lab"), ("&", "rack1")]),
+    ("lab^web", [(",", "lab"), ("^", "web")]),
+    ("a,b!c&d^e", [(",", "a"), (",", "b"), ("!", "c"), ("&", "d"), ("^", "e")]),
+    ("n[1-5,7]!n[2,3]", [(",", "n[1-5,7]"), ("!", "n[2,3]")]),  # no split inside brackets
+    ("!n3", [("!", "n3")]),  # leading operator: the caller starts from every host
+    ("&rack1", [("&", "rack1")]),
+    (" lab , !n3 ", [(",", "lab"), ("!", "n3")]),
+    ("@lab,!@failed", [(",", "@lab"), ("!", "@failed")]),
+    ("root@gw:2222,lab", [(",", "root@gw:2222"), (",", "lab")]),
+]
+
+
+@pytest.mark.parametrize("sel, terms", TERMS)
+def test_split_terms_reads_operators_left_to_right(sel: str, terms: list) -> None:
+    assert split_terms(sel) == terms
+
+
+@pytest.mark.parametrize(
+    "sel, reason",
+    [
+        ("lab,", "empty item in the comma list"),
+        (",lab", "empty item in the comma list"),
+        ("lab,,web", "empty item in the comma list"),
+        ("lab!", "'!' (set difference) needs a group or host pattern after it"),
+        ("lab!!n3", "'!' (set difference) needs"),
+        ("lab!,n3", "'!' (set difference) needs"),
+        ("lab&^web", "'&' (set intersection) needs"),
+        (",!n3", "empty item in the comma list"),
+        ("n[1-3!n2", "unclosed '['"),
+        ("n]1!n2", "stray ']' at position 2"),
+    ],
+)
+def test_split_terms_names_the_missing_part(sel: str, reason: str) -> None:
+    with pytest.raises(HostRangeError) as err:
+        split_terms(sel)
+    assert reason in str(err.value)

@@ -170,10 +170,12 @@ def test_ipv6_entry_has_no_port_part() -> None:
     assert [(h.name, h.port) for h in inv.hosts] == [("fe80::1", 22), ("::1", 22)]
 
 
-def test_empty_group_is_allowed_and_selects_nothing() -> None:
+def test_empty_group_is_allowed_and_selecting_only_it_says_so() -> None:
     inv = build({"groups": {"g": {"hosts": ["a"]}, "spare": {"hosts": []}}})
     assert inv.groups["spare"] == ()
-    assert inv.select("spare") == []
+    assert [h.id for h in inv.select("g,spare")] == ["a"]
+    with pytest.raises(InventoryError, match="selects no host .group 'spare' lists no host."):
+        inv.select("spare")
 
 
 def test_hosts_and_inventory_are_frozen() -> None:
@@ -185,52 +187,7 @@ def test_hosts_and_inventory_are_frozen() -> None:
     assert hash(inv.hosts[0]) == hash(build(WEB).hosts[0])
 
 
-# --- selection -------------------------------------------------------------
-
-SELECTIONS = [
-    (None, 113),
-    ("", 113),
-    ("lab", 8),
-    ("web", 105),
-    ("lab,web", 113),
-    ("127.0.1.[2-3]", 2),
-    ("127.0.1.3,lab", 8),
-    ("db[01-02].example.com", 2),
-    ("gw.example.com", 1),  # the name matches though the id is gw.example.com:2222
-    ("gw.example.com:2222", 1),
-    ("192.168.1.[101-105,201-250]", 5),  # part of a pattern may match nothing
-]
-
-
-@pytest.mark.parametrize("selection, count", SELECTIONS)
-def test_select_counts(selection: Optional[str], count: int) -> None:
-    assert len(build(WEB).select(selection)) == count
-
-
-def test_select_keeps_inventory_order_without_duplicates() -> None:
-    inv = build(WEB)
-    ids = [h.id for h in inv.select("db01.example.com,127.0.1.[3,1],lab,127.0.1.2")]
-    assert ids == [f"127.0.1.{i}" for i in range(1, 9)] + ["db01.example.com"]
-
-
-@pytest.mark.parametrize(
-    "selection, message",
-    [
-        ("lbs", "unknown group 'lbs' (groups: lab, web)"),
-        ("lab,nosuch", "unknown group 'nosuch' (groups: lab, web)"),
-        ("node9", "'node9' matches no host in hosts.yaml"),
-        ("10.0.0.[1-4]", "'10.0.0.[1-4]' matches no host in hosts.yaml"),
-    ],
-)
-def test_select_errors_are_actionable(selection: str, message: str) -> None:
-    with pytest.raises(InventoryError) as err:
-        build(WEB).select(selection)
-    assert str(err.value) == message
-
-
-def test_select_rejects_nodeset_operators() -> None:
-    with pytest.raises(InventoryError, match="NodeSet operator"):
-        build(WEB).select("lab!127.0.1.1")
+# --- selection: tests/unit/test_selection.py ------------------------------
 
 
 def test_host_lookup_by_id() -> None:

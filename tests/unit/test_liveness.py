@@ -1,6 +1,6 @@
 """Liveness rules, driven with explicit times: no clock, no sockets."""
 
-from corunner.liveness import Fleet, State
+from corunner.liveness import LIVE, Fleet, State
 
 DEAD_AFTER = 5.0
 
@@ -156,3 +156,21 @@ def test_lost_session_makes_a_live_node_dead_but_not_a_finished_one():
     [change] = f.lost("a", 2.0, "SSH session ended without a status")
     assert change.new is State.DEAD
     assert f.lost("b", 2.0, "late") == []
+
+
+def test_finished_follows_every_change_without_scanning_the_fleet():
+    f = Fleet.of(["a", "b", "c"], 5.0, 0.0)
+    for h in "abc":
+        f.started(h, 0.0, 0.0)
+    assert not f.finished
+    f.exited("a", 1.0, 0, None)
+    f.heartbeat("b", 1.0)
+    f.unreachable("c", 1.0, "refused")
+    assert not f.finished  # b is alive
+    f.tick(7.0)  # b silent: dead, and a dead node is not waited for
+    assert f.finished
+    f.heartbeat("b", 8.0)  # it reports again: the run waits for it again
+    assert not f.finished
+    f.exited("b", 9.0, 1, None)
+    assert f.finished
+    assert f.finished == (not any(n.state in LIVE for n in f.nodes.values()))
