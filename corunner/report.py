@@ -34,6 +34,9 @@ class HostReport:
     last_seen_age: Optional[float] = None  # seconds since the last heartbeat, at the end
     pid: Optional[int] = None
     remote_dir: str = ""
+    #: Why a dead host is dead (``silent for 5.0s``, ``SSH session ended without a
+    #: status``): the reason of its last state change. In run.json, not in --json.
+    reason: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
         out = dict(self.__dict__)
