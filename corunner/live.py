@@ -174,7 +174,13 @@ class _View:
         tb: Optional[TracebackType],
     ) -> None:
         if self.widget is not None:
-            self.widget.stop()
+            try:
+                self.widget.stop()
+            except OSError:
+                # A terminal that hung up (SIGHUP, then EIO): the exception that
+                # ends the view is the one to report, not this one.
+                if exc is None:
+                    raise
 
     def on_change(self, change: Change, fleet: Fleet) -> None:
         return None
