@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -700,5 +701,17 @@ def collect(
     _finish_transfer(outcomes, out, "collect", "pull", label, dest, began, run_id)
 
 
+class CorunnerProgram(Program):
+    """The ``corunner`` command: Invoke's program, ending cleanly on a closed stdout
+    also where Invoke itself prints (``corunner --list | head -1``)."""
+
+    def run(self, argv: Optional[List[str]] = None, exit: bool = True) -> None:
+        try:
+            super().run(argv, exit)
+        except BrokenPipeError:
+            interrupts.silence(sys.stdout)  # so that the final flush does not fail again
+            sys.exit(128 + signal.SIGPIPE)
+
+
 ns = Collection(hosts, cp, run, status, stop, collect)
-program = Program(namespace=ns, version=__version__, name="corunner", binary="corunner")
+program = CorunnerProgram(namespace=ns, version=__version__, name="corunner", binary="corunner")

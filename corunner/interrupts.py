@@ -53,7 +53,7 @@ class Interrupted(KeyboardInterrupt):
         return self.signum in (signal.SIGPIPE, signal.SIGHUP)
 
 
-def _silence(stream: IO[str]) -> None:
+def silence(stream: IO[str]) -> None:
     """Point the stream's descriptor at /dev/null, so that later writes and the
     interpreter's final flush do not fail again (``Exception ignored ...``)."""
     try:
@@ -74,12 +74,12 @@ def write_line(stream: IO[str], text: str) -> None:
         stream.write(text + "\n")
         stream.flush()
     except BrokenPipeError:
-        _silence(stream)
+        silence(stream)
         raise Interrupted(signal.SIGPIPE) from None
     except OSError as exc:
         if exc.errno != errno.EIO:  # EIO: the terminal went away
             raise
-        _silence(stream)
+        silence(stream)
         raise Interrupted(signal.SIGHUP) from None
 
 
