@@ -20,7 +20,8 @@ def contender(name: str, ctx: Context, n: int) -> Contender:
     """The tool ``name`` running ``true`` on the first ``n`` nodes, ``n`` at a time."""
     missing: Optional[str] = None
     if name == "corunner":
-        argv = peers.corunner("run", "--cmd", "true", *peers.corunner_common(ctx, n))
+        # --quiet: the run alone, as measured before output was fetched by default.
+        argv = peers.corunner("run", "--cmd", "true", "--quiet", *peers.corunner_common(ctx, n))
     elif name == "parallel-ssh":
         argv, missing = peers.pssh_family("parallel-ssh", ctx, n, "true")
     elif name == "clush":

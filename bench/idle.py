@@ -271,7 +271,8 @@ def measure(
 def contender(tool: str, ctx: Context, n: int) -> Tuple[List[str], Optional[str]]:
     cmd = f"sleep {SLEEP}"
     if tool == "corunner":
-        return peers.corunner("run", "--cmd", cmd, *peers.corunner_common(ctx, n)), None
+        run = ("run", "--cmd", cmd, "--quiet")  # the run alone: no output fetched after it
+        return peers.corunner(*run, *peers.corunner_common(ctx, n)), None
     if tool == "fabric":
         return peers.fabric(ctx, n, "run", cmd=cmd)
     if tool == "pssh-lib":
