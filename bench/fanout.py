@@ -44,7 +44,7 @@ def run(ctx: Context, sizes: Sequence[int], rounds: int) -> Tuple[str, Dict[int,
     parts = [
         "## Fan-out: `true` on every node",
         "",
-        "corunner: `python3 -m corunner run --cmd true --parallel N` (connect, upload, start "
+        "corunner: `python3 -m corunner run --cmd true --quiet --parallel N` (connect, upload, start "
         "detached, heartbeats, final state, exit). Peers: a bare `true` over SSH, N at a time "
         "(`parallel-ssh -p N`, `clush -f N`, the parallel-ssh library with `pool_size=N`, "
         "Fabric `ThreadingGroup.run` with one thread per host). Above 1.00x, corunner takes more.",

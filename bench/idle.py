@@ -346,7 +346,7 @@ def report(
     lines = [
         f"## Idle: the controller while {NODES} nodes run `sleep {SLEEP}`",
         "",
-        f"\"Waiting is free\": `python3 -m corunner run --cmd 'sleep {SLEEP}' --parallel N` "
+        f"\"Waiting is free\": `python3 -m corunner run --cmd 'sleep {SLEEP}' --quiet --parallel N` "
         f"against Fabric `ThreadingGroup.run('sleep {SLEEP}')` (one thread per host) and the "
         f"parallel-ssh library's `run_command('sleep {SLEEP}')` + `join` (`pool_size=N`), each "
         f"the whole process of a `python3` on a lab of its own ({NODES} sshd nodes, "
