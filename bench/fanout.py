@@ -20,7 +20,8 @@ def contender(name: str, ctx: Context, n: int) -> Contender:
     """The tool ``name`` running ``true`` on the first ``n`` nodes, ``n`` at a time."""
     missing: Optional[str] = None
     if name == "corunner":
-        argv = peers.corunner("run", "--cmd", "true", *peers.corunner_common(ctx, n))
+        # --quiet: the run alone, as measured before output was fetched by default.
+        argv = peers.corunner("run", "--cmd", "true", "--quiet", *peers.corunner_common(ctx, n))
     elif name == "parallel-ssh":
         argv, missing = peers.pssh_family("parallel-ssh", ctx, n, "true")
     elif name == "clush":
@@ -43,7 +44,7 @@ def run(ctx: Context, sizes: Sequence[int], rounds: int) -> Tuple[str, Dict[int,
     parts = [
         "## Fan-out: `true` on every node",
         "",
-        "corunner: `python3 -m corunner run --cmd true --parallel N` (connect, upload, start "
+        "corunner: `python3 -m corunner run --cmd true --quiet --parallel N` (connect, upload, start "
         "detached, heartbeats, final state, exit). Peers: a bare `true` over SSH, N at a time "
         "(`parallel-ssh -p N`, `clush -f N`, the parallel-ssh library with `pool_size=N`, "
         "Fabric `ThreadingGroup.run` with one thread per host). Above 1.00x, corunner takes more.",

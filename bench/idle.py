@@ -271,7 +271,8 @@ def measure(
 def contender(tool: str, ctx: Context, n: int) -> Tuple[List[str], Optional[str]]:
     cmd = f"sleep {SLEEP}"
     if tool == "corunner":
-        return peers.corunner("run", "--cmd", cmd, *peers.corunner_common(ctx, n)), None
+        run = ("run", "--cmd", cmd, "--quiet")  # the run alone: no output fetched after it
+        return peers.corunner(*run, *peers.corunner_common(ctx, n)), None
     if tool == "fabric":
         return peers.fabric(ctx, n, "run", cmd=cmd)
     if tool == "pssh-lib":
@@ -345,7 +346,7 @@ def report(
     lines = [
         f"## Idle: the controller while {NODES} nodes run `sleep {SLEEP}`",
         "",
-        f"\"Waiting is free\": `python3 -m corunner run --cmd 'sleep {SLEEP}' --parallel N` "
+        f"\"Waiting is free\": `python3 -m corunner run --cmd 'sleep {SLEEP}' --quiet --parallel N` "
         f"against Fabric `ThreadingGroup.run('sleep {SLEEP}')` (one thread per host) and the "
         f"parallel-ssh library's `run_command('sleep {SLEEP}')` + `join` (`pool_size=N`), each "
         f"the whole process of a `python3` on a lab of its own ({NODES} sshd nodes, "

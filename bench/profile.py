@@ -82,7 +82,7 @@ cli.program.run()
 def corunner_args(the_lab: lab.Lab, n: int) -> List[str]:
     first = the_lab.nodes[0].index
     return [
-        "run", "--cmd", "true", "--inventory", str(the_lab.inventory),
+        "run", "--cmd", "true", "--quiet", "--inventory", str(the_lab.inventory),
         "--hosts", f"127.0.1.[{first}-{first + n - 1}]", "--parallel", str(n),
     ]  # fmt: skip
 

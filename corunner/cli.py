@@ -7,7 +7,11 @@
 Output: human lines go to stdout; with ``--json`` stdout holds exactly one JSON
 document (schemas in corunner/schemas/) and everything else goes to stderr.
 Progress is a live view when that stream is a terminal, plain timestamped lines
-otherwise (corunner.live). Exit codes: see errors.py.
+otherwise (corunner.live). What ends a task prints the rule folded and the
+exceptions in full: one folded line per outcome, then one line (or table row)
+per host that did not succeed, each cause once. Hints name the command the
+user typed (``corunner`` or ``inv``). Exit codes: see errors.py; SIGTERM,
+SIGHUP and a closed stdout end a task cleanly (corunner.interrupts).
 """
 
 from __future__ import annotations
@@ -18,14 +22,15 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, cast
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple, TypeVar, cast
 
 from invoke import Collection, Context, Exit
 
-from . import __version__, live, outputs, plan, postrun, render, transfer
+from . import __version__, interrupts, live, outputs, plan, postrun, render, transfer
 from .controller import Run
 from .errors import (
     EXIT_INTERRUPTED,
@@ -36,6 +41,7 @@ from .errors import (
 )
 from .fanout import DEFAULT_PARALLEL, Outcome, on_each
 from .hostrange import fold
+from .interrupts import Interrupted
 from .inventory import ENV_NAME, Host, Inventory, ad_hoc_entry, clean_remote_dir
 from .liveness import State
 from .loader import load_inventory
@@ -60,6 +66,15 @@ OUTPUT_HELP = {
     "stream": "which output to show: stdout (default) or stderr",
     "diff": "print the most common output in full, every other one as a diff against it",
 }
+TABLE_HELP = (
+    "which hosts get a row in the table: problems (default: those that did not succeed) or all"
+)
+TABLES = ("problems", "all")
+
+
+def command() -> str:
+    """The command the user typed (``corunner`` or ``inv``): what hints tell them to run."""
+    return render.command_name(sys.argv[0])
 
 
 class Out:
@@ -70,23 +85,29 @@ class Out:
         self.stream = sys.stderr if as_json else sys.stdout
 
     def line(self, text: str = "") -> None:
-        print(text, file=self.stream, flush=True)
+        interrupts.write_line(self.stream, text)
 
     def document(self, data: Any) -> None:
-        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        interrupts.write_line(sys.stdout, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def reported(fn: F) -> F:
-    """Map corunner errors (and Ctrl-C) to one line on stderr and the documented exit code."""
+    """Map corunner errors, Ctrl-C, SIGTERM, SIGHUP and a closed stdout to (at most)
+    one line on stderr and the documented exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with interrupts.signals_end_cleanly():
+                return fn(*args, **kwargs)
         except CorunnerError as exc:
             raise Exit(f"corunner: error: {exc}", code=exc.exit_code) from None
+        except Interrupted as exc:
+            # A closed stdout is what `| head` does on purpose, and a hung-up
+            # terminal has no reader: no word about either.
+            if not exc.output_lost:
+                interrupts.tell(sys.stderr, f"corunner: {exc.why}")
+            raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             # Invoke would exit 1 without a word.
             raise Exit(
@@ -159,22 +180,28 @@ def _stream(stream: Optional[str]) -> str:
     return chosen
 
 
-def _retry_hint(bad: List[str]) -> str:
-    return f"; retry only those with --hosts '{fold(bad)}'" if bad else ""
-
-
-def _failures(outcomes: Dict[str, Outcome], out: Out) -> int:
-    """Print one line per failed host and a summary; return the exit code."""
+def _failures(
+    outcomes: Dict[str, Outcome], out: Out, label: Callable[[Outcome], str] = lambda o: "ok"
+) -> int:
+    """Print the hosts folded per outcome (``label``), then one line per failed host
+    with its cause, then the failed hosts folded for a retry; return the exit code."""
+    for line in render.outcome_lines((h, label(o)) for h, o in outcomes.items() if o.ok):
+        out.line(line)
     bad = [(o.host.id, o.error.cause) for o in outcomes.values() if o.error is not None]
     for line in render.errors(bad):
         out.line(line)
-    good = [h for h, o in outcomes.items() if o.ok]
-    failed = [host for host, _ in bad]
-    out.line(
-        f"ok ({len(good)}): {fold(good) or '-'}"
-        + (f"   failed ({len(bad)}): {fold(failed)}{_retry_hint(failed)}" if bad else "")
-    )
+    if bad:
+        failed = fold(host for host, _ in bad)
+        out.line(f"failed ({len(bad)}): {failed}; retry only those with --hosts '{failed}'")
+    elif not outcomes:
+        out.line("no hosts")
     return exit_code_for(render.transfer_state(o) for o in outcomes.values())
+
+
+def _stopped(o: Outcome) -> str:
+    """What ``stop`` did on a host it reached: ``stopped`` or ``not running (exited)``."""
+    answer = o.value if isinstance(o.value, dict) else {}
+    return "stopped" if answer.get("stopped") else f"not running ({answer.get('state')})"
 
 
 def _show_outputs(
@@ -185,8 +212,14 @@ def _show_outputs(
     out: Out,
     parallel: int,
     accept_new_host_keys: bool = False,
+    brief: bool = False,
+    not_asked: Sequence[str] = (),
 ) -> Dict[str, Any]:
-    """Fetch a run's stdout (or stderr) from every host, print it grouped; return its JSON."""
+    """Fetch a run's stdout (or stderr) from every host, print it grouped; return its JSON.
+
+    ``brief``: the largest groups only, long outputs cut to their first and
+    last lines (outputs.Brief). ``not_asked``: hosts left out (dead), named.
+    """
     cap = postrun.OUTPUT_CAP
     with live.TransferView(out.stream, len(hosts), f"fetching {stream}") as view:
         fetched = postrun.fetch_outputs(
@@ -195,11 +228,23 @@ def _show_outputs(
     got = {h: o.value for h, o in fetched.items() if o.value is not None}
     errors = {h: o.error.cause for h, o in fetched.items() if o.error is not None}
     groups = outputs.group(got)
-    out.line(
-        f"{stream} of run {run_id}: {len(groups)} distinct output(s) from {len(got)} host(s)"
-        + (", as diffs against the most common one" if diff and len(groups) > 1 else "")
-    )
-    lines = outputs.render_diff(groups, cap) if diff else outputs.render_groups(groups, cap)
+    head = f"{stream} of run {run_id}: "
+    if len(groups) == 1 and not groups[0].data and not groups[0].truncated:
+        head += f"empty on all {len(got)} host(s)"
+        lines: List[str] = []
+    else:
+        head += f"{len(groups)} distinct output(s) from {len(got)} host(s)"
+        if diff and len(groups) > 1:
+            head += ", as diffs against the most common one"
+        short = None
+        if brief:
+            which = "" if stream == "stdout" else f" --stream {stream}"
+            short = outputs.Brief(f"{command()} status --run {run_id} --output{which}")
+        render_with = outputs.render_diff if diff else outputs.render_groups
+        lines = render_with(groups, cap, short)
+    if not_asked:
+        head += f" (not asked: dead {render.fold_within(not_asked, 60)})"
+    out.line(head)
     for line in lines:
         out.line(line)
     for host, cause in errors.items():
@@ -312,7 +357,7 @@ def _finish_transfer(
         if o.ok and isinstance(o.value, transfer.Pulled):
             for skipped in o.value.skipped:
                 out.line(f"{o.host.id}: refused unsafe entry {skipped}")
-    code = _failures(outcomes, out)
+    code = _failures(outcomes, out)  # one folded line for the hosts that copied
     label = task_name if task_name == "collect" else kind
     out.line(f"{label} {src} -> {dest}: {len(outcomes)} hosts in {time.monotonic() - began:.1f}s")
     if out.as_json:
@@ -355,37 +400,46 @@ def _env_pairs(values: List[str]) -> Tuple[Tuple[str, str], ...]:
     return tuple(pairs.items())
 
 
-def print_report(report: RunReport, out: Out) -> None:
+def _table(option: Optional[str]) -> bool:
+    """``--table``: True for every host (``all``), False for the problems only."""
+    chosen = option or "problems"
+    if chosen not in TABLES:
+        raise UsageError(f"--table wants problems or all, got {option!r}")
+    return chosen == "all"
+
+
+def print_report(report: RunReport, out: Out, everything: bool = False) -> None:
+    """The hosts folded per state (whole), then a table of those that did not
+    succeed (``everything``: of every host): each failure once."""
+    for line in render.folded_by_state(report.by_state()):
+        out.line(line)
     rows = [
-        (
+        render.HostRow(
             h.host,
             h.state.value,
-            render.outcome(h.exit_code, h.signal),
-            render.seconds(h.seconds),
-            render.seconds(h.last_seen_age),
-            h.error or "",
+            h.exit_code,
+            h.signal,
+            h.seconds,
+            h.last_seen_age,
+            h.error or h.reason or "",
         )
         for h in report.hosts
     ]
-    for line in render.table(rows, ("HOST", "STATE", "RESULT", "TIME", "LAST HB", "ERROR")):
-        out.line(line)
-    for line in render.errors((h.host, h.error) for h in report.hosts if h.error):
-        out.line(line)
-    for line in render.folded_by_state(report.by_state()):
+    for line in render.host_table(rows, everything):
         out.line(line)
 
 
 def _next_steps(report: RunReport) -> str:
-    run_id = report.run_id
+    run_id, cmd = report.run_id, command()
     text = (
         f"run {run_id} ended in {report.ended_at - report.started_at:.1f}s; "
-        f"collect its results with: inv collect --run {run_id} --divide"
+        f"collect its results with: {cmd} collect --run {run_id} --divide"
     )
     by_state = report.by_state()
     if by_state.get(State.FAILED):
-        text += f"; see why it failed with: inv status --run {run_id} --output --stream stderr"
+        text += f"; see why it failed with: {cmd} status --run {run_id} --output --stream stderr"
     if report.exit_code == EXIT_LOST and any(by_state.get(s) for s in (State.DEAD, State.TIMEOUT)):
-        text += f"; ask the nodes again with: inv status --run {run_id} --refresh"
+        text += f"; ask the nodes again with: {cmd} status --run {run_id} --refresh"
     return text
 
 
@@ -401,7 +455,10 @@ def _next_steps(report: RunReport) -> str:
         "no_heartbeat": "no heartbeats: keep each node's SSH session open and wait on it instead",
         "listen": "HOST:PORT for the heartbeat listener (default: the address nodes reach us by)",
         "remote_dir": "directory on the nodes for the run directory (default: the inventory's remote_dir)",
-        "show_output": "after the run, print every host's output, identical outputs once",
+        "quiet": "do not fetch and print the hosts' output after the run",
+        "show_output": "kept for old scripts: the output is shown by default (with --json: add it to the document)",
+        "table": TABLE_HELP,
+        "verbose": "off a terminal, one line per state change (default: routine ones folded into counts)",
         "env": "NAME=VALUE for the program's environment (repeatable; wins over the inventory's env:)",
         "stdin": "a local file every node's program reads as its stdin (default: /dev/null)",
         "sudo": "run the program as root through sudo -n (as the inventory's become: true)",
@@ -430,7 +487,10 @@ def run(
     json: bool = False,
     accept_new_host_keys: bool = False,
     remote_dir: Optional[str] = None,
+    quiet: bool = False,
     show_output: bool = False,
+    table: Optional[str] = None,
+    verbose: bool = False,
     diff: bool = False,
     stream: Optional[str] = None,
     env: Optional[List[str]] = None,
@@ -439,10 +499,18 @@ def run(
     sudo_user: Optional[str] = None,
     dry: bool = False,
 ) -> None:
-    """Run a script or command on every selected node at once and watch it to the end."""
+    """Run a script or command on every selected node at once and watch it to the end.
+
+    Prints the hosts folded per state, a table of those that did not succeed,
+    then each distinct output once under the hosts that printed it.
+    """
     inv, selected = _select(inventory, hosts, exclude)
     selected = _remote_dir(selected, remote_dir)
-    show = show_output or diff or stream is not None
+    asked = show_output or diff or stream is not None
+    if quiet and asked:
+        raise UsageError("--quiet prints no output: drop it, or drop --show-output/--diff/--stream")
+    show = not quiet and (asked or not json)  # JSON documents get outputs only when asked
+    everything = _table(table)
     chosen_stream = _stream(stream)
     out = Out(json)
     spec = RunSpec(
@@ -462,7 +530,7 @@ def run(
     if dry:
         _dry(out, plan.run_plan(selected, spec, _not_listed(inv, selected)))
         return
-    view = live.run_view(out.stream, [h.id for h in selected], spec.deadline)
+    view = live.run_view(out.stream, [h.id for h in selected], spec.deadline, verbose)
     meta: Dict[str, Any] = {"inventory": inv.source, "selection": hosts, "exclude": exclude}
     # What was uploaded into each run directory: collect leaves it there (names only).
     meta["inputs"] = [os.path.basename(os.path.abspath(p)) for p in (script, *spec.files) if p]
@@ -471,29 +539,35 @@ def run(
     if remote_dir is not None:
         meta["remote_dir"] = selected[0].remote_dir
     meta["ad_hoc"] = [ad_hoc_entry(h) for h in inv.not_listed(selected)]
-    the_run = Run(selected, spec, meta=meta, on_change=view.on_change)
-    out.line(
-        f"run {the_run.run_id}: {spec.program.describe()} on {len(selected)} hosts: "
-        f"{fold(h.id for h in selected)}"
-    )
+    the_run = Run(selected, spec, meta=meta, on_change=view.on_change, on_tick=view.on_tick)
+    head = f"run {the_run.run_id}: {spec.program.describe()} on {len(selected)} hosts: "
+    width = live.line_width(out.stream) - len(head)
+    out.line(head + render.fold_within((h.id for h in selected), max(width, 40)))
     try:
         with view:
             report = the_run.execute()
+    except Interrupted as exc:
+        _ended_early(the_run, exc)
     except KeyboardInterrupt:
         _interrupted(the_run, selected, out)
         raise Exit(code=EXIT_INTERRUPTED) from None
-    print_report(report, out)
+    print_report(report, out, everything)
     doc = render.run_document(report, spec.program.describe())
     if show:
-        ran = {h.host for h in report.hosts if h.state is not State.UNREACHABLE}
+        # Dead nodes are not asked: a node that stopped answering could hold the
+        # end of the run for a connect timeout. `status --output` asks them later.
+        by_state = report.by_state()
+        left_out = {*by_state.get(State.UNREACHABLE, []), *by_state.get(State.DEAD, [])}
         doc["outputs"] = _show_outputs(
             report.run_id,
-            [h for h in selected if h.id in ran],
+            [h for h in selected if h.id not in left_out],
             chosen_stream,
             diff,
             out,
             spec.parallel,
             accept_new_host_keys,
+            brief=True,
+            not_asked=by_state.get(State.DEAD, []),
         )
     out.line(_next_steps(report))
     if json:
@@ -531,9 +605,29 @@ def _interrupted(the_run: Run, selected: List[Host], out: Out) -> None:
             answer = ""
         if answer in ("y", "yes"):
             outcomes = postrun.stop(the_run.record, selected)
-            _failures(outcomes, out)
+            _failures(outcomes, out, _stopped)
             return
-    out.line(f"the programs keep running on the nodes; stop them with: inv stop --run {run_id}")
+    out.line(
+        f"the programs keep running on the nodes; stop them with: {command()} stop --run {run_id}"
+    )
+
+
+def _ended_early(the_run: Run, exc: Interrupted) -> NoReturn:
+    """SIGTERM, SIGHUP or a closed stdout during a run: say on stderr (if it is
+    still there) what was recorded and what runs on; never ask, never stop."""
+    record = the_run.record
+    text = f"corunner: {exc.why}"
+    if not os.path.exists(record.path):
+        text += "; nothing was started"
+    else:
+        text += f"; the run record is in {record.dir}"
+        if not the_run.fleet.finished:
+            text += (
+                f"; the programs keep running on the nodes; stop them with: "
+                f"{command()} stop --run {the_run.run_id}"
+            )
+    interrupts.tell(sys.stderr, text)
+    raise Exit(code=exc.exit_code)
 
 
 # -- status, stop, collect -------------------------------------------------------
@@ -542,6 +636,7 @@ def _interrupted(the_run: Run, selected: List[Host], out: Out) -> None:
         "run": "run id (default: the latest run)",
         "refresh": "ask every node for its own status.json (works after the controller died)",
         "output": "print every host's output of the run, identical outputs once",
+        "table": TABLE_HELP,
         **OUTPUT_HELP,
         "inventory": COMMON_HELP["inventory"],
         "parallel": COMMON_HELP["parallel"],
@@ -556,6 +651,7 @@ def status(
     run: Optional[str] = None,
     refresh: bool = False,
     output: bool = False,
+    table: Optional[str] = None,
     diff: bool = False,
     stream: Optional[str] = None,
     inventory: Optional[str] = None,
@@ -565,9 +661,10 @@ def status(
     dry: bool = False,
 ) -> None:
     """Show how a run went, from its record or (--refresh) from the nodes themselves."""
-    record = find_run(run)
+    record = find_run(run, command=command())
     out = Out(json)
     show = output or diff or stream is not None
+    everything = _table(table)
     chosen_stream = _stream(stream)
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     data = record.load()
@@ -584,26 +681,19 @@ def status(
     unasked: List[str] = []
     if refresh:
         outcomes = postrun.refresh(record, run_hosts, workers, accept_new_host_keys)
-        for o in outcomes.values():
-            if o.error is not None:
-                out.line(f"{o.host.id}: could not ask the node: {o.error.cause}")
-                unasked.append("unreachable")
+        # Each host that could not be asked gets its row in the table, with why.
+        unasked += ["unreachable" for o in outcomes.values() if o.error is not None]
         data = record.load()
-    rows = []
-    for host, entry in data["hosts"].items():
-        result = render.outcome(entry.get("exit_code"), entry.get("signal"))
-        error = entry.get("error") or entry.get("refresh_error") or ""
-        rows.append((host, entry.get("state", "?"), result, error))
     out.line(f"run {data['run_id']}: {data.get('program', '')}")
-    for line in render.table(rows, ("HOST", "STATE", "RESULT", "ERROR")):
-        out.line(line)
     by_state = group_by_state((h, e.get("state", "?")) for h, e in data["hosts"].items())
-    for state, hosts_in in sorted(by_state.items()):
-        out.line(f"{state} ({len(hosts_in)}): {fold(hosts_in)}")
+    for line in render.folded_by_state(by_state):
+        out.line(line)
+    for line in render.host_table(_record_rows(data), everything):
+        out.line(line)
     if not data.get("finished"):
         out.line(
             f"run {data['run_id']} has no final record (still running, or its controller "
-            f"died): ask the nodes with: inv status --run {data['run_id']} --refresh"
+            f"died): ask the nodes with: {command()} status --run {data['run_id']} --refresh"
         )
     doc = render.status_document(data)
     if show:
@@ -618,6 +708,27 @@ def status(
         out.document(doc)
     if code:
         raise Exit(code=code)
+
+
+def _record_rows(data: Dict[str, Any]) -> List[render.HostRow]:
+    """Table rows from a run record; a node that could not be asked says why."""
+    rows = []
+    for host, entry in data["hosts"].items():
+        error = entry.get("error") or entry.get("reason") or ""
+        if entry.get("refresh_error"):
+            error = error or f"could not ask the node: {entry['refresh_error']}"
+        rows.append(
+            render.HostRow(
+                host,
+                str(entry.get("state", "?")),
+                entry.get("exit_code"),
+                entry.get("signal"),
+                entry.get("seconds"),
+                entry.get("last_seen_age"),
+                error,
+            )
+        )
+    return rows
 
 
 @task(
@@ -641,7 +752,7 @@ def stop(
     dry: bool = False,
 ) -> None:
     """Terminate a run's program (its whole process group) on every node still running it."""
-    record = find_run(run)
+    record = find_run(run, command=command())
     data = record.load()
     inv, targets = _run_hosts(record.run_id, data, inventory, hosts, exclude)
     out = Out(json)
@@ -649,11 +760,7 @@ def stop(
         _dry(out, plan.stop_plan(record.run_id, targets, _not_listed(inv, targets)))
         return
     outcomes = postrun.stop(record, targets)
-    for o in outcomes.values():
-        if o.value is not None:
-            state = "stopped" if o.value.get("stopped") else f"not running ({o.value.get('state')})"
-            out.line(f"{o.host.id}: {state}")
-    code = _failures(outcomes, out)
+    code = _failures(outcomes, out, _stopped)
     if json:
         out.document(render.stop_document(record.run_id, code, outcomes))
     if code:
@@ -694,7 +801,7 @@ def collect(
     if src and hosts and not run:
         inv, selected = _select(inventory, hosts, exclude)
     else:
-        record = find_run(run)
+        record = find_run(run, command=command())
         run_id = record.run_id
         data = record.load()
         inv, selected = _run_hosts(run_id, data, inventory, hosts, exclude)
@@ -723,5 +830,17 @@ def collect(
     _finish_transfer(outcomes, out, "collect", "pull", label, dest, began, run_id)
 
 
+class PipeSafeProgram(CorunnerProgram):
+    """The ``corunner`` command: corunner's program, ending cleanly on a closed stdout
+    also where Invoke itself prints (``corunner --list | head -1``)."""
+
+    def run(self, argv: Optional[List[str]] = None, exit: bool = True) -> None:
+        try:
+            super().run(argv, exit)
+        except BrokenPipeError:
+            interrupts.silence(sys.stdout)  # so that the final flush does not fail again
+            sys.exit(128 + signal.SIGPIPE)
+
+
 ns = Collection(hosts, cp, run, status, stop, collect)
-program = CorunnerProgram(namespace=ns, version=__version__, name="corunner", binary="corunner")
+program = PipeSafeProgram(namespace=ns, version=__version__, name="corunner", binary="corunner")

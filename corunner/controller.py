@@ -7,8 +7,9 @@ and the deadline against an injected clock. A bounded pool of workers calls
 the *starter* for each host and posts the result to the loop through a
 queue. :meth:`Run.execute` wires the real SSH starter and watch
 (:mod:`corunner.dispatch`); tests drive the loop with their own and a fake
-clock. Nothing here prints: changes go to the ``on_change`` callback and the
-outcome is returned as a :class:`~corunner.report.RunReport`.
+clock. Nothing here prints: changes go to the ``on_change`` callback, the loop
+calls ``on_tick`` at least once a second (for progress that folds changes over
+time), and the outcome is returned as a :class:`~corunner.report.RunReport`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .dispatch import Event, Exited, Heard, ListenerWatch, Lost, SessionWatch, S
 from .errors import InternalError, RemoteError, UsageError
 from .inventory import Host
 from .listener import Listener
-from .liveness import Change, Fleet
+from .liveness import Change, Fleet, State
 from .record import RunRecord, new_run_id
 from .report import HostReport, RunReport
 from .spec import RunSpec
@@ -76,6 +77,7 @@ class Run:
         on_change: Optional[Callable[[Change, Fleet], None]] = None,
         records: Optional[str] = None,
         clock: Callable[[], float] = time.monotonic,
+        on_tick: Optional[Callable[[], None]] = None,
     ):
         if not hosts:
             raise UsageError("no hosts selected")
@@ -84,6 +86,7 @@ class Run:
         self.spec = spec
         self.meta = meta or {}
         self.on_change = on_change
+        self.on_tick = on_tick
         self.clock = clock
         self.run_id = new_run_id()
         self.secret = secrets.token_bytes(32)
@@ -143,7 +146,8 @@ class Run:
     def drive(self, start: Starter, watch: Watch) -> RunReport:
         """The run loop over an injected starter and watch; closes the watch. Returns the report.
 
-        Ctrl-C (KeyboardInterrupt) is re-raised after the record is saved.
+        Ctrl-C (KeyboardInterrupt, and corunner.interrupts.Interrupted: SIGTERM,
+        SIGHUP, a closed stdout) is re-raised after the record is saved.
         """
         spec = self.spec
         self.record.create()
@@ -182,6 +186,8 @@ class Run:
                 self._take_started(waiting, watch)
                 if spec.heartbeat:  # without heartbeats, the open session is the sign of life
                     self._changes(self.fleet.tick(self.clock()))
+                if self.on_tick:
+                    self.on_tick()
         except KeyboardInterrupt:
             interrupted = True
             raise
@@ -245,6 +251,7 @@ class Run:
     # -- the outcome ---------------------------------------------------------
     def _report(self, interrupted: bool, rejected: Dict[str, int]) -> RunReport:
         now = self.clock()
+        why = {change.host: change.reason for change in self.fleet.changes}  # the last of each
         rows = []
         for host_id, node in self.fleet.nodes.items():
             end = node.ended_at if node.ended_at is not None else now
@@ -262,6 +269,7 @@ class Run:
                     pid=self.pids.get(host_id),
                     remote_dir=run_dir(self.hosts[host_id], self.run_id),
                     bytes_sent=self.sent.get(host_id),
+                    reason=why.get(host_id) if node.state is State.DEAD else None,
                 )
             )
         return RunReport(

@@ -3,7 +3,10 @@
 What ``clubak -b`` and ``dshbak -c`` do for ClusterShell and pdsh: each distinct
 output is printed once, headed by the folded set of hosts that produced it,
 largest group first; ``--diff`` prints the most common output in full and every
-other one as a unified diff against it (``difflib``). Pure: bytes in, lines out.
+other one as a unified diff against it (``difflib``). At the end of a run the
+output is :class:`Brief`: the largest groups only, each cut to its first and
+last lines, with a note of what was left out and the command that prints it
+all. Pure: bytes in, lines out.
 """
 
 from __future__ import annotations
@@ -81,12 +84,50 @@ def _cut_note(g: OutputGroup, cap: Optional[int]) -> List[str]:
     return [f"(cut: only {size} of this output were fetched and compared)"]
 
 
-def render_groups(groups: Sequence[OutputGroup], cap: Optional[int] = None) -> List[str]:
-    """Every group in full under its header: ``clubak -b`` style."""
+@dataclass(frozen=True)
+class Brief:
+    """How much grouped output to print, and the command that prints all of it."""
+
+    full: str  # e.g. ``corunner status --run ID --output``
+    groups: int = 8  # distinct outputs, largest first
+    head: int = 10  # first lines of each
+    tail: int = 10  # and last lines
+
+    def lines(self, body: List[str]) -> List[str]:
+        """``body`` cut to its first and last lines, with a note in between."""
+        if len(body) <= self.head + self.tail + 1:
+            return body
+        cut = len(body) - self.head - self.tail
+        note = f"... ({cut} lines cut here; all of it: {self.full})"
+        return [*body[: self.head], note, *body[len(body) - self.tail :]]
+
+    def rest(self, groups: Sequence[OutputGroup]) -> List[str]:
+        """A note for the groups beyond :attr:`groups`, if any."""
+        left = groups[self.groups :]
+        if not left:
+            return []
+        hosts = sum(len(g.hosts) for g in left)
+        return [
+            RULE,
+            f"... and {len(left)} more distinct output(s) from {hosts} host(s); "
+            f"all of them: {self.full}",
+        ]
+
+
+def _shown(groups: Sequence[OutputGroup], brief: Optional[Brief]) -> Sequence[OutputGroup]:
+    return groups if brief is None else groups[: brief.groups]
+
+
+def render_groups(
+    groups: Sequence[OutputGroup], cap: Optional[int] = None, brief: Optional[Brief] = None
+) -> List[str]:
+    """Every group under its header, ``clubak -b`` style: in full, or ``brief``."""
     lines: List[str] = []
-    for g in groups:
-        lines += [RULE, g.header, RULE, *_body(g.data), *_cut_note(g, cap)]
-    return lines
+    for g in _shown(groups, brief):
+        body = _body(g.data)
+        lines += [RULE, g.header, RULE, *(brief.lines(body) if brief else body)]
+        lines += _cut_note(g, cap)
+    return lines + (brief.rest(groups) if brief else [])
 
 
 def diff_lines(reference: OutputGroup, other: OutputGroup) -> List[str]:
@@ -109,16 +150,19 @@ def diff_lines(reference: OutputGroup, other: OutputGroup) -> List[str]:
     return lines
 
 
-def render_diff(groups: Sequence[OutputGroup], cap: Optional[int] = None) -> List[str]:
-    """The largest group in full, then each other group as a diff against it."""
+def render_diff(
+    groups: Sequence[OutputGroup], cap: Optional[int] = None, brief: Optional[Brief] = None
+) -> List[str]:
+    """The largest group in full (or ``brief``), then each other group as a diff against it."""
     if not groups:
         return []
-    reference, others = groups[0], groups[1:]
-    lines = render_groups([reference], cap)
+    reference, others = groups[0], _shown(groups, brief)[1:]
+    lines = render_groups([reference], cap, brief)
     for g in others:
+        diff = diff_lines(reference, g)
         lines += [RULE, f"{g.header}: differs from {reference.folded}", RULE]
-        lines += diff_lines(reference, g) + _cut_note(g, cap)
-    return lines
+        lines += (brief.lines(diff) if brief else diff) + _cut_note(g, cap)
+    return lines + (brief.rest(groups) if brief else [])
 
 
 def groups_json(groups: Sequence[OutputGroup]) -> List[Dict[str, Any]]:

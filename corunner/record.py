@@ -91,8 +91,13 @@ class RunRecord:
             raise RecordError(f"{self.path}: unreadable run record ({exc})") from exc
 
 
-def find_run(run_id: Optional[str], root: Optional[str] = None) -> RunRecord:
-    """The record of ``run_id``, or of the latest run when it is None."""
+def find_run(
+    run_id: Optional[str], root: Optional[str] = None, command: str = "corunner"
+) -> RunRecord:
+    """The record of ``run_id``, or of the latest run when it is None.
+
+    ``command`` (``corunner`` or ``inv``) is named in the hint when there is none.
+    """
     root = root or records_root()
     if not run_id:
         try:
@@ -100,7 +105,7 @@ def find_run(run_id: Optional[str], root: Optional[str] = None) -> RunRecord:
                 run_id = json.load(f)["run_id"]
         except (OSError, ValueError, KeyError):
             raise RecordError(
-                f"no run recorded in {root} yet: start one with `inv run`, or pass --run ID"
+                f"no run recorded in {root} yet: start one with `{command} run`, or pass --run ID"
             ) from None
     record = RunRecord(str(run_id), root)
     if not os.path.isdir(record.dir):

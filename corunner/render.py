@@ -6,11 +6,25 @@ Nothing here writes anywhere; the task layer decides where text goes.
 
 from __future__ import annotations
 
+import os
+import re
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+)
 
 from .errors import StalledError, TransferError
-from .hostrange import fold
+from .hostrange import fold, split_patterns
 from .inventory import Host
 from .liveness import Change, State
 from .outputs import OutputGroup, groups_json
@@ -44,14 +58,163 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> List[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
 
 
-def folded_by_state(by_state: Dict[State, List[str]]) -> List[str]:
-    """``failed: node[3,7]`` lines, one per state present, in a stable order."""
-    lines = []
-    for state in STATE_ORDER:
-        hosts = by_state.get(state)
-        if hosts:
-            lines.append(f"{state.value} ({len(hosts)}): {fold(hosts)}")
-    return lines
+K = TypeVar("K", bound=str)
+
+
+def _state_rank(state: str) -> Tuple[int, str]:
+    order = [s.value for s in STATE_ORDER]
+    return (order.index(state), "") if state in order else (len(order), state)
+
+
+def folded_by_state(by_state: Mapping[K, Sequence[str]]) -> List[str]:
+    """``failed (2): node[3,7]`` lines, one per state present, whole (never cut).
+
+    States (``State`` members or the strings of a run record) come in
+    :data:`STATE_ORDER`; others (``missing``, ...) after them, by name.
+    """
+    return [
+        f"{state} ({len(hosts)}): {fold(hosts)}"
+        for state, hosts in sorted(by_state.items(), key=lambda item: _state_rank(str(item[0])))
+        if hosts
+    ]
+
+
+def outcome_lines(pairs: Iterable[Tuple[str, str]]) -> List[str]:
+    """``stopped (30): node[1-30]`` lines from ``(host, outcome)`` pairs, outcomes in the order first seen."""
+    return [
+        f"{label} ({len(hosts)}): {fold(hosts)}" for label, hosts in group_by_state(pairs).items()
+    ]
+
+
+# -- folded sets cut to a width ------------------------------------------------------
+#: Off a terminal, the width a folded set is cut to in progress lines.
+PLAIN_WIDTH = 200
+_RANGE_ITEM = re.compile(r"([0-9]+)(?:-([0-9]+)(?:/([0-9]+))?)?")
+_BRACKETS = re.compile(r"\[([^\]]*)\]")
+
+
+def _range_size(item: str) -> int:
+    match = _RANGE_ITEM.fullmatch(item)
+    if match is None:  # not NodeSet's output: count it as one, never raise while printing
+        return 1
+    first, last, step = match.groups()
+    return 1 if last is None else (int(last) - int(first)) // int(step or 1) + 1
+
+
+def _names_in(pattern: str) -> int:
+    """Names in one folded pattern without a top-level comma: the product of its ranges."""
+    count = 1
+    for body in _BRACKETS.findall(pattern):
+        count *= sum(_range_size(item) for item in body.split(","))
+    return count
+
+
+def _cut_range(pattern: str, room: int) -> Tuple[str, int]:
+    """The longest start of a one-bracket pattern's range within ``room`` characters.
+
+    ``node[1-5,7,9-12]`` in 11 -> ``("node[1-5,7]", 6)``; ``("", 0)`` if not even
+    its first item fits.
+    """
+    head, _, rest = pattern.partition("[")
+    body, _, tail = rest.partition("]")
+    best, names = "", 0
+    kept: List[str] = []
+    for item in body.split(","):
+        kept.append(item)
+        if len(kept) == 1 and "-" not in item:
+            text = head + item + tail  # one name: no brackets
+        else:
+            text = f"{head}[{','.join(kept)}]{tail}"
+        if len(text) > room:
+            break
+        best, names = text, names + _range_size(item)
+    return best, names
+
+
+def cut_folded(folded: str, width: int) -> str:
+    """A folded host set cut to at most ``width`` characters: ``node[1-40] ... and 37 more``.
+
+    Cut between patterns, or between the range items of a one-bracket pattern;
+    the count says how many names were left out. Whole when it fits. The cost
+    grows with the length of ``folded``, not with a re-fold of the hosts.
+    """
+    if len(folded) <= width:
+        return folded
+    items = split_patterns(folded)
+    total = sum(_names_in(item) for item in items)
+    room = width - len(f" ... and {total} more")
+    kept: List[str] = []
+    shown = 0
+    for item in items:
+        left = room - len(",".join(kept)) - (1 if kept else 0)
+        if len(item) <= left:
+            kept.append(item)
+            shown += _names_in(item)
+            continue
+        if item.count("[") == 1:
+            part, names = _cut_range(item, left)
+            if part:
+                kept.append(part)
+                shown += names
+        break
+    if not kept:
+        return f"{total} hosts"
+    return f"{','.join(kept)} ... and {total - shown} more"
+
+
+def fold_within(hosts: Iterable[str], width: int) -> str:
+    """``fold(hosts)``, cut to ``width`` characters (see :func:`cut_folded`)."""
+    return cut_folded(fold(hosts), width)
+
+
+# -- the table of hosts ----------------------------------------------------------------
+#: Host states in which the age of the last heartbeat means something: the
+#: program may still run (or its node went silent).
+HEARTBEAT_STATES = frozenset({"pending", "alive", "dead", "timeout"})
+
+
+@dataclass(frozen=True)
+class HostRow:
+    """One host's line in a table, from a run report or a run record."""
+
+    host: str
+    state: str
+    exit_code: Optional[int] = None
+    signal: Optional[int] = None
+    seconds: Optional[float] = None
+    last_seen_age: Optional[float] = None
+    error: str = ""
+
+    @property
+    def problem(self) -> bool:
+        return self.state != State.SUCCEEDED.value or bool(self.error)
+
+
+def host_table(rows: Sequence[HostRow], everything: bool = False) -> List[str]:
+    """The hosts that did not succeed (``everything``: all of them), one line each.
+
+    TIME is the run time of every host that ran; LAST HB only where a
+    heartbeat's age tells something (the program may still run, or the node
+    went silent), and the column is left out when no row has one. No rows
+    to show give no lines at all.
+    """
+    shown = list(rows) if everything else [r for r in rows if r.problem]
+    if not shown:
+        return []
+    cells = [
+        [
+            r.host,
+            r.state,
+            outcome(r.exit_code, r.signal),
+            seconds(r.seconds),
+            seconds(r.last_seen_age) if r.state in HEARTBEAT_STATES else "",
+            r.error,
+        ]
+        for r in shown
+    ]
+    header = ["HOST", "STATE", "RESULT", "TIME", "LAST HB", "ERROR"]
+    keep = [i for i in range(len(header)) if i < 4 or any(c[i] for c in cells)]
+    return table([[c[i] for i in keep] for c in cells], [header[i] for i in keep])
 
 
 def outcome(exit_code: Optional[int], signal: Optional[int]) -> str:
@@ -68,15 +231,46 @@ def clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
 
 
-def errors(pairs: Iterable[tuple]) -> List[str]:
+def errors(pairs: Iterable[Tuple[str, str]]) -> List[str]:
     """One ``host: cause`` line per failed host."""
     return [f"{host}: {cause}" for host, cause in pairs]
+
+
+def command_name(argv0: str) -> str:
+    """The command a user typed to reach corunner, for the hints it prints.
+
+    ``inv`` (or ``invoke``) when run through Invoke's own program, ``corunner``
+    for the ``corunner`` command, ``python -m corunner`` and the
+    ``corunner-run``/``corunner-cp`` front-ends (which stand for ``corunner``).
+    """
+    name = os.path.basename(argv0)
+    if name in ("inv", "invoke"):
+        return name
+    if name == "__main__.py" and os.path.basename(os.path.dirname(argv0)) == "invoke":
+        return "inv"
+    return "corunner"
 
 
 # -- progress ------------------------------------------------------------------
 def change_line(at: float, change: Change) -> str:
     """One plain, timestamped line per state change: ``12:00:01.250 n3: alive -> dead (...)``."""
     return f"{clock(at)} {change.host}: {change.old.value} -> {change.new.value} ({change.reason})"
+
+
+def counts(by_state: Mapping[State, int]) -> str:
+    """``succeeded 350  alive 640  pending 10``: the states present, in :data:`STATE_ORDER`."""
+    return "  ".join(f"{s.value} {by_state[s]}" for s in STATE_ORDER if by_state.get(s))
+
+
+def progress_line(
+    at: float,
+    by_state: Mapping[State, int],
+    seconds_so_far: float,
+    deadline: Optional[float] = None,
+    word: str = "progress",
+) -> str:
+    """``12:00:05.000 progress: alive 640  succeeded 350; elapsed 5.0s``: the run folded to counts."""
+    return f"{clock(at)} {word}: {counts(by_state)}; {elapsed(seconds_so_far, deadline)}"
 
 
 def elapsed(seconds_so_far: float, deadline: Optional[float]) -> str:
@@ -87,19 +281,25 @@ def elapsed(seconds_so_far: float, deadline: Optional[float]) -> str:
     return text
 
 
-def recent(changes: Iterable[Change], groups: int = 4) -> List[tuple]:
+def recent(
+    changes: Iterable[Change], groups: int = 4, width: Optional[int] = None
+) -> List[Tuple[State, str, int]]:
     """The hosts that changed most recently, folded by the state they entered.
 
     ``changes`` hold at most the latest change of each host, oldest first; the
     result is ``(state, folded hosts, count)``, the most recent state first,
-    at most ``groups`` of them.
+    at most ``groups`` of them; each folded set cut to ``width`` characters.
     """
     by_state: Dict[State, List[str]] = {}
     for change in reversed(list(changes)):
         if change.new not in by_state and len(by_state) == groups:
             continue
         by_state.setdefault(change.new, []).append(change.host)
-    return [(state, fold(hosts), len(hosts)) for state, hosts in by_state.items()]
+    out = []
+    for state, hosts in by_state.items():
+        folded = fold(hosts)
+        out.append((state, folded if width is None else cut_folded(folded, width), len(hosts)))
+    return out
 
 
 # -- JSON documents (schemas in corunner/schemas/<task>.json) --------------------

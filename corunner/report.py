@@ -36,6 +36,9 @@ class HostReport:
     remote_dir: str = ""
     #: Bytes sent to the node to start the run (None: never started).
     bytes_sent: Optional[int] = None
+    #: Why a dead host is dead (``silent for 5.0s``, ``SSH session ended without a
+    #: status``): the reason of its last state change. In run.json, not in --json.
+    reason: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
         out = dict(self.__dict__)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import string
 from pathlib import Path
@@ -40,7 +41,8 @@ def test_unknown_host_key_is_refused_then_accepted_on_request(lab, cli, tmp_path
     inv = inventory_with(lab, tmp_path, {"known_hosts": str(known)}, [stranger.address])
     done = cli("run", "--cmd", "true", "--inventory", str(inv), "--hosts", stranger.address, *FAST)
     assert done.returncode == EXIT_LOST
-    assert f"{stranger.address}: host key not in {known}" in done.stdout
+    row = rf"^{re.escape(stranger.address)} +unreachable +.*host key not in {re.escape(str(known))}"
+    assert re.search(row, done.stdout, re.M), done.stdout
     assert "--accept-new-host-keys" in done.stdout
     done = cli(
         "run",
@@ -231,7 +233,7 @@ def test_ctrl_c_off_a_terminal_leaves_programs_running_and_says_how_to_stop(lab,
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == EXIT_INTERRUPTED
-    assert f"stop them with: inv stop --run {run_id}" in out
+    assert f"stop them with: corunner stop --run {run_id}" in out  # the command that was typed
     record = json.loads((cli.workdir / "runs" / run_id / "run.json").read_text())
     assert record["interrupted"] is True and record["finished"] is True
     assert "sleep 120" in on_node(lab.nodes[0].index, "ps -eo args")
@@ -247,7 +249,7 @@ def test_program_that_forks_and_exits_succeeds_and_stop_ends_its_children(lab, c
     assert doc["hosts"][0]["state"] == "succeeded"
     assert "sleep 271" in on_node(node.index, "ps -eo args")
     done = cli("stop", "--run", doc["run_id"])
-    assert done.returncode == 0 and f"{node.address}: stopped" in done.stdout
+    assert done.returncode == 0 and f"stopped (1): {node.address}" in done.stdout
     wait_until(lambda: "sleep 27" not in on_node(node.index, "ps -eo args"), timeout=10)
 
 
@@ -410,13 +412,13 @@ def test_ctrl_c_at_a_terminal_asks_and_stops_the_programs(lab, cli, on_node, tmp
         assert b"Stop the programs on the nodes? [y/N]" in read_until(b"[y/N]", 30)
         os.write(master, b"y\n")
         proc.wait(timeout=60)
-        read_until(b"ok (8)", 5)
+        read_until(b"stopped (8)", 5)
     finally:
         if proc.poll() is None:
             proc.kill()
         os.close(master)
     assert proc.returncode == EXIT_INTERRUPTED
-    assert b"ok (8)" in seen
+    assert b"stopped (8)" in seen
     for node in lab.nodes:
         wait_until(lambda n=node: "sleep 181" not in on_node(n.index, "ps -eo args"), timeout=15)
 
@@ -470,5 +472,10 @@ def test_without_a_key_setting_the_default_keys_are_used_like_ssh(lab, cli, tmp_
         "authentication failed for user root: no key to offer (no SSH agent, no ~/.ssh/id_* "
         "key); set key: in the inventory"
     }
-    for node in lab.nodes:  # one line per node, naming it
-        assert f"{node.address}: authentication failed for user root" in done.stderr
+    for node in lab.nodes:  # one row per node in the table of problems, naming it and why
+        rows = re.findall(
+            rf"^{re.escape(node.address)} +unreachable +.*authentication failed for user root",
+            done.stderr,
+            re.M,
+        )
+        assert len(rows) == 1, done.stderr

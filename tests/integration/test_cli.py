@@ -112,6 +112,7 @@ def test_status_without_any_run_says_so(tmp_path):
     done = corunner("status", cwd=tmp_path)
     assert done.returncode == EXIT_USAGE
     assert "no run recorded" in done.stderr
+    assert "start one with `corunner run`" in done.stderr  # the command that was typed
 
 
 def test_run_needs_exactly_one_of_script_and_cmd(tmp_path):
@@ -298,3 +299,22 @@ def test_inv_core_dry_never_runs_a_task(tmp_path, tripwire):
     assert refused.returncode == EXIT_USAGE
     assert refused.stderr.strip() == "corunner: kill has no --dry of its own, so it did nothing"
     assert connections(tripwire) == 0 and not (tmp_path / "runs").exists()
+
+
+def test_options_of_the_output_are_checked_before_anything_is_attempted(tmp_path):
+    (tmp_path / "hosts.yaml").write_text(GOOD)
+    done = corunner("run", "--cmd", "true", "--hosts", "lab", "--table", "some", cwd=tmp_path)
+    assert done.returncode == EXIT_USAGE
+    assert "--table wants problems or all, got 'some'" in done.stderr
+    done = corunner("run", "--cmd", "true", "--hosts", "lab", "--quiet", "--diff", cwd=tmp_path)
+    assert done.returncode == EXIT_USAGE and "--quiet prints no output" in done.stderr
+
+
+def test_help_into_a_closed_pipe_ends_cleanly(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    line = f"{sys.executable} -m corunner --help | head -1; {sys.executable} -m corunner run --help | true"
+    done = subprocess.run(
+        ["sh", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.startswith("Usage: corunner")
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr

@@ -100,17 +100,18 @@ def change(host: str, old: State, new: State, reason: str = "heartbeat") -> Chan
 
 def test_off_a_terminal_the_run_view_is_plain_timestamped_lines():
     stream = io.StringIO()
-    view = live.run_view(stream, ["n1", "n2"])
+    view = live.run_view(stream, ["n1", "n2"], verbose=True)
     assert isinstance(view, live.PlainRunView)
     fleet = Fleet.of(["n1", "n2"], 5.0, 0.0)
     with view:
         view.on_change(change("n1", State.PENDING, State.ALIVE), fleet)
         view.on_change(change("n1", State.ALIVE, State.DEAD, "silent for 5.0s"), fleet)
     lines = stream.getvalue().splitlines()
-    assert [ln.split(" ", 1)[1] for ln in lines] == [
+    assert [ln.split(" ", 1)[1] for ln in lines][:2] == [
         "n1: pending -> alive (heartbeat)",
         "n1: alive -> dead (silent for 5.0s)",
     ]
+    assert lines[2].split(" ", 1)[1].startswith("ended: pending 1  dead 1; elapsed")
     assert "\x1b" not in stream.getvalue() and "\r" not in stream.getvalue()
 
 
@@ -134,6 +135,28 @@ def test_live_view_counts_states_and_folds_the_latest_changes():
         (State.SUCCEEDED, "n[2,4]", 2),
         (State.ALIVE, "n[1,3,5]", 3),
     ]
+    assert render.recent(view.recent.values(), width=7) == [
+        (State.SUCCEEDED, "n[2,4]", 2),
+        (State.ALIVE, "3 hosts", 3),  # cut to the width: n[1,3,5] is 8 characters
+    ]
+
+
+def test_live_view_cuts_the_latest_changes_to_the_terminal_width():
+    hosts = [f"node{i:04d}" for i in range(1, 400, 2)]
+    view = live.LiveRunView(io.StringIO(), hosts)
+    fleet = Fleet.of([], 5.0, 0.0)
+    for host in hosts:
+        view.on_change(change(host, State.PENDING, State.ALIVE), fleet)
+    from rich.console import Console
+
+    view.console.width = 80
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    with console.capture() as captured:
+        console.print(view.renderable())
+    lines = captured.get().splitlines()
+    assert all(len(ln) <= 80 for ln in lines)
+    (last,) = [ln for ln in lines if "last alive" in ln]
+    assert "... and " in last and last.endswith(" more")
 
 
 def test_recent_keeps_the_most_recent_states_only():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from corunner.outputs import (
     RULE,
+    Brief,
     NodeOutput,
     OutputGroup,
     diff_lines,
@@ -124,3 +125,42 @@ def test_groups_json_carries_hosts_text_and_cut_flag():
             "truncated": False,
         }
     ]
+
+
+# -- brief output at the end of a run ---------------------------------------------------
+FULL = "corunner status --run R --output"
+
+
+def test_brief_output_cuts_a_long_output_to_its_first_and_last_lines():
+    text = "".join(f"line {i}\n" for i in range(1, 501))
+    lines = render_groups(group({"n1": out(text), "n2": out(text)}), brief=Brief(FULL))
+    assert lines[:3] == [RULE, "n[1-2] (2)", RULE]
+    body = lines[3:]
+    assert body[:10] == [f"line {i}" for i in range(1, 11)]
+    assert body[10] == f"... (480 lines cut here; all of it: {FULL})"
+    assert body[11:] == [f"line {i}" for i in range(491, 501)]
+
+
+def test_brief_output_keeps_a_short_output_whole():
+    text = "".join(f"line {i}\n" for i in range(1, 22))  # 21 lines: cutting one would save nothing
+    lines = render_groups(group({"n1": out(text)}), brief=Brief(FULL))
+    assert lines[3:] == [f"line {i}" for i in range(1, 22)]
+
+
+def test_brief_output_shows_the_largest_groups_and_counts_the_others():
+    outputs = {f"n{i}": out(f"{i % 12}\n") for i in range(1, 61)}  # 12 groups of 5
+    lines = render_groups(group(outputs), brief=Brief(FULL, groups=3))
+    assert [ln for ln in lines if ln.endswith("(5)")] == [
+        "n[1,13,25,37,49] (5)",
+        "n[2,14,26,38,50] (5)",
+        "n[3,15,27,39,51] (5)",
+    ]
+    assert lines[-1] == f"... and 9 more distinct output(s) from 45 host(s); all of them: {FULL}"
+
+
+def test_brief_diffs_are_cut_too():
+    ref = "".join(f"{i}\n" for i in range(100))
+    other = "".join(f"{i * 2}\n" for i in range(100))
+    lines = render_diff(group({"a": out(ref), "b": out(ref), "c": out(other)}), brief=Brief(FULL))
+    assert sum("lines cut here" in ln for ln in lines) == 2  # the reference and the diff
+    assert len(lines) < 60

@@ -226,6 +226,53 @@ def test_a_start_that_fails_or_crashes_ends_only_that_host(tmp_path):
     assert rows["c"].state == "succeeded"
 
 
+def test_the_loop_ticks_while_it_waits_and_a_closed_output_ends_the_run_recorded(tmp_path):
+    """A view's tick runs in the loop's thread; an Interrupted it raises (stdout
+    closed, SIGTERM) ends the run as Ctrl-C does: the record final and interrupted."""
+    import signal
+
+    from corunner.interrupts import Interrupted
+
+    clock = FakeClock()
+    run = make_run(tmp_path, ["a", "b"], clock)
+    watch = FakeWatch(clock)
+    ticks: List[float] = []
+
+    def tick() -> None:
+        ticks.append(clock())
+        if clock() >= 1003.0:
+            raise Interrupted(signal.SIGPIPE)
+
+    run.on_tick = tick
+
+    def start(host: Host) -> Started:
+        watch.events.put(Heard(host.id, clock()))
+        return Started(host.id, clock(), pid=9)
+
+    with pytest.raises(Interrupted):
+        run.drive(start, watch)
+    assert len(ticks) >= 3 and ticks[-1] >= 1003.0  # at least once a (fake) second
+    data = recorded(run)
+    assert data["finished"] is True and data["interrupted"] is True
+    assert {h["state"] for h in data["hosts"].values()} == {"alive"}
+    assert {h["pid"] for h in data["hosts"].values()} == {9}
+    assert watch.closed
+
+
+def test_a_dead_host_keeps_why_it_turned_dead(tmp_path):
+    clock = FakeClock()
+    run = make_run(tmp_path, ["a"], clock, dead_after=5.0)
+    watch = FakeWatch(clock)
+
+    def start(host: Host) -> Started:
+        watch.events.put(Heard("a", clock()))
+        return Started("a", clock())
+
+    (row,) = run.drive(start, watch).hosts
+    assert row.state == "dead" and row.reason == "silent for 5.0s"
+    assert recorded(run)["hosts"]["a"]["reason"] == "silent for 5.0s"
+
+
 def test_sessions_are_handed_to_the_watch_only_when_there_is_one(tmp_path):
     clock = FakeClock()
     run = make_run(tmp_path, ["a", "b"], clock, heartbeat=False)
