@@ -174,3 +174,12 @@ def test_finished_follows_every_change_without_scanning_the_fleet():
     f.exited("b", 9.0, 1, None)
     assert f.finished
     assert f.finished == (not any(n.state in LIVE for n in f.nodes.values()))
+
+
+def test_a_silence_deadline_at_time_zero_is_still_a_deadline():
+    # 0.0 is falsy: the earliest deadline must not be dropped for it.
+    f = Fleet.of(["a"], 5.0, -5.0)
+    f.started("a", -5.0, -5.0)  # silent since -5.0: due at exactly 0.0
+    assert f.next_check() == 0.0
+    (change,) = f.tick(0.0)
+    assert change.new is State.DEAD
