@@ -68,7 +68,7 @@ def test_run_status_output_collect_and_stop_work_under_every_login_shell(
         wait_until(lambda: len(cli.states()) == 2 and set(cli.states().values()) == {"alive"}, 60)
         done = cli("stop")
         assert done.returncode == EXIT_OK, done.stdout + done.stderr
-        assert done.stdout.count(": stopped") == 2
+        assert "stopped (2): " in done.stdout, done.stdout
         proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
