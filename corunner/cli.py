@@ -42,7 +42,7 @@ from .errors import (
 from .fanout import DEFAULT_PARALLEL, Outcome, on_each
 from .hostrange import fold
 from .interrupts import Interrupted
-from .inventory import ENV_NAME, Host, Inventory, ad_hoc_entry, clean_remote_dir
+from .inventory import ENV_NAME, HEARTBEAT_PATHS, Host, Inventory, ad_hoc_entry, clean_remote_dir
 from .liveness import State
 from .loader import load_inventory
 from .options import CorunnerProgram, task
@@ -367,6 +367,12 @@ def _finish_transfer(
 
 
 # -- run -----------------------------------------------------------------------
+def _heartbeat_via(value: Optional[str]) -> Optional[str]:
+    if value is None or value in HEARTBEAT_PATHS:
+        return value
+    raise UsageError(f"--heartbeat-via must be one of {', '.join(HEARTBEAT_PATHS)}, not {value!r}")
+
+
 def _parse_listen(listen: Optional[str]) -> Optional[Tuple[str, int]]:
     if not listen:
         return None
@@ -454,6 +460,8 @@ def _next_steps(report: RunReport) -> str:
         "deadline": "seconds after which still-running nodes time out",
         "no_heartbeat": "no heartbeats: keep each node's SSH session open and wait on it instead",
         "listen": "HOST:PORT for the heartbeat listener (default: the address nodes reach us by)",
+        "heartbeat_via": "direct (nodes connect to us), tunnel (over the SSH connection) or auto "
+        "(tunnel behind a jump host; the inventory's heartbeat: by default)",
         "remote_dir": "directory on the nodes for the run directory (default: the inventory's remote_dir)",
         "quiet": "do not fetch and print the hosts' output after the run",
         "show_output": "kept for old scripts: the output is shown by default (with --json: add it to the document)",
@@ -484,6 +492,7 @@ def run(
     deadline: Optional[str] = None,
     no_heartbeat: bool = False,
     listen: Optional[str] = None,
+    heartbeat_via: Optional[str] = None,
     json: bool = False,
     accept_new_host_keys: bool = False,
     remote_dir: Optional[str] = None,
@@ -526,6 +535,7 @@ def run(
         env=_env_pairs(env or []),
         stdin=stdin,
         become=(sudo_user or "root") if (sudo or sudo_user) else None,
+        heartbeat_via=_heartbeat_via(heartbeat_via),
     )
     if dry:
         _dry(out, plan.run_plan(selected, spec, _not_listed(inv, selected)))

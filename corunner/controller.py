@@ -122,7 +122,10 @@ class Run:
                 self.clock,
                 listener,
             )
-            return self.drive(starter, watch)
+            try:
+                return self.drive(starter, watch)
+            finally:
+                starter.close()
         finally:
             payload.remove()
 
@@ -232,6 +235,8 @@ class Run:
             self.fleet.started(result.host, result.at, now)
             if result.ended is not None:  # it could not start its program: it said why
                 self._changes(self.fleet.exited(result.host, now, *result.ended))
+            elif result.unheard is not None:  # no heartbeat can come: not worth waiting for
+                self._changes(self.fleet.lost(result.host, now, result.unheard))
             elif result.session is not None:
                 watch.started(result)
 

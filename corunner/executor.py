@@ -845,6 +845,45 @@ def resolve_controllers(
     return out
 
 
+#: What a node says when no controller address answers (the run's error column).
+NOREACH_MARKER = "CORUNNER-NOREACH"
+
+
+def unreachable_line(addrs: List[Tuple[str, int]], why: str) -> str:
+    """The one line for a node that cannot reach the controller at any of ``addrs``."""
+    where = " or ".join(f"{h}:{p}" for h, p in dict.fromkeys(addrs)) or "no address"
+    return (
+        f"cannot reach the controller at {where} ({why}); "
+        "use --heartbeat-via tunnel or --no-heartbeat"
+    )
+
+
+def probe_controller(addrs: List[Tuple[str, int]], timeout: float) -> Optional[str]:
+    """None if one of ``addrs`` accepts a TCP connection within ``timeout`` seconds each,
+    else :func:`unreachable_line`. Said by the start, before any heartbeat is due."""
+    socket = _socket_module()
+    why = "no address to try"
+    for host, port in dict.fromkeys(addrs):
+        try:
+            name = host.encode("ascii") if host.isascii() else host
+            family, kind, proto, _, sockaddr = socket.getaddrinfo(
+                name, port, type=socket.SOCK_STREAM
+            )[0]
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            why = str(exc)
+            continue
+        try:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+            return None
+        except OSError as exc:
+            why = "no answer" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        finally:
+            sock.close()
+    return unreachable_line(addrs, why)
+
+
 def _socket_module() -> Any:
     """CPython's C socket module, which has all the executor uses; socket.py adds ~4 ms of enums."""
     try:
@@ -939,6 +978,8 @@ class Link:
         self.inbuf = b""
         self.acked = 0  # highest ACK seq received
         self.last_error = ""
+        self.ever_connected = False
+        self.said_unreachable = False
 
     def wake_at(self) -> float:
         """The monotonic time at which tick() has something to do."""
@@ -988,6 +1029,9 @@ class Link:
         """Every address failed: wait, then start again from the first."""
         import random
 
+        if not self.ever_connected and not self.said_unreachable:
+            self.said_unreachable = True
+            _log(unreachable_line(self.addrs, self.last_error.rsplit(": ", 1)[-1] or "no answer"))
         self.index = 0
         self.next_attempt = now + self.backoff * random.uniform(0.75, 1.25)
         self.backoff = min(self.backoff * 2, self.cap)
@@ -1036,6 +1080,7 @@ class Link:
                 self._next_address(now, os.strerror(err))
                 return
             self.connected = True
+            self.ever_connected = True
             self.fresh = True
             self.backoff = self.interval
             self.last_error = ""
@@ -1820,6 +1865,13 @@ def cmd_start(run_dir: str, foreground: bool) -> int:
     pid = os.fork()
     if pid:
         sys.stdout.write(f"CORUNNER-STARTED {pid}\n")
+        if cfg is not None and cfg.heartbeat:
+            # Where no path to the controller works, say so now, in one line,
+            # rather than leave the controller to find the node silent.
+            addrs = resolve_controllers(cfg.controller, os.environ.get("SSH_CONNECTION"))
+            said = probe_controller(addrs, min(2.0, max(0.5, 2 * cfg.interval)))
+            if said is not None:
+                sys.stdout.write(f"{NOREACH_MARKER} {said}\n")
         sys.stdout.flush()
         return 0
     os.setsid()
