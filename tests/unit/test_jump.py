@@ -119,3 +119,30 @@ def test_bad_jump_and_heartbeat_settings_are_one_line(data: dict, said: str) -> 
     with pytest.raises(InventoryError) as err:
         build(data)
     assert said in str(err.value)
+
+
+def test_hosts_behind_a_failed_jump_host_share_one_folded_line() -> None:
+    from corunner import render
+
+    cause = "gw (jump host for 3 hosts): connection refused on port 22 (is sshd running?)"
+    lines = render.errors(
+        [("n1", cause), ("n2", cause), ("web", "host key differs"), ("n3", cause)]
+    )
+    assert lines == [f"n[1-3]: {cause}", "web: host key differs"]
+
+
+def test_a_hop_takes_what_it_does_not_say_from_its_target() -> None:
+    from corunner.remote import chain_of, proxy_argv
+
+    inv = build(
+        {
+            "defaults": {"user": "deploy", "key": "id", "connect_timeout": 3},
+            "groups": {"a": {"hosts": ["n1:2200"], "jump": "ops@gw1:2222,gw2"}},
+        }
+    )
+    host = inv.hosts[0]
+    first, second = chain_of(host)
+    assert (first.name, first.user, first.port, first.key) == ("gw1", "ops", 2222, "/inv/id")
+    assert (second.id, second.user, second.jump, second.connect_timeout) == ("gw2", "deploy", (), 3)
+    proxied = host.__class__(**{**host.__dict__, "proxy_command": "nc -x p %h %p # %r %% %z"})
+    assert proxy_argv(proxied) == "nc -x p n1 2200 # deploy % %z"
