@@ -159,6 +159,36 @@ def test_a_jump_host_that_is_down_is_named_once_on_every_host_behind_it(behind, 
     everyone = fold(t.address for t in behind.targets)
     assert f"{everyone}: {line}" in done.stdout.splitlines()  # one line for the three
 
+    # A jump host that refuses the key, or whose host key is unknown, is named the same way;
+    # its host key is checked as any host's is.
+    bastion = behind.bastion.address
+    jcli.env["CORUNNER_INVENTORY"] = str(
+        inventory(behind, tmp_path / "u.yaml", f"nobody@{bastion}")
+    )
+    done, doc = jcli.json("run", "--cmd", "true", *FAST)
+    assert {h["state"] for h in doc["hosts"]} == {"unreachable"}
+    assert {h["error"].split(":")[0] for h in doc["hosts"]} == {
+        f"{bastion} (jump host for 3 hosts)"
+    }
+    assert "authentication failed for user nobody" in doc["hosts"][0]["error"]
+    known = tmp_path / "known_hosts"
+    known.write_text(
+        "".join(
+            ln for ln in behind.lab.known_hosts.read_text().splitlines(True) if bastion not in ln
+        )
+    )
+    path = inventory(behind, tmp_path / "k.yaml", bastion)
+    data = yaml.safe_load(path.read_text())
+    data["defaults"]["known_hosts"] = str(known)
+    path.write_text(yaml.safe_dump(data))
+    jcli.env["CORUNNER_INVENTORY"] = str(path)
+    done, doc = jcli.json("run", "--cmd", "true", *FAST)
+    assert {h["state"] for h in doc["hosts"]} == {"unreachable"}
+    assert all(
+        h["error"].startswith(f"{bastion} (jump host for 3 hosts): host key not in {known}")
+        for h in doc["hosts"]
+    ), doc["hosts"]
+
 
 def test_a_killed_and_a_frozen_target_behind_the_bastion(behind, jcli):
     steady, killed, frozen = behind.targets
