@@ -163,6 +163,7 @@ class SshStarter:
         #: Connections that carry a heartbeat tunnel: open until the run ends.
         self.tunnels: List[fabric.Connection] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def close(self) -> None:
         """Close the tunnels' connections, then the jump hosts' (the end of the run).
@@ -170,6 +171,7 @@ class SshStarter:
         Never waits for a node: a closed transport stops at once, answered or not.
         """
         with self._lock:
+            self._closed = True
             tunnels, self.tunnels = self.tunnels, []
         for conn in tunnels:
             conn.close()
@@ -265,33 +267,49 @@ class SshStarter:
         return (*outcome, error if isinstance(error, str) else None)
 
     def __call__(self, host: Host) -> Started:
-        """Start ``host``'s executor; raises RemoteError (the host is then unreachable)."""
+        """Start ``host``'s executor; raises RemoteError (the host is then unreachable).
+
+        A host whose heartbeats come through a tunnel keeps its connection
+        open until :meth:`close`; so does one watched over its session.
+        """
         conn = remote.connect(host, self.spec.accept_new_host_keys, self.gateways)
         keep_open = False
         try:
             tunnel = None
             if self.spec.heartbeat and host.heartbeat_via(self.spec.heartbeat_via) == "tunnel":
                 tunnel = self._tunnel(conn, host)
-                with self._lock:  # the tunnel lives as long as this connection
-                    self.tunnels.append(conn)
-                keep_open = True
-            config = self.config(conn, host, tunnel)
-            command = start_command(host, self.run_id, foreground=not self.spec.heartbeat)
-            sent = self.clock()
-            markers, reply = (HAVE_MARKER, NEED_MARKER), self.payload.reply(config)
-            if not self.spec.heartbeat:
-                chan, size = remote.start_streaming(conn, host, command, markers, reply)
-                keep_open = True
-                return Started(host.id, sent, session=(chan, conn), sent=size)
-            done = remote.converse(conn, host, command, markers, reply)
-            pid = done.marked("CORUNNER-STARTED")
-            ended = self._not_started(done)
-            if ended is not None:
-                return Started(host.id, sent, sent=done.sent, ended=ended)
-            if done.status != 0 or not pid or not pid.strip().isdigit():
-                raise StartError(host.id, f"could not start the executor: {done.error_line()}")
-            unheard = done.marked(NOREACH_MARKER)
-            return Started(host.id, sent, pid=int(pid), sent=done.sent, unheard=unheard)
+            started = self._start(conn, host, tunnel)
+            if started.session is not None:
+                keep_open = True  # the SessionWatch closes it
+            elif tunnel is not None and started.ended is None:
+                keep_open = self._keep(conn)
+            return started
         finally:
             if not keep_open:
                 conn.close()
+
+    def _keep(self, conn: fabric.Connection) -> bool:
+        """Keep a tunnel's connection open until :meth:`close`; False if that came already."""
+        with self._lock:
+            if self._closed:
+                return False
+            self.tunnels.append(conn)
+            return True
+
+    def _start(self, conn: fabric.Connection, host: Host, tunnel: Optional[int]) -> Started:
+        config = self.config(conn, host, tunnel)
+        command = start_command(host, self.run_id, foreground=not self.spec.heartbeat)
+        sent = self.clock()
+        markers, reply = (HAVE_MARKER, NEED_MARKER), self.payload.reply(config)
+        if not self.spec.heartbeat:
+            chan, size = remote.start_streaming(conn, host, command, markers, reply)
+            return Started(host.id, sent, session=(chan, conn), sent=size)
+        done = remote.converse(conn, host, command, markers, reply)
+        pid = done.marked("CORUNNER-STARTED")
+        ended = self._not_started(done)
+        if ended is not None:
+            return Started(host.id, sent, sent=done.sent, ended=ended)
+        if done.status != 0 or not pid or not pid.strip().isdigit():
+            raise StartError(host.id, f"could not start the executor: {done.error_line()}")
+        unheard = done.marked(NOREACH_MARKER)
+        return Started(host.id, sent, pid=int(pid), sent=done.sent, unheard=unheard)

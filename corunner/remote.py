@@ -311,6 +311,11 @@ def hop_host(target: Host, hop: str) -> Host:
     )
 
 
+def _address(host: Host) -> str:
+    """Where ``host`` is connected to: its ssh_config HostName where one is known, else its name."""
+    return str(getattr(host, "address", None) or host.name)
+
+
 def chain_of(host: Host) -> Tuple[Host, ...]:
     """The jump hosts in front of ``host``, first hop first."""
     return tuple(hop_host(host, hop) for hop in host.jump)
@@ -318,7 +323,7 @@ def chain_of(host: Host) -> Tuple[Host, ...]:
 
 def proxy_argv(host: Host) -> str:
     """``host.proxy_command`` with OpenSSH's ``%h``, ``%p``, ``%r`` and ``%%`` filled in."""
-    tokens = {"h": host.name, "p": str(host.port), "r": host.user, "%": "%"}
+    tokens = {"h": _address(host), "p": str(host.port), "r": host.user, "%": "%"}
     text, out, i = host.proxy_command or "", [], 0
     while i < len(text):
         if text[i] == "%" and i + 1 < len(text) and text[i + 1] in tokens:
@@ -382,7 +387,7 @@ class Gateways:
         try:
             return transport.open_channel(
                 "direct-tcpip",
-                dest_addr=(host.name, host.port),
+                dest_addr=(_address(host), host.port),
                 src_addr=("", 0),
                 timeout=host.connect_timeout,
             )
@@ -435,7 +440,7 @@ class Gateways:
                     with translated(hop):
                         sock = outer.open_channel(
                             "direct-tcpip",
-                            dest_addr=(hop.name, hop.port),
+                            dest_addr=(_address(hop), hop.port),
                             src_addr=("", 0),
                             timeout=hop.connect_timeout,
                         )
