@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import yaml
 from helpers import free_port, wait_until
 
 from corunner.errors import EXIT_FAILED, EXIT_LOST, EXIT_OK
@@ -264,3 +265,33 @@ def test_stop_says_which_nodes_have_nothing_to_stop(lab, cli, on_node):
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"not running (exited) (1): {ran.address}" in done.stdout
     assert f"not running (missing) (1): {gone.address}" in done.stdout
+
+
+def test_refresh_accepts_new_host_keys_only_when_asked_and_then_forgets_the_old_error(
+    lab, cli, tmp_path
+):
+    done, doc = cli.json("run", "--cmd", "exit 4", *FAST)
+    assert done.returncode == EXIT_FAILED, done.stdout + done.stderr
+    run_id = doc["run_id"]
+    # The same nodes through a known_hosts that knows none of them yet.
+    data = yaml.safe_load(lab.inventory.read_text())
+    fresh = tmp_path / "ssh" / "known_hosts"
+    data["defaults"]["known_hosts"] = str(fresh)
+    inventory = tmp_path / "fresh.yaml"
+    inventory.write_text(yaml.safe_dump(data))
+
+    done, doc = cli.json("status", "--run", run_id, "--refresh", "--inventory", str(inventory))
+    assert done.returncode == EXIT_LOST  # the nodes could not be asked
+    errors = {h: e["refresh_error"] for h, e in doc["hosts"].items()}
+    assert all("not in" in str(e) and "--accept-new-host-keys" in str(e) for e in errors.values())
+    assert {e["state"] for e in doc["hosts"].values()} == {"failed"}  # the outcome is kept
+    assert not fresh.exists()
+
+    done, doc = cli.json(
+        "status", "--run", run_id, "--refresh", "--inventory", str(inventory),
+        "--accept-new-host-keys",
+    )  # fmt: skip
+    assert done.returncode == EXIT_FAILED, done.stdout + done.stderr
+    assert [e.get("refresh_error") for e in doc["hosts"].values()] == [None] * len(lab.nodes)
+    assert {e["exit_code"] for e in doc["hosts"].values()} == {4}
+    assert len(fresh.read_text().splitlines()) == len(lab.nodes)
