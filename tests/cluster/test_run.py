@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -129,7 +130,7 @@ def test_deadline_times_out_and_stop_ends_the_remote_programs(lab, cli, on_node,
     for node in lab.nodes:
         wait_until(lambda n=node: "sleep 300" not in on_node(n.index, "ps -eo args"), timeout=10)
     done, doc = cli.json("status", "--run", run_id, "--refresh")
-    assert {h["state"] for h in doc["hosts"].values()} == {"failed"}
+    assert {h["state"] for h in doc["hosts"].values()} == {"stopped"}
     assert {h["signal"] for h in doc["hosts"].values()} == {signal.SIGTERM}
 
 
@@ -295,3 +296,27 @@ def test_refresh_accepts_new_host_keys_only_when_asked_and_then_forgets_the_old_
     assert [e.get("refresh_error") for e in doc["hosts"].values()] == [None] * len(lab.nodes)
     assert {e["exit_code"] for e in doc["hosts"].values()} == {4}
     assert len(fresh.read_text().splitlines()) == len(lab.nodes)
+
+
+def test_status_mid_run_reads_the_event_log_and_a_stop_is_stopped_not_failed(lab, cli):
+    two = [n.address for n in lab.nodes[:2]]
+    proc = cli.popen("run", "--cmd", "sleep 60", "--hosts", ",".join(two), *FAST)
+    wait_until(lambda: all_alive(cli, 2), timeout=30)
+    run_id = cli.latest_run_id()
+    # run.json still says pending; the event log knows better, and status says so.
+    done, doc = cli.json("status")
+    assert done.returncode == EXIT_LOST  # still going: no result yet
+    assert {h: e["state"] for h, e in doc["hosts"].items()} == dict.fromkeys(two, "alive")
+    done = cli("stop", "--run", run_id)
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_FAILED, out + err
+    assert f"stopped (2): {fold(two)}" in out.splitlines()
+    assert re.search(rf"{re.escape(two[0])} +stopped +signal 15 +[0-9.]+s", out), out
+    assert "see why it failed" not in out  # nothing failed: the user ended it
+    assert "re-run just those hosts with: " in out and "--hosts @not-succeeded" in out
+    done, doc = cli.json("status")
+    assert {e["state"] for e in doc["hosts"].values()} == {"stopped"}
+    assert all(e["seconds"] for e in doc["hosts"].values())
+    done, doc = cli.json("run", "--cmd", "true", "--hosts", "@stopped", *FAST)
+    assert [h["host"] for h in doc["hosts"]] == two
