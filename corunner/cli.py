@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tupl
 
 from invoke import Collection, Context, Exit
 
-from . import __version__, interrupts, live, outputs, plan, postrun, render, transfer
+from . import __version__, debuglog, interrupts, live, outputs, plan, postrun, render, transfer
 from .bootstrap import check_uploads
 from .controller import Run
 from .errors import (
@@ -667,6 +667,7 @@ def status(
 ) -> None:
     """Show how a run went, from its record or (--refresh) from the nodes themselves."""
     record = find_run(run, command=command())
+    debuglog.keep_in(record.dir)
     out = Out(json)
     show = output or diff or stream is not None
     everything = _table(table)
@@ -758,6 +759,7 @@ def stop(
 ) -> None:
     """Terminate a run's program (its whole process group) on every node still running it."""
     record = find_run(run, command=command())
+    debuglog.keep_in(record.dir)
     data = record.load()
     inv, targets = _run_hosts(record.run_id, data, inventory, hosts, exclude)
     out = Out(json)
@@ -807,6 +809,7 @@ def collect(
         inv, selected = _select(inventory, hosts, exclude)
     else:
         record = find_run(run, command=command())
+        debuglog.keep_in(record.dir)
         run_id = record.run_id
         data = record.load()
         inv, selected = _run_hosts(run_id, data, inventory, hosts, exclude)
