@@ -47,7 +47,7 @@ from typing import (
 import fabric
 import paramiko
 
-from . import hostkeys
+from . import hostkeys, keys
 from .errors import AuthError, ConnectError, RemoteError, StalledError
 from .inventory import Host
 
@@ -217,14 +217,22 @@ def _raise_translated(host: Host, error: BaseException) -> None:
 
 
 def connect(host: Host, accept_new_host_keys: bool = False) -> fabric.Connection:
-    """Open an SSH connection whose host key is checked against ``host.known_hosts``."""
-    conn = connection(host, accept_new_host_keys)
+    """Open an SSH connection whose host key is checked against ``host.known_hosts``.
+
+    With ``key:`` set, the key signs as ``ssh -i`` has it sign: ssh-agent's
+    copy when the agent holds it (see :mod:`corunner.keys`).
+    """
     if host.key and not os.path.exists(host.key):
         raise AuthError(
             host.id, f"key file {host.key} does not exist (check key: in the inventory)"
         )
-    with translated(host):
-        conn.open()
+    conn, agent = _connection(host, accept_new_host_keys)
+    try:
+        with translated(host):
+            conn.open()
+    finally:
+        if agent is not None:
+            agent.close()  # it signed during the login, if at all; nothing after
     return conn
 
 
@@ -233,7 +241,21 @@ def connection(host: Host, accept_new_host_keys: bool = False) -> fabric.Connect
 
     Safe to call from many threads at once: each gets a config of its own.
     """
+    return _connection(host, accept_new_host_keys)[0]
+
+
+def _connection(
+    host: Host, accept_new_host_keys: bool
+) -> Tuple[fabric.Connection, Optional[paramiko.Agent]]:
+    """:func:`connection`, and the ssh-agent connection whose key will sign, if any."""
     key_given = bool(host.key)
+    agent: Optional[paramiko.Agent] = None
+    # No key: no key_filename at all (Fabric cannot merge a None into its key list).
+    identity: Dict[str, Any] = {}
+    if host.key and os.path.exists(host.key):
+        identity, agent = keys.identity(host.id, host.key)
+    elif host.key:
+        identity = {"key_filename": host.key}
     known = hostkeys.default_paths([host.known_hosts] if host.known_hosts else [])
     conn = fabric.Connection(
         host.name,
@@ -241,8 +263,7 @@ def connection(host: Host, accept_new_host_keys: bool = False) -> fabric.Connect
         port=host.port,
         config=_fresh_config(),
         connect_kwargs={
-            # No key: no key_filename at all (Fabric cannot merge a None into its key list).
-            **({"key_filename": host.key} if key_given else {}),
+            **identity,
             "look_for_keys": not key_given,
             "allow_agent": not key_given,
             "timeout": host.connect_timeout,
@@ -265,7 +286,7 @@ def connection(host: Host, accept_new_host_keys: bool = False) -> fabric.Connect
             write_path=host.known_hosts,
         )
     )
-    return conn
+    return conn, agent
 
 
 def _host_key_algorithms(known_types: Sequence[str]) -> Dict[str, Any]:
