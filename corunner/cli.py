@@ -354,6 +354,9 @@ def _finish_transfer(
     run_id: Optional[str] = None,
 ) -> None:
     for o in outcomes.values():
+        if o.ok and isinstance(o.value, (transfer.Pulled, transfer.Pushed)):
+            for note in o.value.notes:
+                out.line(f"{o.host.id}: note: {note}")
         if o.ok and isinstance(o.value, transfer.Pulled):
             for skipped in o.value.skipped:
                 out.line(f"{o.host.id}: refused unsafe entry {skipped}")

@@ -545,10 +545,18 @@ def open_command(
     return _session(conn, host, timeout, lambda chan: chan.exec_command(command.line))
 
 
+class SFTPBroken(Exception):
+    """The node's SFTP server started but its handshake failed: the cause, in one line."""
+
+
 def open_sftp(conn: fabric.Connection, host: Host) -> Optional[paramiko.SFTPClient]:
     """An SFTP session on ``conn``, or None if the node has no SFTP subsystem.
 
-    Callers then use a command instead. A node that stops answering raises
+    Callers then use a command instead. An external ``sftp-server`` is
+    started through the user's login shell, so a start-up file that prints
+    on stdout breaks the handshake (Paramiko: "Garbage packet received"):
+    that raises :class:`SFTPBroken` with the cause, for the caller to say
+    and go the command's way. A node that stops answering raises
     :class:`Unanswered` (through the transport's keepalives).
     """
     try:
@@ -556,7 +564,15 @@ def open_sftp(conn: fabric.Connection, host: Host) -> Optional[paramiko.SFTPClie
     except (paramiko.SSHException, OSError, EOFError):
         raise_if_hung(conn)
         return None
-    return paramiko.SFTPClient(chan)
+    try:
+        return paramiko.SFTPClient(chan)
+    except (paramiko.SFTPError, paramiko.SSHException, OSError, EOFError) as exc:
+        chan.close()
+        raise_if_hung(conn)
+        why = str(exc) or type(exc).__name__
+        if "Garbage packet" in why:
+            why += " (does a start-up file of the login shell print to stdout?)"
+        raise SFTPBroken(f"SFTP failed: {why}") from exc
 
 
 def _session(
