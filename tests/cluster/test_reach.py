@@ -147,3 +147,87 @@ def test_a_passphrase_key_signs_through_the_agent_and_fails_in_one_line_without(
         assert done.returncode == EXIT_OK, done.stderr
     finally:
         agent.close()
+
+
+def free_v6_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        return int(sock.getsockname()[1])
+
+
+#: Index of the IPv6 node: outside the session lab (101-108) and ``inv lab.up``'s (1-8).
+V6_INDEX = 240
+
+
+@pytest.fixture(scope="module")
+def v6_node(lab):
+    """A node on ``[::1]:PORT`` whose sshd runs the external sftp-server (through
+    the login shell, as a stock Debian sshd does)."""
+    node = lab.extra_node(
+        V6_INDEX, "::1", free_v6_port(), sftp_server="/usr/lib/openssh/sftp-server"
+    )
+    text = lab.known_hosts.read_text()
+    port = int(text.rsplit("[::1]:", 1)[1].split()[0])
+    try:
+        yield node, port
+    finally:
+        lab.stop_extra(node)
+
+
+def v6_inventory(lab, tmp_path: Path, port: int, user: str = "root") -> Path:
+    data = yaml.safe_load(lab.inventory.read_text())
+    data["groups"]["v6"] = {"hosts": [f"{user}@[::1]:{port}"]}
+    if user != "root":
+        data["defaults"].pop("remote_dir", None)
+    path = tmp_path / f"hosts-v6-{user}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_an_ipv6_host_with_its_own_port_runs_and_collects(lab, cli, tmp_path, v6_node):
+    _, port = v6_node
+    host_id = f"[::1]:{port}"
+    inv = str(v6_inventory(lab, tmp_path, port))
+    done = cli("hosts", "--hosts", "v6", "--inventory", inv)
+    assert done.returncode == EXIT_OK and host_id in done.stdout, done.stdout + done.stderr
+    done, doc = cli.json(
+        "run", "--cmd", "echo from-v6; hostname", "--hosts", host_id, "--inventory", inv, *FAST
+    )
+    assert done.returncode == EXIT_OK, done.stderr
+    assert [(h["host"], h["state"]) for h in doc["hosts"]] == [(host_id, "succeeded")]
+    done = cli("collect", "--divide", "--dest", str(tmp_path / "res"), "--inventory", inv)
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    local = f"++1+{port}"  # Host.local_name: no ':' on the local side
+    assert sorted(os.listdir(tmp_path / "res")) == [local]
+    assert (tmp_path / "res" / local / "stdout").read_text() == f"from-v6\nnode{V6_INDEX}\n"
+
+
+def test_sftp_broken_by_a_chatty_shell_falls_back_to_tar_with_a_note(
+    lab, cli, tmp_path, v6_node, field_users
+):
+    _, port = v6_node
+    host_id = f"[::1]:{port}"
+    inv = str(v6_inventory(lab, tmp_path, port, user="cr-deploy"))  # .bashrc prints noise
+    src = tmp_path / "one.bin"
+    src.write_bytes(os.urandom(100_000))
+    push = ("cp", "--src", str(src), "--hosts", "v6", "--inventory", inv)
+    done = cli(*push, "--dest", "/tmp/")
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    note = f"{host_id}: note: SFTP failed: Garbage packet received"
+    assert note in done.stdout and "copied with tar instead" in done.stdout, done.stdout
+    done = cli(
+        "cp", "--pull", "--src", "/tmp/one.bin", "--dest", str(tmp_path / "back"), "--divide",
+        "--hosts", "v6", "--inventory", inv,
+    )  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    assert note in done.stdout, done.stdout
+    assert (tmp_path / "back" / f"++1+{port}" / "one.bin").read_bytes() == src.read_bytes()
+    # When the tar path fails too, its error says why and keeps the SFTP cause.
+    done, doc = cli.json(*push, "--dest", "/proc/no/such/dir/")
+    assert done.returncode != EXIT_OK
+    (error,) = [h["error"] for h in doc["hosts"]]
+    assert error.startswith("copy to /proc/no/such/dir/ failed: "), error
+    assert error.endswith("(after SFTP failed: Garbage packet received (does a start-up file "
+                          "of the login shell print to stdout?))"), error  # fmt: skip
