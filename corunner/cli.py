@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tupl
 
 from invoke import Collection, Context, Exit
 
-from . import __version__, interrupts, live, outputs, plan, postrun, render, transfer
+from . import __version__, hostkeys, interrupts, live, outputs, plan, postrun, render, transfer
 from .controller import Run
 from .errors import (
     EXIT_INTERRUPTED,
@@ -91,12 +91,18 @@ class Out:
         interrupts.write_line(sys.stdout, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def _warning(line: str) -> None:
+    """Print one warning line on stderr (never stdout: --json keeps it one document)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def reported(fn: F) -> F:
     """Map corunner errors, Ctrl-C, SIGTERM, SIGHUP and a closed stdout to (at most)
     one line on stderr and the documented exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        hostkeys.warn_with(_warning)  # a skipped known_hosts line: once per process
         try:
             with interrupts.signals_end_cleanly():
                 return fn(*args, **kwargs)

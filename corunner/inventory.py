@@ -75,6 +75,8 @@ class Host:
     env: tuple[tuple[str, str], ...] = ()
     #: The user the program runs as through ``sudo -n`` (``become:``), or None.
     become: Optional[str] = None
+    #: OpenSSH's ``HashKnownHosts yes``: keys accepted for this host are written hashed.
+    hash_known_hosts: bool = False
 
     @property
     def id(self) -> str:

@@ -284,6 +284,7 @@ def _connection(
             known,
             accept_new=accept_new_host_keys and bool(host.known_hosts),
             write_path=host.known_hosts,
+            hash_names=host.hash_known_hosts,
         )
     )
     return conn, agent
