@@ -231,3 +231,60 @@ def test_sftp_broken_by_a_chatty_shell_falls_back_to_tar_with_a_note(
     assert error.startswith("copy to /proc/no/such/dir/ failed: "), error
     assert error.endswith("(after SFTP failed: Garbage packet received (does a start-up file "
                           "of the login shell print to stdout?))"), error  # fmt: skip
+
+
+def test_known_hosts_with_odd_lines_and_a_global_file_as_openssh_reads_them(lab, cli, tmp_path):
+    """Among the lab's real lines: hashed ones, a @revoked key (one node's own), a
+    @cert-authority line (the only line of another node), corrupt lines; one node
+    known only to the global file. Each node gets what OpenSSH would give it."""
+    import base64
+    import hashlib
+    import hmac
+
+    real = {}
+    for line in lab.known_hosts.read_text().splitlines():
+        name, kind, blob = line.split()[:3]
+        real[name] = f"{kind} {blob}"
+    addresses = [n.address for n in lab.nodes]
+    hashed, revoked, global_only, cert_only = addresses[0], addresses[5], addresses[6], addresses[7]
+    salt = os.urandom(20)
+    digest = hmac.new(salt, hashed.encode(), hashlib.sha1).digest()
+    b64 = base64.b64encode
+    user_lines = [
+        "# odd lines among real ones",
+        f"|1|{b64(salt).decode()}|{b64(digest).decode()} {real[hashed]}",
+        *(f"{a} {real[a]}" for a in addresses[1:6]),
+        "this line is corrupt",
+        f"@revoked * {real[revoked]}",
+        f"@cert-authority {cert_only},*.example.com {real[hashed]}",
+        "@bogus-marker x ssh-ed25519 AAAA",
+    ]
+    user = tmp_path / "known_hosts"
+    user.write_text("\n".join(user_lines) + "\n")
+    glob = tmp_path / "ssh_known_hosts"
+    glob.write_text(f"{global_only} {real[global_only]}\n")
+    data = yaml.safe_load(lab.inventory.read_text())
+    data["defaults"]["known_hosts"] = str(user)
+    inv = tmp_path / "hosts-kh.yaml"
+    inv.write_text(yaml.safe_dump(data))
+    src = tmp_path / "f.txt"
+    src.write_text("x\n")
+    done, doc = cli.json(
+        "cp", "--src", str(src), "--dest", "/tmp/", "--inventory", str(inv),
+        env={"CORUNNER_GLOBAL_KNOWN_HOSTS": str(glob)},
+    )  # fmt: skip
+    errors = {h["host"]: h["error"] for h in doc["hosts"]}
+    assert done.returncode == EXIT_LOST, done.stderr
+    assert errors.pop(revoked) == (
+        f"host key is marked @revoked in {user} line 9: refusing it (the key was withdrawn: "
+        "ask the host's admin for its new key)"
+    )
+    assert errors.pop(cert_only).startswith(
+        f"host certificates are not supported: {user} line 10 vouches for {cert_only} only "
+        "by @cert-authority; add the host's own key"
+    )
+    assert errors == {a: None for a in addresses if a not in (revoked, cert_only)}
+    # The corrupt lines: one warning for the file, said once however many hosts read it.
+    warning = f"warning: {user}: cannot parse known_hosts lines 8, 11; skipped them"
+    assert done.stderr.count(warning) == 1, done.stderr
+    assert done.stderr.count("warning:") == 1, done.stderr
