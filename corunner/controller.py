@@ -210,7 +210,7 @@ class Run:
             return self.fleet.heartbeat(event.host, event.at)
         if isinstance(event, Exited):
             return self.fleet.exited(
-                event.host, event.at, event.exit_code, event.signal, event.error
+                event.host, event.at, event.exit_code, event.signal, event.error, event.stopped
             )
         assert isinstance(event, Lost)
         return self.fleet.lost(event.host, event.at, event.reason)
