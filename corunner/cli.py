@@ -30,7 +30,18 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tupl
 
 from invoke import Collection, Context, Exit
 
-from . import __version__, debuglog, interrupts, live, outputs, plan, postrun, render, transfer
+from . import (
+    __version__,
+    debuglog,
+    hostkeys,
+    interrupts,
+    live,
+    outputs,
+    plan,
+    postrun,
+    render,
+    transfer,
+)
 from .bootstrap import check_uploads
 from .controller import Run
 from .errors import (
@@ -93,12 +104,18 @@ class Out:
         interrupts.write_line(sys.stdout, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def _warning(line: str) -> None:
+    """Print one warning line on stderr (never stdout: --json keeps it one document)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def reported(fn: F) -> F:
     """Map corunner errors, Ctrl-C, SIGTERM, SIGHUP and a closed stdout to (at most)
     one line on stderr and the documented exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        hostkeys.warn_with(_warning)  # a skipped known_hosts line: once per process
         try:
             with interrupts.signals_end_cleanly():
                 return fn(*args, **kwargs)
@@ -356,6 +373,9 @@ def _finish_transfer(
     run_id: Optional[str] = None,
 ) -> None:
     for o in outcomes.values():
+        if o.ok and isinstance(o.value, (transfer.Pulled, transfer.Pushed)):
+            for note in o.value.notes:
+                out.line(f"{o.host.id}: note: {note}")
         if o.ok and isinstance(o.value, transfer.Pulled):
             for skipped in o.value.skipped:
                 out.line(f"{o.host.id}: refused unsafe entry {skipped}")

@@ -56,8 +56,9 @@ STATE_STOPPED = "stopped"
 #: the executor records the end it sees as a stop, not as a failure.
 STOP_MARKER = "stop-requested"
 
-_NAME = r"[A-Za-z0-9._:@-]{1,128}"
-_NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:@-"
+#: Run ids and host ids; brackets for an IPv6 host with a port (``[::1]:2201``).
+_NAME = r"[A-Za-z0-9._:@\[\]-]{1,128}"
+_NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:@[]-"
 # Everything before " <mac>", as text. Explicit ASCII classes only, and bounded
 # fields, so a match is pure ASCII and a valid line always fits MAX_LINE.
 # Compiled by the first decode (the controller's side): encode checks its
@@ -554,7 +555,7 @@ def parse_config(data: Any) -> Config:
             raise ValueError(f"unknown config key {key!r}")
     for key in ("run_id", "host"):
         if not valid_name(data[key]):
-            raise ValueError(f"{key} must match [A-Za-z0-9._:@-]{{1,128}}")
+            raise ValueError(f"{key} must match {_NAME}")
     argv, shell = data["argv"], data["shell"]
     if (argv is None) == (shell is None):
         raise ValueError("exactly one of argv and shell must be set")

@@ -47,7 +47,7 @@ from typing import (
 import fabric
 import paramiko
 
-from . import hostkeys
+from . import hostkeys, keys
 from .errors import AuthError, ConnectError, RemoteError, StalledError
 from .inventory import Host
 
@@ -220,14 +220,22 @@ def _raise_translated(host: Host, error: BaseException) -> None:
 
 
 def connect(host: Host, accept_new_host_keys: bool = False) -> fabric.Connection:
-    """Open an SSH connection whose host key is checked against ``host.known_hosts``."""
-    conn = connection(host, accept_new_host_keys)
+    """Open an SSH connection whose host key is checked against ``host.known_hosts``.
+
+    With ``key:`` set, the key signs as ``ssh -i`` has it sign: ssh-agent's
+    copy when the agent holds it (see :mod:`corunner.keys`).
+    """
     if host.key and not os.path.exists(host.key):
         raise AuthError(
             host.id, f"key file {host.key} does not exist (check key: in the inventory)"
         )
-    with translated(host):
-        conn.open()
+    conn, agent = _connection(host, accept_new_host_keys)
+    try:
+        with translated(host):
+            conn.open()
+    finally:
+        if agent is not None:
+            agent.close()  # it signed during the login, if at all; nothing after
     return conn
 
 
@@ -236,7 +244,21 @@ def connection(host: Host, accept_new_host_keys: bool = False) -> fabric.Connect
 
     Safe to call from many threads at once: each gets a config of its own.
     """
+    return _connection(host, accept_new_host_keys)[0]
+
+
+def _connection(
+    host: Host, accept_new_host_keys: bool
+) -> Tuple[fabric.Connection, Optional[paramiko.Agent]]:
+    """:func:`connection`, and the ssh-agent connection whose key will sign, if any."""
     key_given = bool(host.key)
+    agent: Optional[paramiko.Agent] = None
+    # No key: no key_filename at all (Fabric cannot merge a None into its key list).
+    identity: Dict[str, Any] = {}
+    if host.key and os.path.exists(host.key):
+        identity, agent = keys.identity(host.id, host.key)
+    elif host.key:
+        identity = {"key_filename": host.key}
     known = hostkeys.default_paths([host.known_hosts] if host.known_hosts else [])
     conn = fabric.Connection(
         host.name,
@@ -244,8 +266,7 @@ def connection(host: Host, accept_new_host_keys: bool = False) -> fabric.Connect
         port=host.port,
         config=_fresh_config(),
         connect_kwargs={
-            # No key: no key_filename at all (Fabric cannot merge a None into its key list).
-            **({"key_filename": host.key} if key_given else {}),
+            **identity,
             "look_for_keys": not key_given,
             "allow_agent": not key_given,
             "timeout": host.connect_timeout,
@@ -266,9 +287,10 @@ def connection(host: Host, accept_new_host_keys: bool = False) -> fabric.Connect
             known,
             accept_new=accept_new_host_keys and bool(host.known_hosts),
             write_path=host.known_hosts,
+            hash_names=host.hash_known_hosts,
         )
     )
-    return conn
+    return conn, agent
 
 
 def _host_key_algorithms(known_types: Sequence[str]) -> Dict[str, Any]:
@@ -527,10 +549,18 @@ def open_command(
     return _session(conn, host, timeout, lambda chan: chan.exec_command(command.line))
 
 
+class SFTPBroken(Exception):
+    """The node's SFTP server started but its handshake failed: the cause, in one line."""
+
+
 def open_sftp(conn: fabric.Connection, host: Host) -> Optional[paramiko.SFTPClient]:
     """An SFTP session on ``conn``, or None if the node has no SFTP subsystem.
 
-    Callers then use a command instead. A node that stops answering raises
+    Callers then use a command instead. An external ``sftp-server`` is
+    started through the user's login shell, so a start-up file that prints
+    on stdout breaks the handshake (Paramiko: "Garbage packet received"):
+    that raises :class:`SFTPBroken` with the cause, for the caller to say
+    and go the command's way. A node that stops answering raises
     :class:`Unanswered` (through the transport's keepalives).
     """
     try:
@@ -538,7 +568,15 @@ def open_sftp(conn: fabric.Connection, host: Host) -> Optional[paramiko.SFTPClie
     except (paramiko.SSHException, OSError, EOFError):
         raise_if_hung(conn)
         return None
-    return paramiko.SFTPClient(chan)
+    try:
+        return paramiko.SFTPClient(chan)
+    except (paramiko.SFTPError, paramiko.SSHException, OSError, EOFError) as exc:
+        chan.close()
+        raise_if_hung(conn)
+        why = str(exc) or type(exc).__name__
+        if "Garbage packet" in why:
+            why += " (does a start-up file of the login shell print to stdout?)"
+        raise SFTPBroken(f"SFTP failed: {why}") from exc
 
 
 def _session(
