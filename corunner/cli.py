@@ -30,11 +30,24 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tupl
 
 from invoke import Collection, Context, Exit
 
-from . import __version__, interrupts, live, outputs, plan, postrun, render, transfer
+from . import (
+    __version__,
+    debuglog,
+    hostkeys,
+    interrupts,
+    live,
+    outputs,
+    plan,
+    postrun,
+    render,
+    transfer,
+)
+from .bootstrap import check_uploads
 from .controller import Run
 from .errors import (
     EXIT_INTERRUPTED,
     EXIT_LOST,
+    EXIT_OK,
     CorunnerError,
     UsageError,
     exit_code_for,
@@ -45,7 +58,7 @@ from .interrupts import Interrupted
 from .inventory import ENV_NAME, HEARTBEAT_PATHS, Host, Inventory, ad_hoc_entry, clean_remote_dir
 from .liveness import State
 from .loader import load_inventory
-from .options import CorunnerProgram, task
+from .options import NOT_SUCCEEDED, CorunnerProgram, rerun_hint, task
 from .record import find_run, run_outcomes
 from .report import RunReport, group_by_state
 from .spec import Program as RunProgram
@@ -91,12 +104,18 @@ class Out:
         interrupts.write_line(sys.stdout, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def _warning(line: str) -> None:
+    """Print one warning line on stderr (never stdout: --json keeps it one document)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def reported(fn: F) -> F:
     """Map corunner errors, Ctrl-C, SIGTERM, SIGHUP and a closed stdout to (at most)
     one line on stderr and the documented exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        hostkeys.warn_with(_warning)  # a skipped known_hosts line: once per process
         try:
             with interrupts.signals_end_cleanly():
                 return fn(*args, **kwargs)
@@ -192,7 +211,7 @@ def _failures(
         out.line(line)
     if bad:
         failed = fold(host for host, _ in bad)
-        out.line(f"failed ({len(bad)}): {failed}; retry only those with --hosts '{failed}'")
+        out.line(f"failed ({len(bad)}): {failed}; {rerun_hint(failed)}")
     elif not outcomes:
         out.line("no hosts")
     return exit_code_for(render.transfer_state(o) for o in outcomes.values())
@@ -354,6 +373,9 @@ def _finish_transfer(
     run_id: Optional[str] = None,
 ) -> None:
     for o in outcomes.values():
+        if o.ok and isinstance(o.value, (transfer.Pulled, transfer.Pushed)):
+            for note in o.value.notes:
+                out.line(f"{o.host.id}: note: {note}")
         if o.ok and isinstance(o.value, transfer.Pulled):
             for skipped in o.value.skipped:
                 out.line(f"{o.host.id}: refused unsafe entry {skipped}")
@@ -446,6 +468,8 @@ def _next_steps(report: RunReport) -> str:
         text += f"; see why it failed with: {cmd} status --run {run_id} --output --stream stderr"
     if report.exit_code == EXIT_LOST and any(by_state.get(s) for s in (State.DEAD, State.TIMEOUT)):
         text += f"; ask the nodes again with: {cmd} status --run {run_id} --refresh"
+    if report.exit_code != EXIT_OK and not report.interrupted:
+        text += f"; {rerun_hint(NOT_SUCCEEDED)}"
     return text
 
 
@@ -540,6 +564,7 @@ def run(
     if dry:
         _dry(out, plan.run_plan(selected, spec, _not_listed(inv, selected)))
         return
+    check_uploads(spec.files, spec.stdin)
     view = live.run_view(out.stream, [h.id for h in selected], spec.deadline, verbose)
     meta: Dict[str, Any] = {"inventory": inv.source, "selection": hosts, "exclude": exclude}
     # What was uploaded into each run directory: collect leaves it there (names only).
@@ -672,12 +697,13 @@ def status(
 ) -> None:
     """Show how a run went, from its record or (--refresh) from the nodes themselves."""
     record = find_run(run, command=command())
+    debuglog.keep_in(record.dir)
     out = Out(json)
     show = output or diff or stream is not None
     everything = _table(table)
     chosen_stream = _stream(stream)
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
-    data = record.load()
+    data = record.load_current()
     run_hosts: List[Host] = []
     if refresh or show or dry:
         inv = load_inventory(inventory or data.get("inventory"))
@@ -693,7 +719,7 @@ def status(
         outcomes = postrun.refresh(record, run_hosts, workers, accept_new_host_keys)
         # Each host that could not be asked gets its row in the table, with why.
         unasked += ["unreachable" for o in outcomes.values() if o.error is not None]
-        data = record.load()
+        data = record.load_current()
     out.line(f"run {data['run_id']}: {data.get('program', '')}")
     by_state = group_by_state((h, e.get("state", "?")) for h, e in data["hosts"].items())
     for line in render.folded_by_state(by_state):
@@ -763,6 +789,7 @@ def stop(
 ) -> None:
     """Terminate a run's program (its whole process group) on every node still running it."""
     record = find_run(run, command=command())
+    debuglog.keep_in(record.dir)
     data = record.load()
     inv, targets = _run_hosts(record.run_id, data, inventory, hosts, exclude)
     out = Out(json)
@@ -812,6 +839,7 @@ def collect(
         inv, selected = _select(inventory, hosts, exclude)
     else:
         record = find_run(run, command=command())
+        debuglog.keep_in(record.dir)
         run_id = record.run_id
         data = record.load()
         inv, selected = _run_hosts(run_id, data, inventory, hosts, exclude)

@@ -82,6 +82,8 @@ class Host:
     env: tuple[tuple[str, str], ...] = ()
     #: The user the program runs as through ``sudo -n`` (``become:``), or None.
     become: Optional[str] = None
+    #: OpenSSH's ``HashKnownHosts yes``: keys accepted for this host are written hashed.
+    hash_known_hosts: bool = False
     #: Jump hosts, first hop first, each ``[user@]host[:port]`` (``jump:``).
     jump: tuple[str, ...] = ()
     #: A command whose stdin/stdout is the connection (OpenSSH's ProxyCommand).
@@ -99,8 +101,28 @@ class Host:
 
     @property
     def id(self) -> str:
-        """The unique key of this host: the name, plus ``:port`` when not 22."""
-        return self.name if self.port == DEFAULT_PORT else f"{self.name}:{self.port}"
+        """The unique key of this host: the name, plus ``:port`` when not 22.
+
+        An IPv6 name with a port is bracketed, as OpenSSH writes it: ``[::1]:2201``.
+        """
+        if self.port == DEFAULT_PORT:
+            return self.name
+        return f"[{self.name}]:{self.port}" if ":" in self.name else f"{self.name}:{self.port}"
+
+    @property
+    def local_name(self) -> str:
+        """The host as a local file name (pulled copies): the id without ``:``, unique per host.
+
+        A ``:`` means a remote path to scp, rsync and GNU tar (``tar -f
+        host:file``), and cannot be in a Windows or macOS Finder name, so
+        each ``:`` becomes ``+``, which no host name holds:
+        ``gw.example.com:2222`` -> ``gw.example.com+2222``. An IPv6 name
+        always ends with its port, so ``[::1]:2201`` -> ``++1+2201`` and
+        ``::1`` -> ``++1+22`` never meet ``::1:2201`` (``++1+2201+22``).
+        """
+        if ":" in self.name:
+            return f"{self.name.replace(':', '+')}+{self.port}"
+        return self.name if self.port == DEFAULT_PORT else f"{self.name}+{self.port}"
 
 
 @dataclass(frozen=True)
@@ -221,9 +243,30 @@ class Inventory:
 
 
 def ad_hoc_entry(host: Host) -> str:
-    """How a run record keeps a host not in the inventory: ``user@name:port``."""
-    port = f":{host.port}" if ":" not in host.name else ""  # an IPv6 name takes no :port
-    return f"{host.user}@{host.name}{port}"
+    """How a run record keeps a host not in the inventory: ``user@name:port``
+    (``user@[v6addr]:port`` for an IPv6 name)."""
+    name = f"[{host.name}]" if ":" in host.name else host.name
+    return f"{host.user}@{name}:{host.port}"
+
+
+#: ``[v6addr]`` or ``[v6addr]:port``: brackets around a name holding ':' (a
+#: range never does) are an IPv6 address, as OpenSSH and URLs write it.
+_BRACKETED_V6 = re.compile(r"\[([^\[\]]*:[^\[\]]*)\](?::([^:]*))?")
+
+
+def split_host_port(text: str) -> tuple[str, Optional[str]]:
+    """``pattern[:port]`` -> (pattern, port text or None), IPv6 forms included.
+
+    ``[v6addr]:port`` and ``[v6addr]`` give the bare address; a name with more
+    than one colon and no brackets is an IPv6 address without a port.
+    """
+    bracketed = _BRACKETED_V6.fullmatch(text)
+    if bracketed:
+        return bracketed.group(1), bracketed.group(2)
+    if text.count(":") == 1:
+        name, _, port = text.partition(":")
+        return name, port
+    return text, None
 
 
 class _Resolver:
@@ -369,8 +412,8 @@ class _Resolver:
 def _split_entry(entry: str) -> tuple[Optional[str], str, Optional[str]]:
     """``[user@]pattern[:port]`` -> (user, pattern, port text); None for a part not given.
 
-    More than one colon is an IPv6 address, with no port. Raises HostRangeError
-    for an empty user, host or port.
+    More than one colon is an IPv6 address, with no port unless bracketed
+    (``[::1]:2201``). Raises HostRangeError for an empty user or host.
     """
     pattern = entry.strip()
     user: Optional[str] = None
@@ -379,9 +422,7 @@ def _split_entry(entry: str) -> tuple[Optional[str], str, Optional[str]]:
         if not user.strip():
             raise HostRangeError(entry, "empty user before '@'")
         user = user.strip()
-    port: Optional[str] = None
-    if pattern.count(":") == 1:
-        pattern, _, port = pattern.partition(":")
+    pattern, port = split_host_port(pattern)
     if not pattern:
         raise HostRangeError(entry, "no host name")
     return user, pattern, port
@@ -575,8 +616,8 @@ class _Builder:
             if not user:
                 raise self.error(f"empty user before '@' in host entry {entry!r}", path)
             resolved["user"] = self.user(user, path)
-        if pattern.count(":") == 1:  # more than one colon: an IPv6 address, no port
-            pattern, _, port = pattern.partition(":")
+        pattern, port = split_host_port(pattern)  # [v6addr]:port too
+        if port is not None:
             resolved["port"] = self.port(port, path, f"in host entry {entry!r}")
         if not pattern:
             raise self.error(f"no host name in host entry {entry!r}", path)

@@ -49,7 +49,7 @@ from typing import (
 import fabric
 import paramiko
 
-from . import hostkeys
+from . import hostkeys, keys
 from .errors import AuthError, ConnectError, JumpError, RemoteError, StalledError
 from .inventory import DEFAULT_PORT, Host, split_hop
 
@@ -74,6 +74,8 @@ ALIVE_LIMIT = ALIVE_INTERVAL * ALIVE_COUNT_MAX
 # handler configured, Python's last-resort handler would print it at the user.
 # Each failure reaches the user once, as corunner's own one-line message.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+#: corunner's own log of what went wrong before it became one line (``--debug``).
+log = logging.getLogger("corunner.remote")
 
 
 class Stalled(socket.timeout):
@@ -172,6 +174,7 @@ def translated(host: Host, conn: Optional[fabric.Connection] = None) -> Iterator
     except (Unanswered, Stalled) as exc:
         raise StalledError(who, f"stalled: {exc} (host hung or overloaded)") from exc
     except (paramiko.SSHException, EOFError, OSError) as exc:
+        log.debug("%s: %s", who, exc, exc_info=True)
         verdict = unanswered(conn)
         if verdict is not None:
             raise StalledError(who, f"stalled: {verdict} (host hung or overloaded)") from exc
@@ -223,22 +226,33 @@ def connect(
 ) -> fabric.Connection:
     """Open an SSH connection whose host key is checked against ``host.known_hosts``.
 
-    A host behind jump hosts (or a proxy command) is reached through
-    ``gateways``, the command's shared connections to them; raises
-    ValueError if it is None then (a bug: every caller has one).
+    With ``key:`` set, the key signs as ``ssh -i`` has it sign: ssh-agent's
+    copy when the agent holds it (see :mod:`corunner.keys`). A host behind
+    jump hosts (or a proxy command) is reached through ``gateways``, the
+    command's shared connections to them; raises ValueError if it is None
+    then (a bug: every caller has one).
     """
     sock: Any = None
     if host.jump or host.proxy_command:
         if gateways is None:
             raise ValueError(f"{host.id} is reached through a jump host: pass the Gateways")
         sock = gateways.sock(host)
-    conn = connection(host, accept_new_host_keys, sock)
+    return _open(host, accept_new_host_keys, sock)
+
+
+def _open(host: Host, accept_new_host_keys: bool, sock: Any) -> fabric.Connection:
+    """Log in to ``host`` over ``sock`` (None: a TCP connection of its own)."""
     if host.key and not os.path.exists(host.key):
         raise AuthError(
             host.id, f"key file {host.key} does not exist (check key: in the inventory)"
         )
-    with translated(host):
-        conn.open()
+    conn, agent = _connection(host, accept_new_host_keys, sock)
+    try:
+        with translated(host):
+            conn.open()
+    finally:
+        if agent is not None:
+            agent.close()  # it signed during the login, if at all; nothing after
     return conn
 
 
@@ -251,7 +265,21 @@ def connection(
     a ProxyCommand), None for a TCP connection of its own. Safe to call from
     many threads at once: each gets a config of its own.
     """
+    return _connection(host, accept_new_host_keys, sock)[0]
+
+
+def _connection(
+    host: Host, accept_new_host_keys: bool, sock: Any = None
+) -> Tuple[fabric.Connection, Optional[paramiko.Agent]]:
+    """:func:`connection`, and the ssh-agent connection whose key will sign, if any."""
     key_given = bool(host.key)
+    agent: Optional[paramiko.Agent] = None
+    # No key: no key_filename at all (Fabric cannot merge a None into its key list).
+    identity: Dict[str, Any] = {}
+    if host.key and os.path.exists(host.key):
+        identity, agent = keys.identity(host.id, host.key)
+    elif host.key:
+        identity = {"key_filename": host.key}
     known = hostkeys.default_paths([host.known_hosts] if host.known_hosts else [])
     conn = fabric.Connection(
         host.name,
@@ -259,8 +287,7 @@ def connection(
         port=host.port,
         config=_fresh_config(),
         connect_kwargs={
-            # No key: no key_filename at all (Fabric cannot merge a None into its key list).
-            **({"key_filename": host.key} if key_given else {}),
+            **identity,
             "look_for_keys": not key_given,
             "allow_agent": not key_given,
             "timeout": host.connect_timeout,
@@ -282,9 +309,10 @@ def connection(
             known,
             accept_new=accept_new_host_keys and bool(host.known_hosts),
             write_path=host.known_hosts,
+            hash_names=host.hash_known_hosts,
         )
     )
-    return conn
+    return conn, agent
 
 
 def hop_host(target: Host, hop: str) -> Host:
@@ -444,11 +472,7 @@ class Gateways:
                             src_addr=("", 0),
                             timeout=hop.connect_timeout,
                         )
-                conn = connection(hop, self.accept_new_host_keys, sock)
-                if hop.key and not os.path.exists(hop.key):
-                    raise AuthError(hop.id, f"key file {hop.key} does not exist")
-                with translated(hop):
-                    conn.open()
+                conn = _open(hop, self.accept_new_host_keys, sock)
             except JumpError:
                 raise  # an earlier hop's, already said so
             except RemoteError as exc:
@@ -740,10 +764,18 @@ def open_command(
     return _session(conn, host, timeout, lambda chan: chan.exec_command(command.line))
 
 
+class SFTPBroken(Exception):
+    """The node's SFTP server started but its handshake failed: the cause, in one line."""
+
+
 def open_sftp(conn: fabric.Connection, host: Host) -> Optional[paramiko.SFTPClient]:
     """An SFTP session on ``conn``, or None if the node has no SFTP subsystem.
 
-    Callers then use a command instead. A node that stops answering raises
+    Callers then use a command instead. An external ``sftp-server`` is
+    started through the user's login shell, so a start-up file that prints
+    on stdout breaks the handshake (Paramiko: "Garbage packet received"):
+    that raises :class:`SFTPBroken` with the cause, for the caller to say
+    and go the command's way. A node that stops answering raises
     :class:`Unanswered` (through the transport's keepalives).
     """
     try:
@@ -751,7 +783,15 @@ def open_sftp(conn: fabric.Connection, host: Host) -> Optional[paramiko.SFTPClie
     except (paramiko.SSHException, OSError, EOFError):
         raise_if_hung(conn)
         return None
-    return paramiko.SFTPClient(chan)
+    try:
+        return paramiko.SFTPClient(chan)
+    except (paramiko.SFTPError, paramiko.SSHException, OSError, EOFError) as exc:
+        chan.close()
+        raise_if_hung(conn)
+        why = str(exc) or type(exc).__name__
+        if "Garbage packet" in why:
+            why += " (does a start-up file of the login shell print to stdout?)"
+        raise SFTPBroken(f"SFTP failed: {why}") from exc
 
 
 def _session(

@@ -318,3 +318,22 @@ def test_help_into_a_closed_pipe_ends_cleanly(tmp_path):
     )
     assert done.stdout.startswith("Usage: corunner")
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--cmd", "true", "--files", "nosuch.txt"], "no such file to upload: nosuch.txt"),
+        (["--cmd", "cat", "--stdin", "nosuch.txt"], "no such file for --stdin: nosuch.txt"),
+        (["--script", "nosuch.sh"], "no such script: nosuch.sh"),
+    ],
+)
+def test_a_run_that_cannot_start_prints_and_records_nothing(tmp_path, argv, message):
+    (tmp_path / "hosts.yaml").write_text(GOOD)
+    done = corunner("run", *argv, cwd=tmp_path)
+    assert done.returncode == EXIT_USAGE
+    assert done.stderr.strip() == f"corunner: error: {message}"
+    assert done.stdout == ""  # no run header, no "interrupted" count line
+    assert not (tmp_path / "runs").exists()  # so nothing can pick it as the latest run
+    done = corunner("status", cwd=tmp_path)
+    assert "no run recorded" in done.stderr
