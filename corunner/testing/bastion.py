@@ -15,7 +15,8 @@ in either namespace; nodes inside cannot reach the controller's listener
 (they are "behind NAT"), so their heartbeats need a tunnel.
 
 The socat pids and the namespace are recorded in ``bastion.json`` in the
-state directory, so :func:`down` finds them again.
+state directory, so :func:`down` finds them again; ``behind.yaml`` there is an
+inventory of the targets through the bastion (``inv lab.bastion``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from ..errors import LabError
 from . import lab as lab_module
@@ -59,6 +60,30 @@ class Bastion:
     @property
     def targets(self) -> List[Node]:
         return self.lab.nodes[1:]
+
+    def inventory_text(self, jump: Optional[str] = None, **group: object) -> str:
+        """A hosts.yaml whose group ``behind`` holds the targets, reached through
+        ``jump`` (default: the bastion), with ``group``'s settings added."""
+        data = {
+            "defaults": {
+                "user": "root",
+                "key": str(self.lab.key),
+                "known_hosts": str(self.lab.known_hosts),
+                "remote_dir": "/tmp/corunner",
+                "python": lab_module._node_python(),
+                "connect_timeout": 5,
+            },
+            "groups": {
+                "behind": {
+                    "hosts": [t.address for t in self.targets],
+                    "jump": jump or self.bastion.address,
+                    **group,
+                }
+            },
+        }
+        return "# written by corunner.testing.bastion: targets behind the bastion\n" + json.dumps(
+            data, indent=2
+        )
 
 
 def check_environment() -> None:
@@ -102,10 +127,12 @@ def up(state_dir: Path, targets: int = 3, netns: str = NETNS, ephemeral: bool = 
         bridge.append(_start(outside, state_dir / "socat-outside.log"))
         _write_state(state_dir, netns, bridge)
         _wait(lambda: _answers(address), f"the bastion at {address} through the bridge", bridge)
+        the_bastion = Bastion(lab, netns, bridge)
+        (state_dir / "behind.yaml").write_text(the_bastion.inventory_text() + "\n")
     except BaseException:
         down(state_dir, netns)
         raise
-    return Bastion(lab, netns, bridge)
+    return the_bastion
 
 
 def down(state_dir: Path, netns: str = NETNS) -> None:

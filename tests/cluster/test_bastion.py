@@ -45,20 +45,7 @@ def behind(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Basti
 
 
 def inventory(b: Bastion, path: Path, jump: str, **extra: object) -> Path:
-    data = {
-        "defaults": {
-            "user": "root",
-            "key": str(b.lab.key),
-            "known_hosts": str(b.lab.known_hosts),
-            "remote_dir": "/tmp/corunner",
-            "python": lab_module._node_python(),
-            "connect_timeout": 5,
-        },
-        "groups": {
-            "behind": {"hosts": [t.address for t in b.targets], "jump": jump, **extra},
-        },
-    }
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(b.inventory_text(jump, **extra))
     return path
 
 
