@@ -102,7 +102,8 @@ class Run:
     def execute(self) -> RunReport:
         """Start every host over SSH, watch until nothing is left to wait for, record."""
         spec = self.spec
-        raise_open_files_limit(len(self.hosts) + 256)
+        # A tunnelled host holds its SSH socket and the pipe pair of its heartbeat channel.
+        raise_open_files_limit(4 * len(self.hosts) + 256)
         payload = Payload(spec.program, spec.files, tempfile.gettempdir(), spec.stdin)
         try:
             listener = None

@@ -78,8 +78,12 @@ def test_targets_are_reached_only_through_the_bastion(behind, jcli, tmp_path):
         assert inside.startswith("SSH-")
 
     # run --cmd with heartbeats: the tunnel is chosen for hosts behind a jump host.
+    data = tmp_path / "data.txt"
+    data.write_text("uploaded\n")
     before = logins(behind)
-    done, doc = jcli.json("run", "--cmd", "sleep 1; hostname", "--quiet", *FAST)
+    done, doc = jcli.json(
+        "run", "--cmd", "sleep 1; cat data.txt; hostname", "--files", str(data), "--quiet", *FAST
+    )
     assert done.returncode == EXIT_OK, done.stderr
     assert logins(behind) == before + 1  # every target through ONE connection to the bastion
     assert {h["state"] for h in doc["hosts"]} == {"succeeded"}
@@ -89,7 +93,7 @@ def test_targets_are_reached_only_through_the_bastion(behind, jcli, tmp_path):
         assert (target.address, "pending", "alive") in changes
     done, doc = jcli.json("status", "--run", run_id, "--output")
     outputs = {tuple(sorted(g["hosts"])): g["output"].strip() for g in doc["outputs"]["groups"]}
-    assert outputs == {(t.address,): t.hostname for t in targets}
+    assert outputs == {(t.address,): f"uploaded\n{t.hostname}" for t in targets}
 
     # cp push (a tree) and pull (one file), collect --divide, status --refresh.
     tree = tmp_path / "tree"
@@ -126,12 +130,14 @@ def test_heartbeat_direct_behind_the_bastion_says_it_cannot_reach_the_controller
         assert "cannot reach the controller at 127.0.0.1:" in host["error"]
         assert host["error"].endswith("; use --heartbeat-via tunnel or --no-heartbeat")
     assert doc["ended_at"] - doc["started_at"] < 15  # said at the start, not waited for
-    # --heartbeat-via wins over the inventory: the same hosts succeed through the tunnel.
+    # --heartbeat-via wins over the inventory: the same hosts succeed through the tunnel,
+    # and with no heartbeats at all (the SSH session through the bastion is the sign of life).
     done = jcli("stop", "--run", doc["run_id"])
     assert done.returncode == 0, done.stdout + done.stderr
-    done, doc = jcli.json("run", "--cmd", "true", "--quiet", "--heartbeat-via", "tunnel", *FAST)
-    assert done.returncode == EXIT_OK, done.stderr
-    assert {h["state"] for h in doc["hosts"]} == {"succeeded"}
+    for way in (("--heartbeat-via", "tunnel"), ("--no-heartbeat",)):
+        done, doc = jcli.json("run", "--cmd", "true", "--quiet", *way, *FAST)
+        assert done.returncode == EXIT_OK, done.stderr
+        assert {h["state"] for h in doc["hosts"]} == {"succeeded"}
 
 
 def test_a_jump_host_that_is_down_is_named_once_on_every_host_behind_it(behind, jcli, tmp_path):
