@@ -313,7 +313,9 @@ def _includes(
     args: Sequence[str], base: str, home: str, depth: int, line: Line
 ) -> Tuple[ConfigFile, ...]:
     if depth + 1 > MAX_INCLUDE_DEPTH:
-        raise InventoryError(f"Include nested deeper than {MAX_INCLUDE_DEPTH}: a loop? ({line.where})")
+        raise InventoryError(
+            f"Include nested deeper than {MAX_INCLUDE_DEPTH}: a loop? ({line.where})"
+        )
     found: List[ConfigFile] = []
     for pattern in args:
         full = _expand_home(pattern, home)
@@ -358,7 +360,9 @@ def _check(line: Line, shown: str, number: int) -> None:
                 raise fail(f"bad jump host {hop.strip()!r}: write [user@]host[:port]")
 
 
-def _match_terms(args: Sequence[str], fail: Callable[[str], InventoryError]) -> List[Tuple[bool, str, str]]:
+def _match_terms(
+    args: Sequence[str], fail: Callable[[str], InventoryError]
+) -> List[Tuple[bool, str, str]]:
     """``Match`` criteria as (negated, criterion, argument); InventoryError for a bad one."""
     if not args:
         raise fail("Match needs criteria (all, host, user, ...)")
@@ -448,7 +452,7 @@ def _hop(text: str) -> Optional[str]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _glob(pattern: str) -> "re.Pattern[str]":
+def _glob(pattern: str) -> re.Pattern[str]:
     """OpenSSH's match_pattern: only ``*`` and ``?`` are special (no ``[]`` classes).
 
     Lower-cased, as ssh lowers the host name it matches.
@@ -477,7 +481,12 @@ class _Walk:
     """One lookup: ssh's readconf loop over the files, keeping the first value of each keyword."""
 
     def __init__(
-        self, config: SshConfig, name: str, user: Optional[str], port: Optional[int], local_user: str
+        self,
+        config: SshConfig,
+        name: str,
+        user: Optional[str],
+        port: Optional[int],
+        local_user: str,
     ):
         self.config = config
         self.name = name
@@ -608,7 +617,11 @@ class _Walk:
                 origins.setdefault("key", line.where)
         values["identity_files"] = tuple(keys)
         if "identitiesonly" in self.first:
-            got("identities_only", "identitiesonly", self.first["identitiesonly"].args[0].lower() in _YES)
+            got(
+                "identities_only",
+                "identitiesonly",
+                self.first["identitiesonly"].args[0].lower() in _YES,
+            )
         proxy = self.first.get("proxy")
         if proxy is not None and proxy.args[0].lower() != "none":
             if proxy.keyword == "proxyjump":
@@ -668,7 +681,11 @@ class _Walk:
             if count > 0:
                 got("alive_count_max", "serveralivecountmax", count)
         if "hashknownhosts" in self.first:
-            got("hash_known_hosts", "hashknownhosts", self.first["hashknownhosts"].args[0].lower() in _YES)
+            got(
+                "hash_known_hosts",
+                "hashknownhosts",
+                self.first["hashknownhosts"].args[0].lower() in _YES,
+            )
         return Resolved(
             **values,  # type: ignore[arg-type]
             origins=tuple(origins.items()),
@@ -689,7 +706,7 @@ def _expand(
     """``%h``, ``%p``, ``%r``, ``%u``, ``%d``, ``%n`` and ``%%`` replaced; None for another token."""
     bad: List[str] = []
 
-    def one(found: "re.Match[str]") -> str:
+    def one(found: re.Match[str]) -> str:
         key = found.group(1)
         if key == "%":
             return "%"
