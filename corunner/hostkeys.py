@@ -483,14 +483,13 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         accept_new: bool = False,
         write_path: Optional[str] = None,
     ) -> None:
-        if not paths and write_path is None:
-            raise ValueError("HostKeyPolicy needs at least one known_hosts file")
         self.host_label = host_label
         self.hostname = hostname
         self.port = port
         self.paths = tuple(paths)
         self.accept_new = accept_new
-        self.write_path = write_path if write_path is not None else self.paths[0]
+        #: None (``UserKnownHostsFile none``): a key accepted as new is not recorded.
+        self.write_path = write_path if write_path is not None or not paths else self.paths[0]
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
@@ -511,10 +510,12 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 f"ssh-keygen -R {name} -f {verdict.path}",
             )
         if not self.accept_new:
-            searched = " or ".join(self.paths)
+            searched = " or ".join(self.paths) or "any known_hosts file (all set to none)"
+            into = self.write_path or "a known_hosts file"
             raise HostKeyError(
                 self.host_label,
                 f"host key not in {searched} (add it with ssh-keyscan -p {self.port} "
-                f"{self.hostname} >> {self.write_path}, or pass --accept-new-host-keys)",
+                f"{self.hostname} >> {into}, or pass --accept-new-host-keys)",
             )
-        append_host_key(self.write_path, name, self.port, key)
+        if self.write_path is not None:
+            append_host_key(self.write_path, name, self.port, key)

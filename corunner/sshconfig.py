@@ -27,7 +27,8 @@ What corunner cannot do is said, never dropped silently:
 a line that applies to a host gets one warning naming its file and line.
 Keywords that only change things corunner does not do (X11, environment
 passing, escape characters, forwardings, algorithms Paramiko negotiates
-itself) are ignored in silence. An unknown keyword gets a warning (ssh
+itself, and ``GSSAPIAuthentication``, which Debian's own ssh_config turns on
+and ssh falls back from to keys) are ignored in silence. An unknown keyword gets a warning (ssh
 itself refuses it). A value ssh would refuse (a port that is not a number, a
 ``Match`` with no criteria) is a :class:`~corunner.errors.InventoryError`
 naming the file and line, as ssh stops on it too.
@@ -101,10 +102,6 @@ UNSUPPORTED: Dict[str, Tuple[Callable[[str], bool], str]] = {
         lambda v: v not in ("ssh_auth_sock", "$ssh_auth_sock"),
         "the agent is the one SSH_AUTH_SOCK names",
     ),
-    "gssapiauthentication": (
-        lambda v: v in ("yes", "true"),
-        "GSSAPI (Kerberos) authentication is not done; keys are",
-    ),
     "verifyhostkeydns": (
         lambda v: v in ("yes", "true", "ask"),
         "host keys are not looked up in DNS (SSHFP); known_hosts decides",
@@ -121,7 +118,7 @@ SILENT = frozenset(
     clearallforwardings compression connectionattempts controlpath dynamicforward
     enableescapecommandline enablesshkeysign escapechar exitonforwardfailure fingerprinthash
     forkafterauthentication forwardagent forwardx11 forwardx11timeout forwardx11trusted
-    gatewayports gssapiclientidentity gssapidelegatecredentials gssapikexalgorithms
+    gatewayports gssapiauthentication gssapiclientidentity gssapidelegatecredentials gssapikexalgorithms
     gssapikeyexchange gssapirenewalforcesrekey gssapiserveridentity gssapitrustdns
     hostbasedacceptedalgorithms hostbasedauthentication hostbasedkeytypes hostkeyalgorithms
     ignoreunknown ipqos kbdinteractiveauthentication kbdinteractivedevices kexalgorithms
@@ -642,13 +639,13 @@ class _Walk:
             ("known_hosts_files", "userknownhostsfile"),
             ("global_known_hosts_files", "globalknownhostsfile"),
         ):
-            line = self.first.get(kw)
-            if line is None:
+            files = self.first.get(kw)
+            if files is None:
                 continue
-            if [a.lower() for a in line.args] == ["none"]:
+            if [a.lower() for a in files.args] == ["none"]:
                 got(setting, kw, ())
                 continue
-            paths = [self.path(line, tokens, arg) for arg in line.args]
+            paths = [self.path(files, tokens, arg) for arg in files.args]
             if all(p is not None for p in paths):
                 got(setting, kw, tuple(p for p in paths if p is not None))
         if "stricthostkeychecking" in self.first:
