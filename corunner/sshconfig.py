@@ -331,7 +331,8 @@ def _check(line: Line, shown: str, number: int) -> None:
     """Refuse what ssh refuses: bad numbers, bad choices, a Match it cannot read."""
 
     def fail(why: str) -> InventoryError:
-        return InventoryError(f"{line.spelled} {line.raw}: {why}", shown, f"line {number}")
+        said = f"{line.spelled} {line.raw}".strip()
+        return InventoryError(f"{said}: {why}", shown, f"line {number}")
 
     kw, first = line.keyword, line.args[0].lower() if line.args else ""
     if kw == "port":
@@ -362,7 +363,7 @@ def _match_terms(
 ) -> List[Tuple[bool, str, str]]:
     """``Match`` criteria as (negated, criterion, argument); InventoryError for a bad one."""
     if not args:
-        raise fail("Match needs criteria (all, host, user, ...)")
+        raise fail("needs criteria (all, host, user, ...)")
     terms: List[Tuple[bool, str, str]] = []
     rest = list(args)
     while rest:
