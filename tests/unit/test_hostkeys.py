@@ -400,3 +400,16 @@ def test_one_parse_per_file_however_many_hosts_connect(tmp_path, keys, monkeypat
     assert parses == [f, f]
     assert status([f], names[1], 22, keys["a"]) is Status.KNOWN
     assert hostkeys.parse_count(f) == 2
+
+
+def test_known_hosts_none_refuses_unknown_keys_or_accepts_them_unrecorded(keys):
+    key = keys["rsa"]
+    strict = HostKeyPolicy("n1", "127.0.1.9", 22, ())
+    with pytest.raises(
+        HostKeyError, match=r"host key not in any known_hosts file \(all set to none\)"
+    ):
+        strict.missing_host_key(paramiko.SSHClient(), "127.0.1.9", key)
+    # UserKnownHostsFile none with accept-new: ssh connects and records nothing; so do we.
+    HostKeyPolicy("n1", "127.0.1.9", 22, (), accept_new=True).missing_host_key(
+        paramiko.SSHClient(), "127.0.1.9", key
+    )
