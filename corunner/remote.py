@@ -226,6 +226,11 @@ def _raise_translated(host: Host, error: BaseException) -> None:
 
 def connect(host: Host, accept_new_host_keys: bool = False) -> fabric.Connection:
     """Open an SSH connection whose host key is checked against ``host.known_hosts``."""
+    if host.jump or host.proxy_command is not None:
+        # Never dial the target directly behind the user's back.
+        setting = "ProxyJump " + ",".join(host.jump) if host.jump else "ProxyCommand"
+        where = host.origin("jump" if host.jump else "proxy_command")
+        raise ConnectError(host.id, f"{setting} ({where}) is not supported yet")
     conn = connection(host, accept_new_host_keys)
     if host.key and not os.path.exists(host.key) and not _key_from_ssh_config(host):
         raise AuthError(

@@ -6,8 +6,10 @@ from __future__ import annotations
 import sys
 import threading
 
+import pytest
+
 from corunner import remote
-from corunner.errors import InternalError
+from corunner.errors import ConnectError, InternalError
 from corunner.inventory import Host
 
 
@@ -102,3 +104,22 @@ def test_known_hosts_none_everywhere_still_builds_a_policy_that_refuses_unknown_
     bare = Host("n1", "root", 22, None, (), "/tmp/x", "python3", 5.0, global_known_hosts_files=())
     policy = remote.connection(bare).client._policy
     assert policy.paths == () and policy.write_path is None and not policy.accept_new
+
+
+def test_a_host_behind_a_jump_is_never_dialled_directly() -> None:
+    behind = Host(
+        "web1",
+        "root",
+        22,
+        None,
+        (),
+        "/tmp/x",
+        "python3",
+        5.0,
+        jump=("bastion",),
+        origins=(("jump", "~/.ssh/config line 6"),),
+    )
+    with pytest.raises(
+        ConnectError, match=r"ProxyJump bastion \(~/.ssh/config line 6\) is not supported yet"
+    ):
+        remote.connect(behind)
