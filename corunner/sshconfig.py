@@ -143,6 +143,7 @@ _MATCH_CRITERIA = frozenset(
     | {"tagged", "user", "localuser", "version", "sessiontype", "command"}
 )
 _TOKEN = re.compile(r"%(.)", re.DOTALL)
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TIME = re.compile(r"(\d+)([smhdwSMHDW]?)")
 _TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _YES = ("yes", "true")
@@ -210,6 +211,8 @@ class SshConfig:
 
     files: Tuple[ConfigFile, ...] = ()
     home: str = field(default_factory=lambda: os.path.expanduser("~"))
+    #: The environment ``${NAME}`` in paths reads (taken at :func:`load`).
+    environ: Tuple[Tuple[str, str], ...] = ()
 
     @property
     def sources(self) -> Tuple[str, ...]:
@@ -254,7 +257,7 @@ def load(paths: Sequence[str], home: Optional[str] = None) -> SshConfig:
         parsed = _read(full, base, home, depth=0, must_exist=False)
         if parsed is not None:
             files.append(parsed)
-    return SshConfig(tuple(files), home)
+    return SshConfig(tuple(files), home, tuple(sorted(os.environ.items())))
 
 
 def parse(text: str, path: str = "<ssh_config>", home: str = "/", base: str = "/") -> SshConfig:
@@ -695,6 +698,12 @@ class _Walk:
         expanded = _expand(arg, tokens, self, line)
         if expanded is None:
             return None
+        environ = dict(self.config.environ) if "${" in expanded else {}
+        missing = [n for n in _ENV.findall(expanded) if n not in environ]
+        if missing:
+            self.warn(line, f"${{{missing[0]}}} is not set: this setting is not applied")
+            return None
+        expanded = _ENV.sub(lambda m: environ[m.group(1)], expanded)
         return os.path.normpath(_expand_home(expanded, self.config.home))
 
 

@@ -164,6 +164,19 @@ def test_an_unknown_token_drops_the_setting_with_a_warning() -> None:
     )
 
 
+def test_environment_variables_in_paths() -> None:
+    config = SshConfig(
+        parse("Host *\n  IdentityFile ${KEYS}/id\n  UserKnownHostsFile ${NOPE}/kh\n").files,
+        HOME,
+        (("KEYS", "/keys"),),
+    )
+    found = config.lookup("n1", local_user="alice")
+    assert found.identity_files == ("/keys/id",) and found.known_hosts_files is None
+    assert found.warnings == (
+        "~/.ssh/config line 3: ${NOPE} is not set: this setting is not applied",
+    )
+
+
 def test_identity_files_add_up_and_none_is_skipped() -> None:
     found = look(
         "Host n1\n  IdentityFile /a\n  IdentityFile none\nHost *\n  IdentityFile /b\n  IdentitiesOnly yes\n",
