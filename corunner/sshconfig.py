@@ -40,7 +40,7 @@ import functools
 import glob
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import InventoryError
@@ -161,6 +161,8 @@ class Line:
     raw: str  # the value as written (after the keyword and its separator)
     #: For ``Include``: the parsed files it names, in glob order.
     included: Tuple[ConfigFile, ...] = ()
+    #: For ``Match``: its criteria as (negated, criterion, argument).
+    terms: Tuple[Tuple[bool, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -301,10 +303,11 @@ def _parse(text: str, path: str, base: str, home: str, depth: int) -> ConfigFile
         if not args and keyword not in ("match",):
             raise InventoryError(f"{found.group(1)} needs a value", shown, f"line {number}")
         line = Line(where, keyword, found.group(1), args, raw)
-        _check(line, shown, number)
+        terms = _check(line, shown, number)
         if keyword == "include":
-            included = _includes(args, base, home, depth, line)
-            line = Line(where, keyword, found.group(1), args, raw, included)
+            line = replace(line, included=_includes(args, base, home, depth, line))
+        elif keyword == "match":
+            line = replace(line, terms=terms)
         lines.append(line)
     return ConfigFile(path, tuple(lines))
 
@@ -330,8 +333,11 @@ def _includes(
     return tuple(found)
 
 
-def _check(line: Line, shown: str, number: int) -> None:
-    """Refuse what ssh refuses: bad numbers, bad choices, a Match it cannot read."""
+def _check(line: Line, shown: str, number: int) -> Tuple[Tuple[bool, str, str], ...]:
+    """Refuse what ssh refuses: bad numbers, bad choices, a Match it cannot read.
+
+    Returns a Match line's criteria (else nothing).
+    """
 
     def fail(why: str) -> InventoryError:
         said = f"{line.spelled} {line.raw}".strip()
@@ -354,11 +360,12 @@ def _check(line: Line, shown: str, number: int) -> None:
         if first not in _YES + _NO + ("off", "ask", "accept-new"):
             raise fail("wants yes, accept-new, no, off or ask")
     elif kw == "match":
-        _match_terms(line.args, fail)
+        return tuple(_match_terms(line.args, fail))
     elif kw == "proxyjump" and first != "none":
         for hop in line.raw.split(","):
             if not _hop(hop):
                 raise fail(f"bad jump host {hop.strip()!r}: write [user@]host[:port]")
+    return ()
 
 
 def _match_terms(
@@ -528,11 +535,12 @@ class _Walk:
         return _expand(line.args[0], {"h": self.name}) or self.name
 
     def match(self, line: Line) -> bool:
-        def fail(why: str) -> InventoryError:  # checked at parse time: cannot happen
-            return InventoryError(why)
-
+        """Whether a Match line applies; one with a criterion corunner cannot judge
+        (``exec``, ``localnetwork``, ...) does not, with a warning when the rest of
+        it would apply."""
         result = True
-        for negated, criterion, argument in _match_terms(line.args, fail):
+        unjudged = ""
+        for negated, criterion, argument in line.terms:
             if criterion == "all":
                 ok = True
             elif criterion in ("canonical", "final"):
@@ -547,14 +555,14 @@ class _Walk:
                 ok = match_list(self.current_user(), argument.split(","))
             elif criterion == "localuser":
                 ok = match_list(self.local_user, argument.split(","))
-            else:  # exec, localnetwork, tagged, version, ...: what corunner cannot judge
-                self.warn(
-                    line,
-                    f"Match {criterion} is not supported: this block is not applied",
-                )
-                return False
+            else:  # exec, localnetwork, tagged, version, ...
+                unjudged = unjudged or criterion
+                continue
             if ok == negated:
                 result = False
+        if result and unjudged:
+            self.warn(line, f"Match {unjudged} is not supported: this block is not applied")
+            return False
         return result
 
     def current_user(self) -> str:

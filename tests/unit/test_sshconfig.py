@@ -115,6 +115,8 @@ def test_match_exec_is_warned_once_with_file_and_line_and_not_applied() -> None:
     assert found.warnings == (
         "~/.ssh/config line 1: Match exec is not supported: this block is not applied",
     )
+    # A block that would not apply anyway says nothing.
+    assert look("Match host other exec true\n  User u\n", "n1").warnings == ()
 
 
 def test_include_is_relative_to_dot_ssh_and_follows_its_block(tmp_path: Path) -> None:
