@@ -602,8 +602,6 @@ class _Walk:
             "r": user,
             "u": self.local_user,
             "d": self.config.home,
-            "l": "",
-            "L": "",
         }
 
         def got(setting: str, keyword: str, value: object) -> None:
@@ -725,7 +723,7 @@ def _expand(
         key = found.group(1)
         if key == "%":
             return "%"
-        if key in tokens and key not in ("l", "L"):
+        if key in tokens:
             return tokens[key]
         bad.append(key)
         return found.group(0)
