@@ -30,11 +30,13 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tupl
 
 from invoke import Collection, Context, Exit
 
-from . import __version__, interrupts, live, outputs, plan, postrun, render, transfer
+from . import __version__, debuglog, interrupts, live, outputs, plan, postrun, render, transfer
+from .bootstrap import check_uploads
 from .controller import Run
 from .errors import (
     EXIT_INTERRUPTED,
     EXIT_LOST,
+    EXIT_OK,
     CorunnerError,
     UsageError,
     exit_code_for,
@@ -45,7 +47,7 @@ from .interrupts import Interrupted
 from .inventory import ENV_NAME, Host, Inventory, ad_hoc_entry, clean_remote_dir
 from .liveness import State
 from .loader import load_inventory
-from .options import CorunnerProgram, task
+from .options import NOT_SUCCEEDED, CorunnerProgram, rerun_hint, task
 from .record import find_run, run_outcomes
 from .report import RunReport, group_by_state
 from .spec import Program as RunProgram
@@ -205,7 +207,7 @@ def _failures(
         out.line(line)
     if bad:
         failed = fold(host for host, _ in bad)
-        out.line(f"failed ({len(bad)}): {failed}; retry only those with --hosts '{failed}'")
+        out.line(f"failed ({len(bad)}): {failed}; {rerun_hint(failed)}")
     elif not outcomes:
         out.line("no hosts")
     return exit_code_for(render.transfer_state(o) for o in outcomes.values())
@@ -456,6 +458,8 @@ def _next_steps(report: RunReport) -> str:
         text += f"; see why it failed with: {cmd} status --run {run_id} --output --stream stderr"
     if report.exit_code == EXIT_LOST and any(by_state.get(s) for s in (State.DEAD, State.TIMEOUT)):
         text += f"; ask the nodes again with: {cmd} status --run {run_id} --refresh"
+    if report.exit_code != EXIT_OK and not report.interrupted:
+        text += f"; {rerun_hint(NOT_SUCCEEDED)}"
     return text
 
 
@@ -547,6 +551,7 @@ def run(
     if dry:
         _dry(out, plan.run_plan(selected, spec, _not_listed(inv, selected)))
         return
+    check_uploads(spec.files, spec.stdin)
     view = live.run_view(out.stream, [h.id for h in selected], spec.deadline, verbose)
     meta: Dict[str, Any] = {"inventory": inv.source, "selection": hosts, "exclude": exclude}
     if ssh_config is not None:
@@ -692,12 +697,13 @@ def status(
 ) -> None:
     """Show how a run went, from its record or (--refresh) from the nodes themselves."""
     record = find_run(run, command=command())
+    debuglog.keep_in(record.dir)
     out = Out(json)
     show = output or diff or stream is not None
     everything = _table(table)
     chosen_stream = _stream(stream)
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
-    data = record.load()
+    data = record.load_current()
     run_hosts: List[Host] = []
     if refresh or show or dry:
         inv = load_inventory(
@@ -716,7 +722,7 @@ def status(
         outcomes = postrun.refresh(record, run_hosts, workers, accept_new_host_keys)
         # Each host that could not be asked gets its row in the table, with why.
         unasked += ["unreachable" for o in outcomes.values() if o.error is not None]
-        data = record.load()
+        data = record.load_current()
     out.line(f"run {data['run_id']}: {data.get('program', '')}")
     by_state = group_by_state((h, e.get("state", "?")) for h, e in data["hosts"].items())
     for line in render.folded_by_state(by_state):
@@ -788,6 +794,7 @@ def stop(
 ) -> None:
     """Terminate a run's program (its whole process group) on every node still running it."""
     record = find_run(run, command=command())
+    debuglog.keep_in(record.dir)
     data = record.load()
     inv, targets = _run_hosts(record.run_id, data, inventory, hosts, exclude, ssh_config)
     out = Out(json)
@@ -838,6 +845,7 @@ def collect(
         inv, selected = _select(inventory, hosts, exclude, ssh_config=ssh_config)
     else:
         record = find_run(run, command=command())
+        debuglog.keep_in(record.dir)
         run_id = record.run_id
         data = record.load()
         inv, selected = _run_hosts(run_id, data, inventory, hosts, exclude, ssh_config)

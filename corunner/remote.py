@@ -73,6 +73,8 @@ ALIVE_LIMIT = ALIVE_INTERVAL * ALIVE_COUNT_MAX
 # handler configured, Python's last-resort handler would print it at the user.
 # Each failure reaches the user once, as corunner's own one-line message.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+#: corunner's own log of what went wrong before it became one line (``--debug``).
+log = logging.getLogger("corunner.remote")
 
 
 class Stalled(socket.timeout):
@@ -178,6 +180,7 @@ def translated(host: Host, conn: Optional[fabric.Connection] = None) -> Iterator
     except (Unanswered, Stalled) as exc:
         raise StalledError(who, f"stalled: {exc} (host hung or overloaded)") from exc
     except (paramiko.SSHException, EOFError, OSError) as exc:
+        log.debug("%s: %s", who, exc, exc_info=True)
         verdict = unanswered(conn)
         if verdict is not None:
             raise StalledError(who, f"stalled: {verdict} (host hung or overloaded)") from exc

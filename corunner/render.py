@@ -38,6 +38,7 @@ STATE_ORDER = [
     State.SUCCEEDED,
     State.PENDING,
     State.ALIVE,
+    State.STOPPED,
     State.FAILED,
     State.TIMEOUT,
     State.DEAD,
