@@ -22,6 +22,7 @@ while the user's shell is still busy. A host that answers nothing for
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -49,7 +50,7 @@ import paramiko
 
 from . import hostkeys, keys
 from .errors import AuthError, ConnectError, RemoteError, StalledError
-from .inventory import Host
+from .inventory import DEFAULT_ALIVE_COUNT_MAX, DEFAULT_ALIVE_INTERVAL, DEFAULT_ORIGIN, Host
 
 T = TypeVar("T")
 
@@ -59,11 +60,11 @@ CHUNK = 1 << 18
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr")
 
 #: Seconds between keepalive requests on a connection that has heard nothing
-#: (OpenSSH's ServerAliveInterval) ...
-ALIVE_INTERVAL = 5.0
+#: (OpenSSH's ServerAliveInterval; a host's ssh_config may set its own) ...
+ALIVE_INTERVAL = DEFAULT_ALIVE_INTERVAL
 #: ... and how many may go unanswered before the host is given up
 #: (ServerAliveCountMax, whose default is also 3).
-ALIVE_COUNT_MAX = 3
+ALIVE_COUNT_MAX = DEFAULT_ALIVE_COUNT_MAX
 #: Seconds of total silence after which a connected host is hung: it is
 #: reported at the next keepalive after that, so within ALIVE_LIMIT + ALIVE_INTERVAL.
 ALIVE_LIMIT = ALIVE_INTERVAL * ALIVE_COUNT_MAX
@@ -98,8 +99,15 @@ class HealthTransport(paramiko.Transport):
     transport's own: nothing here grows with the fleet.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        alive_interval: float = ALIVE_INTERVAL,
+        alive_count_max: int = ALIVE_COUNT_MAX,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.alive_limit = alive_interval * alive_count_max
         self.last_heard = time.monotonic()
         self.unanswered: Optional[Unanswered] = None
         read = self.packetizer.read_message
@@ -110,12 +118,12 @@ class HealthTransport(paramiko.Transport):
             return message
 
         self.packetizer.read_message = read_message
-        self.packetizer.set_keepalive(ALIVE_INTERVAL, self._keepalive)
+        self.packetizer.set_keepalive(alive_interval, self._keepalive)
 
     def _keepalive(self) -> None:
-        """Called by the transport's own thread after ALIVE_INTERVAL without a write."""
+        """Called by the transport's own thread after the alive interval without a write."""
         silent = time.monotonic() - self.last_heard
-        if silent >= ALIVE_LIMIT:
+        if silent >= self.alive_limit:
             self.unanswered = Unanswered(f"no answer to keepalives for {silent:.0f}s")
             raise self.unanswered  # ends the transport; its channels raise it
         # Never wait here behind a writer or a key exchange: this thread reads for them.
@@ -225,7 +233,12 @@ def connect(host: Host, accept_new_host_keys: bool = False) -> fabric.Connection
     With ``key:`` set, the key signs as ``ssh -i`` has it sign: ssh-agent's
     copy when the agent holds it (see :mod:`corunner.keys`).
     """
-    if host.key and not os.path.exists(host.key):
+    if host.jump or host.proxy_command is not None:
+        # Never dial the target directly behind the user's back.
+        setting = "ProxyJump " + ",".join(host.jump) if host.jump else "ProxyCommand"
+        where = host.origin("jump" if host.jump else "proxy_command")
+        raise ConnectError(host.id, f"{setting} ({where}) is not supported yet")
+    if host.key and not os.path.exists(host.key) and not _key_from_ssh_config(host):
         raise AuthError(
             host.id, f"key file {host.key} does not exist (check key: in the inventory)"
         )
@@ -251,46 +264,71 @@ def _connection(
     host: Host, accept_new_host_keys: bool
 ) -> Tuple[fabric.Connection, Optional[paramiko.Agent]]:
     """:func:`connection`, and the ssh-agent connection whose key will sign, if any."""
-    key_given = bool(host.key)
+    files = _key_files(host)
+    key_given = bool(files)
     agent: Optional[paramiko.Agent] = None
     # No key: no key_filename at all (Fabric cannot merge a None into its key list).
     identity: Dict[str, Any] = {}
-    if host.key and os.path.exists(host.key):
-        identity, agent = keys.identity(host.id, host.key)
-    elif host.key:
-        identity = {"key_filename": host.key}
-    known = hostkeys.default_paths([host.known_hosts] if host.known_hosts else [])
+    if len(files) == 1 and os.path.exists(files[0]):
+        identity, agent = keys.identity(host.id, files[0])
+    elif files:
+        identity = {"key_filename": files}
+    known = host.known_hosts_files + (
+        hostkeys.default_paths(())
+        if host.global_known_hosts_files is None
+        else host.global_known_hosts_files
+    )
     conn = fabric.Connection(
-        host.name,
+        host.address,
         user=host.user,
         port=host.port,
         config=_fresh_config(),
         connect_kwargs={
             **identity,
             "look_for_keys": not key_given,
-            "allow_agent": not key_given,
+            "allow_agent": not key_given and not host.identities_only,
             "timeout": host.connect_timeout,
             "banner_timeout": host.connect_timeout,
             "auth_timeout": host.connect_timeout,
             "channel_timeout": host.connect_timeout,
-            "transport_factory": HealthTransport,
-            **_host_key_algorithms(hostkeys.known_hosts_for(known).key_types(host.name, host.port)),
+            "transport_factory": functools.partial(
+                HealthTransport,
+                alive_interval=host.alive_interval,
+                alive_count_max=host.alive_count_max,
+            ),
+            **_host_key_algorithms(
+                hostkeys.known_hosts_for(known).key_types(host.address, host.port)
+            ),
         },
     )
     # Paramiko's own store stays empty, so every key goes to the policy, which
     # checks it against the files parsed once per process (corunner.hostkeys).
+    # Keys are known under the address connected to, as ssh knows them under HostName.
     conn.client.set_missing_host_key_policy(
         hostkeys.HostKeyPolicy(
             host.id,
-            host.name,
+            host.address,
             host.port,
             known,
-            accept_new=accept_new_host_keys and bool(host.known_hosts),
+            accept_new=accept_new_host_keys or host.strict_host_keys in ("accept-new", "no"),
             write_path=host.known_hosts,
             hash_names=host.hash_known_hosts,
         )
     )
     return conn, agent
+
+
+def _key_files(host: Host) -> List[str]:
+    """The key files to offer: the inventory's ``key:`` as it is (a missing one is an
+    error), ssh_config's IdentityFiles those that exist (ssh skips the others)."""
+    if host.key and not _key_from_ssh_config(host):
+        return [host.key]
+    return [k for k in (host.key, *host.extra_keys) if k and os.path.exists(k)]
+
+
+def _key_from_ssh_config(host: Host) -> bool:
+    origin = host.origin("key")
+    return origin != DEFAULT_ORIGIN and not origin.startswith("inventory ")
 
 
 def _host_key_algorithms(known_types: Sequence[str]) -> Dict[str, Any]:
