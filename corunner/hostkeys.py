@@ -569,14 +569,13 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         write_path: Optional[str] = None,
         hash_names: bool = False,
     ) -> None:
-        if not paths and write_path is None:
-            raise ValueError("HostKeyPolicy needs at least one known_hosts file")
         self.host_label = host_label
         self.hostname = hostname
         self.port = port
         self.paths = tuple(paths)
         self.accept_new = accept_new
-        self.write_path = write_path if write_path is not None else self.paths[0]
+        #: None (``UserKnownHostsFile none``): a key accepted as new is not recorded.
+        self.write_path = write_path if write_path is not None or not paths else self.paths[0]
         #: OpenSSH's ``HashKnownHosts yes``: keys accepted are written with hashed names.
         self.hash_names = hash_names
 
@@ -608,10 +607,12 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 f"ssh-keygen -R {name} -f {verdict.path}",
             )
         if not self.accept_new:
-            searched = " or ".join(self.paths)
+            searched = " or ".join(self.paths) or "any known_hosts file (all set to none)"
+            into = self.write_path or "a known_hosts file"
             raise HostKeyError(
                 self.host_label,
                 f"host key not in {searched} (add it with ssh-keyscan -p {self.port} "
-                f"{self.hostname} >> {self.write_path}, or pass --accept-new-host-keys)",
+                f"{self.hostname} >> {into}, or pass --accept-new-host-keys)",
             )
-        append_host_key(self.write_path, name, self.port, key, hashed=self.hash_names)
+        if self.write_path is not None:
+            append_host_key(self.write_path, name, self.port, key, hashed=self.hash_names)

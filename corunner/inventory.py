@@ -16,11 +16,12 @@ import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from .errors import HostRangeError, InventoryError
 from .hostrange import UNION, expand, split_terms
 from .report import OUTCOME_SELECTORS, RunOutcomes
+from .sshconfig import Resolved, SshConfig
 
 DEFAULT_PORT = 22
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -29,6 +30,12 @@ DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_REMOTE_DIR = "/tmp/corunner-{user}"
 DEFAULT_PYTHON = "python3"
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds
+#: Seconds between keepalives on a quiet connection (OpenSSH's ServerAliveInterval) ...
+DEFAULT_ALIVE_INTERVAL = 5.0
+#: ... and how many may go unanswered before the host is given up (ServerAliveCountMax).
+DEFAULT_ALIVE_COUNT_MAX = 3
+#: Where a setting nothing wrote came from (Host.origins).
+DEFAULT_ORIGIN = "default"
 
 SETTINGS = (
     "user",
@@ -51,6 +58,11 @@ ENTRY_KEYS = ("host",) + SETTINGS
 #: How heartbeats travel (``heartbeat:``): ``auto`` is ``tunnel`` behind a jump
 #: host or a proxy command (nodes there seldom reach the controller), else ``direct``.
 HEARTBEAT_PATHS = ("auto", "direct", "tunnel")
+#: ``ssh_config:`` (a file, or false) chooses the OpenSSH config for the whole
+#: inventory: the loader reads it, so only ``defaults:`` may hold it.
+DEFAULTS_KEYS = SETTINGS + ("ssh_config",)
+#: The settings whose origin ``inv hosts`` shows (Host.origins).
+SHOWN_ORIGINS = ("address", "user", "port", "key", "jump")
 
 # A group name must survive split_patterns and never read as a host pattern.
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -67,29 +79,62 @@ LastRun = Callable[[], RunOutcomes]
 
 @dataclass(frozen=True)
 class Host:
-    """One SSH target with every setting resolved; paths are expanded."""
+    """One SSH target with every setting resolved (inventory over ssh_config over
+    built-in defaults); paths are expanded.
+
+    ``name`` is what the user wrote: the host's id and what is printed;
+    ``address`` is where to connect (ssh_config's ``HostName``, else the name).
+    """
 
     name: str
     user: str
     port: int
     key: Optional[str]  # None: the SSH agent and the default keys
-    known_hosts: Optional[str]
+    #: The user known_hosts files, in order; new keys are written to the first.
+    #: Empty: ``UserKnownHostsFile none``.
+    known_hosts_files: Tuple[str, ...]
     remote_dir: str
     python: str
     connect_timeout: float  # seconds
-    groups: tuple[str, ...] = ()
+    groups: Tuple[str, ...] = ()
     #: The program's environment variables on this host (``env:``), sorted by name.
-    env: tuple[tuple[str, str], ...] = ()
+    env: Tuple[Tuple[str, str], ...] = ()
     #: The user the program runs as through ``sudo -n`` (``become:``), or None.
     become: Optional[str] = None
-    #: OpenSSH's ``HashKnownHosts yes``: keys accepted for this host are written hashed.
-    hash_known_hosts: bool = False
-    #: Jump hosts, first hop first, each ``[user@]host[:port]`` (``jump:``).
-    jump: tuple[str, ...] = ()
-    #: A command whose stdin/stdout is the connection (OpenSSH's ProxyCommand).
+    #: Where to connect: a host name or address. "" (the default) means ``name``.
+    address: str = ""
+    #: Jump hosts, in order, each ``[user@]host[:port]`` (ProxyJump).
+    jump: Tuple[str, ...] = ()
+    #: A command whose stdin/stdout is the connection (ProxyCommand), tokens expanded.
     proxy_command: Optional[str] = None
+    #: Key files to offer after ``key`` (ssh_config's further IdentityFile lines).
+    extra_keys: Tuple[str, ...] = ()
+    #: IdentitiesOnly: offer only the key files, not the agent's keys.
+    identities_only: bool = False
+    #: GlobalKnownHostsFile; None: the system's (hostkeys.GLOBAL_KNOWN_HOSTS_FILES).
+    global_known_hosts_files: Optional[Tuple[str, ...]] = None
+    #: StrictHostKeyChecking: "yes", "accept-new" or "no" (no: as accept-new, warned).
+    strict_host_keys: str = "yes"
+    #: HashKnownHosts: write new known_hosts entries hashed.
+    hash_known_hosts: bool = False
     #: How heartbeats travel: one of HEARTBEAT_PATHS (``heartbeat:``).
     heartbeat: str = "auto"
+    alive_interval: float = DEFAULT_ALIVE_INTERVAL  # seconds
+    alive_count_max: int = DEFAULT_ALIVE_COUNT_MAX
+    #: Where each setting came from, for ``inv hosts``: (setting, origin) pairs such
+    #: as ("user", "inventory hosts.yaml:group web"), ("address", "~/.ssh/config
+    #: line 12"); a setting not listed is "default".
+    origins: Tuple[Tuple[str, str], ...] = field(default=(), compare=False)
+    #: ssh_config lines that apply to this host but that corunner cannot follow.
+    notes: Tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.address:
+            object.__setattr__(self, "address", self.name)
+        # Callers written for the one ``known_hosts`` file (a path or None) keep working.
+        files: object = self.known_hosts_files
+        if files is None or isinstance(files, str):
+            object.__setattr__(self, "known_hosts_files", (files,) if files else ())
 
     def heartbeat_via(self, wanted: Optional[str] = None) -> str:
         """``direct`` or ``tunnel`` for this host: ``wanted`` (``--heartbeat-via``)
@@ -124,6 +169,15 @@ class Host:
             return f"{self.name.replace(':', '+')}+{self.port}"
         return self.name if self.port == DEFAULT_PORT else f"{self.name}+{self.port}"
 
+    @property
+    def known_hosts(self) -> Optional[str]:
+        """The user known_hosts file new keys go to, or None (``UserKnownHostsFile none``)."""
+        return self.known_hosts_files[0] if self.known_hosts_files else None
+
+    def origin(self, setting: str) -> str:
+        """Where ``setting`` (``address``, ``user``, ``port``, ``key``, ``jump``, ...) came from."""
+        return dict(self.origins).get(setting, DEFAULT_ORIGIN)
+
 
 @dataclass(frozen=True)
 class Inventory:
@@ -137,6 +191,12 @@ class Inventory:
     groups: Mapping[str, tuple[str, ...]] = field(hash=False)
     source: str = "<inventory>"
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    #: Where each of ``defaults`` was written (setting -> origin).
+    default_origins: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False, compare=False
+    )
+    #: The OpenSSH client config the hosts were resolved with (also those named ad hoc).
+    ssh_config: Optional[SshConfig] = field(default=None, hash=False, compare=False)
 
     def select(
         self,
@@ -196,17 +256,21 @@ class Inventory:
     ) -> Host:
         """A host this inventory does not list, with its defaults; InventoryError without a user."""
         settings = dict(self._ad_hoc_defaults)
+        origins = dict(self.default_origins)
         if user is not None:
             settings["user"] = user
+            origins["user"] = f"--hosts {user}@{name}"
         if port is not None:
             settings["port"] = port
+            origins["port"] = f"--hosts {name}:{port}"
+        settings, origins, extra = with_ssh_config(name, settings, origins, self.ssh_config)
         if settings["user"] is None:
             raise InventoryError(
                 f"cannot tell which user logs in to {name}: write user@{name}, "
                 "or set 'user:' under defaults",
                 self.source,
             )
-        return Host(name=name, **host_fields(settings))
+        return Host(name=name, **host_fields(settings), **extra)
 
     def with_ad_hoc(self, entries: Iterable[str]) -> Inventory:
         """This inventory plus the hosts of ``[user@]name[:port]`` entries it does not list.
@@ -458,13 +522,89 @@ def _builtin_settings() -> dict[str, Any]:
 def host_fields(settings: Mapping[str, Any]) -> dict[str, Any]:
     """A Host's fields from resolved settings (the user known): the per-user
     default remote_dir filled in, ``become``/``become_user`` made the one user
-    sudo runs the program as (``become_user`` alone implies ``become``)."""
+    sudo runs the program as (``become_user`` alone implies ``become``), the
+    ``known_hosts:`` file (or ssh_config's list) made ``known_hosts_files``."""
     fields = dict(settings)
+    known = fields.pop("known_hosts")
+    if "known_hosts_files" not in fields:
+        fields["known_hosts_files"] = (known,) if known else ()
     if fields["remote_dir"] is None:
         fields["remote_dir"] = default_remote_dir(fields["user"])
     become, become_user = fields.pop("become"), fields.pop("become_user")
     fields["become"] = (become_user or "root") if (become or become_user) else None
     return fields
+
+
+def with_ssh_config(
+    name: str,
+    settings: Mapping[str, Any],
+    origins: Mapping[str, str],
+    ssh: Optional[SshConfig],
+    local_user: Optional[str] = None,
+) -> Tuple[Dict[str, Any], Dict[str, str], Dict[str, Any]]:
+    """One host's settings with ssh_config's applied where the inventory wrote none.
+
+    ``settings`` holds every setting (built-in values included); ``origins``
+    names those the inventory wrote, which win. Returns the settings, every
+    setting's origin, and the Host fields only ssh_config sets (address,
+    jump, keepalives, host key rules, ...) with ``origins`` and ``notes``.
+    """
+    out = dict(settings)
+    where = dict(origins)
+    found = Resolved()
+    if ssh is not None:
+        user = settings["user"] if "user" in origins else None
+        port = settings["port"] if "port" in origins else None
+        found = ssh.lookup(name, user, port, local_user or _local_name())
+    config = dict(found.origins)
+    for setting, value in (
+        ("user", found.user),
+        ("port", found.port),
+        ("connect_timeout", found.connect_timeout),
+        ("known_hosts_files", found.known_hosts_files),
+    ):
+        inventory_name = "known_hosts" if setting == "known_hosts_files" else setting
+        if value is not None and inventory_name not in origins:
+            out[setting] = value
+            where[inventory_name] = config[setting]
+    extra: Dict[str, Any] = {}
+    if found.identity_files and "key" not in origins:
+        out["key"] = found.identity_files[0]
+        extra["extra_keys"] = found.identity_files[1:]
+        where["key"] = config["key"]
+    if found.hostname:
+        extra["address"] = found.hostname
+        where["address"] = config["hostname"]
+    # The inventory's jump: (none included) wins over ProxyJump and ProxyCommand both.
+    if found.jump and "jump" not in origins:
+        out["jump"] = found.jump
+        where["jump"] = config["jump"]
+    if found.proxy_command is not None and "jump" not in origins:
+        extra["proxy_command"] = found.proxy_command
+        where["proxy_command"] = config["proxy_command"]
+    for setting in (
+        "identities_only",
+        "global_known_hosts_files",
+        "strict_host_keys",
+        "hash_known_hosts",
+        "alive_interval",
+        "alive_count_max",
+    ):
+        value = getattr(found, setting)
+        if value is not None:
+            extra[setting] = value
+            where[setting] = config[setting]
+    extra["origins"] = tuple(sorted(where.items()))
+    extra["notes"] = found.warnings
+    return out, where, extra
+
+
+def _local_name() -> str:
+    """The local user name for ``%u`` and ``Match localuser``; "" if it cannot be told."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError, ImportError):
+        return ""
 
 
 def inventory_from_dict(
@@ -473,10 +613,12 @@ def inventory_from_dict(
     base_dir: str = ".",
     lines: Optional[Mapping[KeyPath, int]] = None,
     local_user: Optional[str] = None,
+    ssh_config: Optional[SshConfig] = None,
 ) -> Inventory:
     """Validate an inventory dict and resolve every host's settings.
 
-    Precedence: built-in < ``defaults`` < group < the entry's ``user@``/``:port``.
+    Precedence: built-in < ``ssh_config`` (OpenSSH's client config, already
+    read) < ``defaults`` < group < the entry's ``user@``/``:port``.
     ``key`` and ``known_hosts`` get ``~`` expanded and relative paths resolved
     against ``base_dir`` (the inventory file's directory). A host in two
     groups is one Host with the first group's settings. ``local_user``
@@ -484,19 +626,25 @@ def inventory_from_dict(
     InventoryError naming ``source`` and the closest line in ``lines`` (else
     the dotted key path).
     """
-    return _Builder(source, base_dir, lines or {}, local_user).build(data)
+    return _Builder(source, base_dir, lines or {}, local_user, ssh_config).build(data)
 
 
 class _Builder:
     """Walks the dict once, keeping what every error message needs."""
 
     def __init__(
-        self, source: str, base_dir: str, lines: Mapping[KeyPath, int], local_user: Optional[str]
+        self,
+        source: str,
+        base_dir: str,
+        lines: Mapping[KeyPath, int],
+        local_user: Optional[str],
+        ssh_config: Optional[SshConfig] = None,
     ):
         self.source = source
         self.base_dir = base_dir
         self.lines = lines
         self.local_user = local_user
+        self.ssh_config = ssh_config
 
     def error(self, msg: str, path: KeyPath) -> InventoryError:
         """An InventoryError at the closest known line of ``path``."""
@@ -515,14 +663,19 @@ class _Builder:
             )
         self.check_keys(data, TOP_KEYS, ())
         settings = self.builtin_settings()
+        origins: Dict[str, str] = {}
         defaults = data.get("defaults")
         if defaults is not None:
             if not isinstance(defaults, dict):
                 raise self.error(
                     f"defaults must be a mapping, not {_kind(defaults)}", ("defaults",)
                 )
-            self.check_keys(defaults, SETTINGS, ("defaults",))
-            settings.update(self.settings(defaults, ("defaults",)))
+            self.check_keys(defaults, DEFAULTS_KEYS, ("defaults",))
+            if "ssh_config" in defaults:
+                self.ssh_config_setting(defaults["ssh_config"], ("defaults", "ssh_config"))
+            own = self.settings(defaults, ("defaults",))
+            settings.update(own)
+            origins.update((k, f"inventory {self.source}:defaults") for k in own)
         if "groups" not in data:
             raise self.error("missing 'groups:' (each group lists its hosts)", ())
         groups = data["groups"]
@@ -544,7 +697,7 @@ class _Builder:
             ids: list[str] = []
             ids_seen: set[str] = set()
             members[name] = ids
-            for host in self.group_hosts(name, group, settings, path):
+            for host in self.group_hosts(name, group, settings, origins, path):
                 if host.id in ids_seen:
                     continue
                 ids_seen.add(host.id)
@@ -565,10 +718,17 @@ class _Builder:
             groups=MappingProxyType({g: tuple(ids) for g, ids in members.items()}),
             source=self.source,
             defaults=MappingProxyType(self.ad_hoc_settings(settings)),
+            default_origins=MappingProxyType(origins),
+            ssh_config=self.ssh_config,
         )
 
     def group_hosts(
-        self, name: str, group: object, inherited: dict[str, Any], path: KeyPath
+        self,
+        name: str,
+        group: object,
+        inherited: dict[str, Any],
+        inherited_origins: Dict[str, str],
+        path: KeyPath,
     ) -> list[Host]:
         if not isinstance(group, dict):
             raise self.error(
@@ -588,17 +748,26 @@ class _Builder:
         if "env" in own:  # a group's env: adds to the defaults' (and wins), never replaces them
             own["env"] = tuple(sorted({**dict(inherited["env"]), **dict(own["env"])}.items()))
         settings.update(own)
+        origins = dict(inherited_origins)
+        origins.update((k, f"inventory {self.source}:group {name}") for k in own)
         hosts = []
         for index, entry in enumerate(entries):
-            hosts.extend(self.entry_hosts(name, entry, settings, path + ("hosts", index)))
+            hosts.extend(self.entry_hosts(name, entry, settings, origins, path + ("hosts", index)))
         return hosts
 
     def entry_hosts(
-        self, group: str, entry: object, settings: dict[str, Any], path: KeyPath
+        self,
+        group: str,
+        entry: object,
+        settings: dict[str, Any],
+        inherited_origins: Dict[str, str],
+        path: KeyPath,
     ) -> list[Host]:
         """Hosts of one ``[user@]pattern[:port]`` entry, or of a mapping with
-        ``host:`` (such an entry) and settings of its own (``jump:``, ...)."""
+        ``host:`` (such an entry) and settings of its own (``jump:``, ...),
+        each resolved through ssh_config."""
         resolved = dict(settings)
+        origins = dict(inherited_origins)
         if isinstance(entry, dict):
             self.check_keys(entry, ENTRY_KEYS, path)
             if "host" not in entry:
@@ -607,6 +776,8 @@ class _Builder:
             if "env" in own:  # as a group's env: adds to what it inherits
                 own["env"] = tuple(sorted({**dict(settings["env"]), **dict(own["env"])}.items()))
             resolved.update(own)
+            where = f"inventory {self.source}:{str(entry['host']).strip()}"
+            origins.update((k, where) for k in own)
             path, entry = path + ("host",), entry["host"]
         if not isinstance(entry, str):
             raise self.error(f"a host entry must be a string, not {_kind(entry)}", path)
@@ -616,17 +787,25 @@ class _Builder:
             if not user:
                 raise self.error(f"empty user before '@' in host entry {entry!r}", path)
             resolved["user"] = self.user(user, path)
+            origins["user"] = f"inventory {self.source}:{entry.strip()}"
         pattern, port = split_host_port(pattern)  # [v6addr]:port too
         if port is not None:
             resolved["port"] = self.port(port, path, f"in host entry {entry!r}")
+            origins["port"] = f"inventory {self.source}:{entry.strip()}"
         if not pattern:
             raise self.error(f"no host name in host entry {entry!r}", path)
         try:
             names = expand(pattern)
         except HostRangeError as exc:
             raise self.error(exc.msg, path) from exc
-        self.require_user(resolved, path)
-        return [Host(name=n, groups=(group,), **host_fields(resolved)) for n in names]
+        hosts = []
+        for name in names:
+            own, _, extra = with_ssh_config(
+                name, resolved, origins, self.ssh_config, self.local_user
+            )
+            self.require_user(own, path)
+            hosts.append(Host(name=name, groups=(group,), **host_fields(own), **extra))
+        return hosts
 
     def settings(self, mapping: dict[Any, Any], path: KeyPath) -> dict[str, Any]:
         """Validated settings present in ``mapping`` (a defaults or group block)."""
@@ -682,6 +861,12 @@ class _Builder:
                 "cannot tell the local user name: set 'user:' under defaults", path
             ) from exc
         settings["user"] = self.local_user
+
+    def ssh_config_setting(self, value: object, path: KeyPath) -> None:
+        try:
+            ssh_config_setting(value)
+        except ValueError as exc:
+            raise self.error(str(exc), path) from None
 
     def check_keys(self, mapping: dict[Any, Any], allowed: tuple[str, ...], path: KeyPath) -> None:
         for key in mapping:
@@ -852,6 +1037,18 @@ def _hop_text(parts: tuple[Optional[str], str, Optional[int]]) -> str:
     user, host, port = parts
     name = f"[{host}]" if ":" in host and port is not None else host
     return f"{user + '@' if user else ''}{name}{'' if port is None else f':{port}'}"
+
+
+def ssh_config_setting(value: object) -> Optional[str]:
+    """The inventory's ``ssh_config:``: a file path, None for ``false`` (read none),
+    ``""`` for ``true`` (ssh's own files). ValueError for anything else."""
+    if value is False:
+        return None
+    if value is True:
+        return ""
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ValueError(f"ssh_config must be a file path or false, not {_kind(value)}")
 
 
 def default_remote_dir(user: str) -> str:

@@ -48,6 +48,7 @@ FLAGS = (
     Flag("x", "exclude", "hosts to leave out, in the same syntax (as clush -x)"),
     Flag("I", "inventory", "the inventory file"),
     Flag("p", "parallel", "hosts worked on at once"),
+    Flag("F", "ssh-config", "the OpenSSH client config to read, or none (as ssh -F)"),
     Flag("j", "json", "one JSON document on stdout"),
     Flag("c", "cmd", "run: the command line to run"),
     Flag("a", "args", "run: the arguments of --script"),

@@ -22,6 +22,7 @@ while the user's shell is still busy. A host that answers nothing for
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -51,7 +52,14 @@ import paramiko
 
 from . import hostkeys, keys
 from .errors import AuthError, ConnectError, JumpError, RemoteError, StalledError
-from .inventory import DEFAULT_PORT, Host, split_hop
+from .inventory import (
+    DEFAULT_ALIVE_COUNT_MAX,
+    DEFAULT_ALIVE_INTERVAL,
+    DEFAULT_ORIGIN,
+    DEFAULT_PORT,
+    Host,
+    split_hop,
+)
 
 T = TypeVar("T")
 
@@ -61,11 +69,11 @@ CHUNK = 1 << 18
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr")
 
 #: Seconds between keepalive requests on a connection that has heard nothing
-#: (OpenSSH's ServerAliveInterval) ...
-ALIVE_INTERVAL = 5.0
+#: (OpenSSH's ServerAliveInterval; a host's ssh_config may set its own) ...
+ALIVE_INTERVAL = DEFAULT_ALIVE_INTERVAL
 #: ... and how many may go unanswered before the host is given up
 #: (ServerAliveCountMax, whose default is also 3).
-ALIVE_COUNT_MAX = 3
+ALIVE_COUNT_MAX = DEFAULT_ALIVE_COUNT_MAX
 #: Seconds of total silence after which a connected host is hung: it is
 #: reported at the next keepalive after that, so within ALIVE_LIMIT + ALIVE_INTERVAL.
 ALIVE_LIMIT = ALIVE_INTERVAL * ALIVE_COUNT_MAX
@@ -100,8 +108,15 @@ class HealthTransport(paramiko.Transport):
     transport's own: nothing here grows with the fleet.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        alive_interval: float = ALIVE_INTERVAL,
+        alive_count_max: int = ALIVE_COUNT_MAX,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.alive_limit = alive_interval * alive_count_max
         self.last_heard = time.monotonic()
         self.unanswered: Optional[Unanswered] = None
         read = self.packetizer.read_message
@@ -112,12 +127,12 @@ class HealthTransport(paramiko.Transport):
             return message
 
         self.packetizer.read_message = read_message
-        self.packetizer.set_keepalive(ALIVE_INTERVAL, self._keepalive)
+        self.packetizer.set_keepalive(alive_interval, self._keepalive)
 
     def _keepalive(self) -> None:
-        """Called by the transport's own thread after ALIVE_INTERVAL without a write."""
+        """Called by the transport's own thread after the alive interval without a write."""
         silent = time.monotonic() - self.last_heard
-        if silent >= ALIVE_LIMIT:
+        if silent >= self.alive_limit:
             self.unanswered = Unanswered(f"no answer to keepalives for {silent:.0f}s")
             raise self.unanswered  # ends the transport; its channels raise it
         # Never wait here behind a writer or a key exchange: this thread reads for them.
@@ -242,7 +257,7 @@ def connect(
 
 def _open(host: Host, accept_new_host_keys: bool, sock: Any) -> fabric.Connection:
     """Log in to ``host`` over ``sock`` (None: a TCP connection of its own)."""
-    if host.key and not os.path.exists(host.key):
+    if host.key and not os.path.exists(host.key) and not _key_from_ssh_config(host):
         raise AuthError(
             host.id, f"key file {host.key} does not exist (check key: in the inventory)"
         )
@@ -272,47 +287,72 @@ def _connection(
     host: Host, accept_new_host_keys: bool, sock: Any = None
 ) -> Tuple[fabric.Connection, Optional[paramiko.Agent]]:
     """:func:`connection`, and the ssh-agent connection whose key will sign, if any."""
-    key_given = bool(host.key)
+    files = _key_files(host)
+    key_given = bool(files)
     agent: Optional[paramiko.Agent] = None
     # No key: no key_filename at all (Fabric cannot merge a None into its key list).
     identity: Dict[str, Any] = {}
-    if host.key and os.path.exists(host.key):
-        identity, agent = keys.identity(host.id, host.key)
-    elif host.key:
-        identity = {"key_filename": host.key}
-    known = hostkeys.default_paths([host.known_hosts] if host.known_hosts else [])
+    if len(files) == 1 and os.path.exists(files[0]):
+        identity, agent = keys.identity(host.id, files[0])
+    elif files:
+        identity = {"key_filename": files}
+    known = host.known_hosts_files + (
+        hostkeys.default_paths(())
+        if host.global_known_hosts_files is None
+        else host.global_known_hosts_files
+    )
     conn = fabric.Connection(
-        host.name,
+        host.address,
         user=host.user,
         port=host.port,
         config=_fresh_config(),
         connect_kwargs={
             **identity,
             "look_for_keys": not key_given,
-            "allow_agent": not key_given,
+            "allow_agent": not key_given and not host.identities_only,
             "timeout": host.connect_timeout,
             "banner_timeout": host.connect_timeout,
             "auth_timeout": host.connect_timeout,
             "channel_timeout": host.connect_timeout,
-            "transport_factory": HealthTransport,
+            "transport_factory": functools.partial(
+                HealthTransport,
+                alive_interval=host.alive_interval,
+                alive_count_max=host.alive_count_max,
+            ),
             **({"sock": sock} if sock is not None else {}),
-            **_host_key_algorithms(hostkeys.known_hosts_for(known).key_types(host.name, host.port)),
+            **_host_key_algorithms(
+                hostkeys.known_hosts_for(known).key_types(host.address, host.port)
+            ),
         },
     )
     # Paramiko's own store stays empty, so every key goes to the policy, which
     # checks it against the files parsed once per process (corunner.hostkeys).
+    # Keys are known under the address connected to, as ssh knows them under HostName.
     conn.client.set_missing_host_key_policy(
         hostkeys.HostKeyPolicy(
             host.id,
-            host.name,
+            host.address,
             host.port,
             known,
-            accept_new=accept_new_host_keys and bool(host.known_hosts),
+            accept_new=accept_new_host_keys or host.strict_host_keys in ("accept-new", "no"),
             write_path=host.known_hosts,
             hash_names=host.hash_known_hosts,
         )
     )
     return conn, agent
+
+
+def _key_files(host: Host) -> List[str]:
+    """The key files to offer: the inventory's ``key:`` as it is (a missing one is an
+    error), ssh_config's IdentityFiles those that exist (ssh skips the others)."""
+    if host.key and not _key_from_ssh_config(host):
+        return [host.key]
+    return [k for k in (host.key, *host.extra_keys) if k and os.path.exists(k)]
+
+
+def _key_from_ssh_config(host: Host) -> bool:
+    origin = host.origin("key")
+    return origin != DEFAULT_ORIGIN and not origin.startswith("inventory ")
 
 
 def hop_host(target: Host, hop: str) -> Host:
@@ -323,10 +363,10 @@ def hop_host(target: Host, hop: str) -> Host:
     as any host's is.
     """
     user, name, port = split_hop(hop)
-    fields: Dict[str, Any] = {"address": name} if "address" in Host.__dataclass_fields__ else {}
     return replace(
         target,
         name=name,
+        address=name,
         user=user or target.user,
         port=port or DEFAULT_PORT,
         groups=(),
@@ -335,32 +375,12 @@ def hop_host(target: Host, hop: str) -> Host:
         jump=(),
         proxy_command=None,
         heartbeat="auto",
-        **fields,
     )
-
-
-def _address(host: Host) -> str:
-    """Where ``host`` is connected to: its ssh_config HostName where one is known, else its name."""
-    return str(getattr(host, "address", None) or host.name)
 
 
 def chain_of(host: Host) -> Tuple[Host, ...]:
     """The jump hosts in front of ``host``, first hop first."""
     return tuple(hop_host(host, hop) for hop in host.jump)
-
-
-def proxy_argv(host: Host) -> str:
-    """``host.proxy_command`` with OpenSSH's ``%h``, ``%p``, ``%r`` and ``%%`` filled in."""
-    tokens = {"h": _address(host), "p": str(host.port), "r": host.user, "%": "%"}
-    text, out, i = host.proxy_command or "", [], 0
-    while i < len(text):
-        if text[i] == "%" and i + 1 < len(text) and text[i + 1] in tokens:
-            out.append(tokens[text[i + 1]])
-            i += 2
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
 
 
 @dataclass
@@ -406,7 +426,8 @@ class Gateways:
         if host.proxy_command:
             with translated(host):
                 try:
-                    return paramiko.ProxyCommand(proxy_argv(host))
+                    # Its %h, %p, ... are filled in already (corunner.sshconfig).
+                    return paramiko.ProxyCommand(host.proxy_command)
                 except paramiko.ssh_exception.ProxyCommandFailure as exc:
                     raise ConnectError(host.id, f"proxy command failed: {exc}") from exc
         chain = chain_of(host)
@@ -415,7 +436,7 @@ class Gateways:
         try:
             return transport.open_channel(
                 "direct-tcpip",
-                dest_addr=(_address(host), host.port),
+                dest_addr=(host.address, host.port),
                 src_addr=("", 0),
                 timeout=host.connect_timeout,
             )
@@ -468,7 +489,7 @@ class Gateways:
                     with translated(hop):
                         sock = outer.open_channel(
                             "direct-tcpip",
-                            dest_addr=(_address(hop), hop.port),
+                            dest_addr=(hop.address, hop.port),
                             src_addr=("", 0),
                             timeout=hop.connect_timeout,
                         )

@@ -93,7 +93,7 @@ def test_hosts_lists_expanded_hosts_and_folded_form(tmp_path):
     done = corunner("hosts", cwd=tmp_path)
     assert done.returncode == 0
     assert "13 hosts: 127.0.1.[1-8],db1:2222,node[01-04]" in done.stdout
-    assert "db1:2222   deploy  2222  web" in done.stdout
+    assert "db1:2222   db1        deploy  2222  -     web" in done.stdout
     done = corunner("hosts", "--hosts", "web", "--json", cwd=tmp_path)
     doc = json.loads(done.stdout)
     assert doc["count"] == 5
@@ -192,7 +192,7 @@ def test_hosts_not_in_the_inventory_are_said_once_on_stderr(tmp_path):
         done.stderr == "note: 3 hosts not in ./hosts.yaml, using its defaults: other[1-2],x1:2200\n"
     )
     assert "4 hosts: 127.0.1.1,other[1-2],x1:2200" in done.stdout
-    assert "x1:2200    deploy  2200" in done.stdout
+    assert "x1:2200    x1         deploy  2200" in done.stdout
 
 
 def test_exclude_and_operators_in_hosts(tmp_path):

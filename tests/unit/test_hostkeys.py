@@ -465,3 +465,16 @@ def test_the_global_file_can_be_moved_for_tests(tmp_path, keys, monkeypatch):
     user = str(tmp_path / "known_hosts")  # missing
     assert hostkeys.default_paths([user]) == (user, glob)
     assert status(hostkeys.default_paths([user]), "node.lab", 22, keys["a"]) is Status.KNOWN
+
+
+def test_known_hosts_none_refuses_unknown_keys_or_accepts_them_unrecorded(keys):
+    key = keys["rsa"]
+    strict = HostKeyPolicy("n1", "127.0.1.9", 22, ())
+    with pytest.raises(
+        HostKeyError, match=r"host key not in any known_hosts file \(all set to none\)"
+    ):
+        strict.missing_host_key(paramiko.SSHClient(), "127.0.1.9", key)
+    # UserKnownHostsFile none with accept-new: ssh connects and records nothing; so do we.
+    HostKeyPolicy("n1", "127.0.1.9", 22, (), accept_new=True).missing_host_key(
+        paramiko.SSHClient(), "127.0.1.9", key
+    )

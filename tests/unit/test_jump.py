@@ -132,7 +132,7 @@ def test_hosts_behind_a_failed_jump_host_share_one_folded_line() -> None:
 
 
 def test_a_hop_takes_what_it_does_not_say_from_its_target() -> None:
-    from corunner.remote import chain_of, proxy_argv
+    from corunner.remote import chain_of
 
     inv = build(
         {
@@ -142,7 +142,35 @@ def test_a_hop_takes_what_it_does_not_say_from_its_target() -> None:
     )
     host = inv.hosts[0]
     first, second = chain_of(host)
-    assert (first.name, first.user, first.port, first.key) == ("gw1", "ops", 2222, "/inv/id")
+    assert (first.name, first.address, first.user, first.port) == ("gw1", "gw1", "ops", 2222)
+    assert first.key == "/inv/id"
     assert (second.id, second.user, second.jump, second.connect_timeout) == ("gw2", "deploy", (), 3)
-    proxied = host.__class__(**{**host.__dict__, "proxy_command": "nc -x p %h %p # %r %% %z"})
-    assert proxy_argv(proxied) == "nc -x p n1 2200 # deploy % %z"
+
+
+def test_the_inventorys_jump_wins_over_ssh_configs_proxy_jump_and_proxy_command() -> None:
+    from corunner import sshconfig
+
+    config = sshconfig.parse(
+        "Host n1\n  ProxyJump far\nHost n2\n  ProxyCommand nc %h %p\nHost *\n  ProxyJump gw\n",
+        "/home/alice/.ssh/config",
+        home="/home/alice",
+        base="/home/alice/.ssh",
+    )
+    data = {
+        "defaults": {"user": "root"},
+        "groups": {
+            "cfg": {"hosts": ["n1", "n2", "n3"]},
+            "inv": {"hosts": ["n4", {"host": "n5", "jump": "none"}], "jump": "mine"},
+        },
+    }
+    inv = inventory_from_dict(data, source="hosts.yaml", local_user="alice", ssh_config=config)
+    got = {h.id: (h.jump, h.proxy_command, h.heartbeat_via()) for h in inv.hosts}
+    assert got == {
+        "n1": (("far",), None, "tunnel"),
+        "n2": ((), "nc n2 22", "tunnel"),
+        "n3": (("gw",), None, "tunnel"),
+        "n4": (("mine",), None, "tunnel"),
+        "n5": ((), None, "direct"),
+    }
+    assert dict(inv.host("n4").origins)["jump"] == "inventory hosts.yaml:group inv"
+    assert dict(inv.host("n1").origins)["jump"] == "~/.ssh/config line 2"
