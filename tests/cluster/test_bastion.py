@@ -139,6 +139,14 @@ def test_heartbeat_direct_behind_the_bastion_says_it_cannot_reach_the_controller
         assert done.returncode == EXIT_OK, done.stderr
         assert {h["state"] for h in doc["hosts"]} == {"succeeded"}
 
+    # --jump, as ssh -J, for an inventory that names none; the run's record keeps it.
+    jcli.env["CORUNNER_INVENTORY"] = str(inventory(behind, tmp_path / "none.yaml", "none"))
+    bastion = behind.bastion.address
+    done, doc = jcli.json("run", "--cmd", "true", "--quiet", "--jump", bastion, *FAST)
+    assert done.returncode == EXIT_OK, done.stderr
+    done, doc = jcli.json("status", "--run", doc["run_id"], "--refresh")
+    assert {h["state"] for h in doc["hosts"].values()} == {"succeeded"}
+
 
 def test_a_jump_host_that_is_down_is_named_once_on_every_host_behind_it(behind, jcli, tmp_path):
     jcli.env["CORUNNER_INVENTORY"] = str(inventory(behind, tmp_path / "down.yaml", DOWN_JUMP))
