@@ -63,6 +63,7 @@ from .inventory import (
     ad_hoc_entry,
     clean_remote_dir,
     parse_jump,
+    with_hops,
 )
 from .liveness import State
 from .loader import load_inventory
@@ -163,10 +164,10 @@ def _select(
     ``jump`` (``--jump``) replaces every selected host's jump chain.
     """
     inv = load_inventory(inventory, ssh_config=ssh_config)
-    return inv, _jumped(_pick(inv, hosts, exclude, run), jump)
+    return inv, _jumped(inv, _pick(inv, hosts, exclude, run), jump)
 
 
-def _jumped(hosts: List[Host], jump: Optional[str]) -> List[Host]:
+def _jumped(inv: Inventory, hosts: List[Host], jump: Optional[str]) -> List[Host]:
     """The hosts reached through ``--jump`` instead of their own chain (or proxy command)."""
     if jump is None:
         return hosts
@@ -174,7 +175,10 @@ def _jumped(hosts: List[Host], jump: Optional[str]) -> List[Host]:
         chain = parse_jump(jump)
     except ValueError as exc:
         raise UsageError(f"--jump: {exc}") from None
-    return [dataclasses.replace(h, jump=chain, proxy_command=None) for h in hosts]
+    return [
+        with_hops(dataclasses.replace(h, jump=chain, proxy_command=None), inv.ssh_config)
+        for h in hosts
+    ]
 
 
 def _pick(
@@ -679,7 +683,7 @@ def _run_hosts(
     )
     inv = listed.with_ad_hoc(data.get("ad_hoc") or ())  # the run's hosts named ad hoc
     only = [h.id for h in _pick(inv, hosts, exclude, run_id)] if hosts or exclude else None
-    picked = _jumped(postrun.record_hosts(data, inv, only), jump or data.get("jump"))
+    picked = _jumped(inv, postrun.record_hosts(data, inv, only), jump or data.get("jump"))
     if only is None:
         _warn_ssh_config(picked)
     return listed, picked
@@ -773,7 +777,7 @@ def status(
         inv = load_inventory(
             inventory or data.get("inventory"), ssh_config=ssh_config or data.get("ssh_config")
         )
-        run_hosts = _jumped(postrun.record_hosts(data, inv), jump or data.get("jump"))
+        run_hosts = _jumped(inv, postrun.record_hosts(data, inv), jump or data.get("jump"))
         _warn_ssh_config(run_hosts)
     if dry:
         ran = postrun.started_hosts(data, run_hosts) if show else []

@@ -127,6 +127,9 @@ class Host:
     origins: Tuple[Tuple[str, str], ...] = field(default=(), compare=False)
     #: ssh_config lines that apply to this host but that corunner cannot follow.
     notes: Tuple[str, ...] = field(default=(), compare=False)
+    #: The jump hosts of ``jump`` as Hosts, each looked up in ssh_config as ssh
+    #: looks up a ProxyJump hop (see :func:`with_hops`); () until resolved.
+    hops: Tuple[Host, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if not self.address:
@@ -270,7 +273,7 @@ class Inventory:
                 "or set 'user:' under defaults",
                 self.source,
             )
-        return Host(name=name, **host_fields(settings), **extra)
+        return with_hops(Host(name=name, **host_fields(settings), **extra), self.ssh_config)
 
     def with_ad_hoc(self, entries: Iterable[str]) -> Inventory:
         """This inventory plus the hosts of ``[user@]name[:port]`` entries it does not list.
@@ -804,7 +807,8 @@ class _Builder:
                 name, resolved, origins, self.ssh_config, self.local_user
             )
             self.require_user(own, path)
-            hosts.append(Host(name=name, groups=(group,), **host_fields(own), **extra))
+            host = Host(name=name, groups=(group,), **host_fields(own), **extra)
+            hosts.append(with_hops(host, self.ssh_config, self.local_user))
         return hosts
 
     def settings(self, mapping: dict[Any, Any], path: KeyPath) -> dict[str, Any]:
@@ -997,6 +1001,66 @@ def parse_jump(text: str) -> tuple[str, ...]:
     if text.strip().lower() in ("", "none"):
         return ()
     return tuple(_hop_text(split_hop(hop)) for hop in text.split(","))
+
+
+def hop_host(
+    target: Host, hop: str, ssh: Optional[SshConfig] = None, local_user: Optional[str] = None
+) -> Host:
+    """The jump host ``hop`` (``[user@]host[:port]``) of ``target`` as a Host of its own.
+
+    As ssh does for a ProxyJump hop, the hop's name is looked up in ssh_config
+    (HostName, User, Port, IdentityFile, known_hosts files, keepalives, ...);
+    what the hop string says wins, and what neither says comes from the target
+    (its user, key, known_hosts and connect_timeout; port 22). Its host key is
+    checked as any host's is. The hop's own ProxyJump is not followed: the
+    chain is written out in ``jump``.
+    """
+    user, name, port = split_hop(hop)
+    found = ssh.lookup(name, user, port, local_user or _local_name()) if ssh else None
+    fields: Dict[str, Any] = {
+        "name": name,
+        "address": name,
+        "user": user or target.user,
+        "port": port or DEFAULT_PORT,
+        "groups": (),
+        "env": (),
+        "become": None,
+        "jump": (),
+        "proxy_command": None,
+        "heartbeat": "auto",
+        "hops": (),
+        "notes": (),
+    }
+    if found is not None:
+        if found.hostname:
+            fields["address"] = found.hostname
+        if user is None and found.user:
+            fields["user"] = found.user
+        if port is None and found.port:
+            fields["port"] = found.port
+        if found.identity_files:
+            fields["key"], fields["extra_keys"] = found.identity_files[0], found.identity_files[1:]
+        for setting in (
+            "known_hosts_files",
+            "connect_timeout",
+            "identities_only",
+            "global_known_hosts_files",
+            "strict_host_keys",
+            "hash_known_hosts",
+            "alive_interval",
+            "alive_count_max",
+        ):
+            value = getattr(found, setting)
+            if value is not None:
+                fields[setting] = value
+        fields["origins"] = found.origins
+        fields["notes"] = found.warnings
+    return replace(target, **fields)
+
+
+def with_hops(host: Host, ssh: Optional[SshConfig], local_user: Optional[str] = None) -> Host:
+    """``host`` with :attr:`Host.hops` made from its ``jump`` chain (and ``ssh``)."""
+    return replace(host, hops=tuple(hop_host(host, hop, ssh, local_user) for hop in host.jump))
 
 
 def split_hop(hop: str) -> tuple[Optional[str], str, Optional[int]]:

@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import (
     IO,
     Any,
@@ -56,9 +56,8 @@ from .inventory import (
     DEFAULT_ALIVE_COUNT_MAX,
     DEFAULT_ALIVE_INTERVAL,
     DEFAULT_ORIGIN,
-    DEFAULT_PORT,
     Host,
-    split_hop,
+    hop_host,
 )
 
 T = TypeVar("T")
@@ -355,31 +354,11 @@ def _key_from_ssh_config(host: Host) -> bool:
     return origin != DEFAULT_ORIGIN and not origin.startswith("inventory ")
 
 
-def hop_host(target: Host, hop: str) -> Host:
-    """The jump host ``hop`` (``[user@]host[:port]``) as a Host of its own.
-
-    What the hop does not say comes from the target: its user, key,
-    known_hosts and connect_timeout; the port is 22. Its host key is checked
-    as any host's is.
-    """
-    user, name, port = split_hop(hop)
-    return replace(
-        target,
-        name=name,
-        address=name,
-        user=user or target.user,
-        port=port or DEFAULT_PORT,
-        groups=(),
-        env=(),
-        become=None,
-        jump=(),
-        proxy_command=None,
-        heartbeat="auto",
-    )
-
-
 def chain_of(host: Host) -> Tuple[Host, ...]:
-    """The jump hosts in front of ``host``, first hop first."""
+    """The jump hosts in front of ``host``, first hop first (resolved by the inventory,
+    or here from the hop strings alone for a Host made without it)."""
+    if len(host.hops) == len(host.jump):
+        return host.hops
     return tuple(hop_host(host, hop) for hop in host.jump)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -10,7 +11,7 @@ import pytest
 
 from corunner import loader, sshconfig
 from corunner.errors import InventoryError, UsageError
-from corunner.inventory import Host, inventory_from_dict
+from corunner.inventory import Host, inventory_from_dict, with_hops
 from corunner.sshconfig import SshConfig
 
 HOME = "/home/alice"
@@ -444,3 +445,25 @@ def test_a_named_config_that_does_not_exist_is_one_line(tmp_path: Path) -> None:
 
 def test_the_test_session_reads_no_developer_config() -> None:
     assert os.environ["CORUNNER_SSH_CONFIG"] == "none"
+
+
+def test_each_jump_host_is_looked_up_in_ssh_config_as_ssh_looks_up_a_hop() -> None:
+    text = (
+        "Host web1\n  ProxyJump gw,ops@gw2:2022\n"
+        "Host gw\n  HostName 127.0.9.9\n  User jumper\n  Port 2222\n  IdentityFile /k/gw\n"
+        "  UserKnownHostsFile /kh/gw\n"
+        "Host gw2\n  User nobody\n  Port 23\n  ServerAliveInterval 7\n"
+        "Host *\n  IdentityFile /k/any\n"
+    )
+    inv = build({"defaults": {"user": "root"}, "groups": {"web": {"hosts": ["web1"]}}}, text)
+    (host,) = inv.hosts
+    gw, gw2 = host.hops
+    assert (gw.name, gw.address, gw.user, gw.port) == ("gw", "127.0.9.9", "jumper", 2222)
+    assert (gw.key, gw.known_hosts_files) == ("/k/gw", ("/kh/gw",))
+    # What the hop string says wins over the hop's block; the rest is the hop's.
+    assert (gw2.address, gw2.user, gw2.port, gw2.alive_interval) == ("gw2", "ops", 2022, 7)
+    assert gw2.key == "/k/any"
+    assert gw.jump == gw.hops == ()
+    # --jump (or a run's recorded one) is resolved the same way.
+    again = with_hops(replace(host, jump=("gw",)), inv.ssh_config)
+    assert [h.address for h in again.hops] == ["127.0.9.9"]
