@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tupl
 from invoke import Collection, Context, Exit
 
 from . import __version__, interrupts, live, outputs, plan, postrun, render, transfer
+from . import relay as relay_module
 from .controller import Run
 from .errors import (
     EXIT_INTERRUPTED,
@@ -288,8 +289,10 @@ def hosts(
         "dest": "where to (remote path; with --pull a local directory)",
         "pull": "copy from the nodes to here instead",
         "divide": "with --pull: one directory per host, DEST/<host>/",
+        "relay": "send the payload once and let the nodes pass it on (auto: when it pays, see README)",
         **COMMON_HELP,
-    }
+    },
+    optional=["relay"],
 )
 @reported
 def cp(
@@ -305,10 +308,15 @@ def cp(
     json: bool = False,
     accept_new_host_keys: bool = False,
     dry: bool = False,
+    relay: Any = None,
 ) -> None:
     """Copy a file or tree to every node at once, or (--pull) from every node."""
     if not src or not dest:
         raise UsageError("cp needs --src SRC and --dest DEST")
+    if relay not in (None, False, True, "auto"):
+        raise UsageError(f"--relay takes no value or auto, not {relay!r}")
+    if relay and pull:
+        raise UsageError("--relay is for pushes: drop it, or drop --pull")
     if divide and not pull:
         raise UsageError(
             "--divide only applies to --pull (one local directory per host): add --pull or drop it"
@@ -333,14 +341,33 @@ def cp(
         else:
             with tempfile.TemporaryDirectory(prefix="corunner-") as work:
                 archive = transfer.build_archive(src, work)
-                outcomes = on_each(
-                    selected,
-                    lambda conn, host: transfer.push(conn, host, archive, dest),
-                    workers,
-                    accept_new_host_keys,
-                    view.done,
-                )
+                if relay_module.wanted(relay, relay_module.source_size(archive), len(selected)):
+                    kind = "relay"
+                    outcomes = relay_module.push(
+                        selected, archive, dest, workers, accept_new_host_keys, view.done
+                    )
+                else:
+                    outcomes = on_each(
+                        selected,
+                        lambda conn, host: transfer.push(conn, host, archive, dest),
+                        workers,
+                        accept_new_host_keys,
+                        view.done,
+                    )
+    if kind == "relay":
+        _relay_lines(outcomes, out)
     _finish_transfer(outcomes, out, "cp", kind, src, dest, began)
+
+
+def _relay_lines(outcomes: Dict[str, Outcome], out: Out) -> None:
+    """What the relay did beyond the copies: the controller's bytes, who it fed directly."""
+    done = [o.value for o in outcomes.values() if isinstance(o.value, relay_module.Relayed)]
+    direct = [o.host.id for o in outcomes.values() if getattr(o.value, "via", "") == "direct"]
+    sent = sum(r.bytes_sent for r in done)
+    line = f"relay: {sent:,} bytes sent from here"
+    if direct:
+        line += f"; served directly ({len(direct)}): {fold(direct)}"
+    out.line(line)
 
 
 def _finish_transfer(

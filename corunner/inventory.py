@@ -41,6 +41,7 @@ SETTINGS = (
     "env",
     "become",
     "become_user",
+    "relay_address",
 )
 TOP_KEYS = ("defaults", "groups")
 GROUP_KEYS = ("hosts",) + SETTINGS
@@ -75,6 +76,9 @@ class Host:
     env: tuple[tuple[str, str], ...] = ()
     #: The user the program runs as through ``sudo -n`` (``become:``), or None.
     become: Optional[str] = None
+    #: Where this host's relay listens for its peers (``cp --relay``); None:
+    #: the address the controller reached it on.
+    relay_address: Optional[str] = None
 
     @property
     def id(self) -> str:
@@ -388,6 +392,7 @@ def _builtin_settings() -> dict[str, Any]:
         "env": (),
         "become": False,
         "become_user": None,
+        "relay_address": None,
     }
 
 
@@ -567,6 +572,7 @@ class _Builder:
             "env": self.env,
             "become": self.become,
             "become_user": self.become_user,
+            "relay_address": self.relay_address,
         }
         return {k: checks[k](mapping[k], path + (k,)) for k in SETTINGS if k in mapping}
 
@@ -582,6 +588,7 @@ class _Builder:
             "env": (),
             "become": False,
             "become_user": None,
+            "relay_address": None,
         }
 
     def ad_hoc_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
@@ -669,6 +676,16 @@ class _Builder:
         if value is None:
             return None
         return self.user(value, path)
+
+    def relay_address(self, value: object, path: KeyPath) -> Optional[str]:
+        if value is None:
+            return None
+        text = value.strip().strip("[]") if isinstance(value, str) else ""
+        if not text or any(c.isspace() for c in text):
+            raise self.error(
+                f"relay_address must be an IP address or host name, not {_kind(value)}", path
+            )
+        return text
 
     def python(self, value: object, path: KeyPath) -> str:
         if not isinstance(value, str) or not value.strip():

@@ -365,6 +365,9 @@ def transfer_document(
             "seconds": round(o.seconds, 3),
         }
         pulled = o.value if o.ok and hasattr(o.value, "skipped") else None
+        via = getattr(o.value, "via", None)
+        if via is not None:  # a relayed push (corunner.relay.Relayed)
+            entry.update(via=via, bytes_sent=getattr(o.value, "bytes_sent", 0))
         if direction == "pull":
             entry.update(
                 files=pulled.files if pulled else None,
@@ -383,6 +386,8 @@ def transfer_document(
     }
     if task == "collect":
         doc["run_id"] = run_id
+    if any("via" in h for h in hosts):
+        doc["relay"] = {"bytes_sent": sum(h.get("bytes_sent", 0) for h in hosts)}
     return doc
 
 
