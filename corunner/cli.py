@@ -329,6 +329,7 @@ def cp(
         return
     began = time.monotonic()
     kind = "pull" if pull else "push"
+    relayed = False
     with live.TransferView(out.stream, len(selected), f"{kind} {src}") as view:
         if pull:
             outcomes = on_each(
@@ -341,8 +342,10 @@ def cp(
         else:
             with tempfile.TemporaryDirectory(prefix="corunner-") as work:
                 archive = transfer.build_archive(src, work)
-                if relay_module.wanted(relay, relay_module.source_size(archive), len(selected)):
-                    kind = "relay"
+                relayed = relay_module.wanted(
+                    relay, relay_module.source_size(archive), len(selected)
+                )
+                if relayed:
                     outcomes = relay_module.push(
                         selected, archive, dest, workers, accept_new_host_keys, view.done
                     )
@@ -354,7 +357,7 @@ def cp(
                         accept_new_host_keys,
                         view.done,
                     )
-    if kind == "relay":
+    if relayed:
         _relay_lines(outcomes, out)
     _finish_transfer(outcomes, out, "cp", kind, src, dest, began)
 

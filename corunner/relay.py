@@ -34,6 +34,7 @@ import socket
 import stat
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -50,6 +51,10 @@ from .spec import DEFAULT_PARALLEL
 AUTO_MIN_BYTES = 8 << 20
 #: ... and goes to at least this many hosts (README: "When to relay").
 AUTO_MIN_HOSTS = 4
+
+#: Successors each node is told of: whom it feeds, then whom it may bypass to.
+#: More consecutive failures than this, and the controller feeds the next one.
+BYPASS_DEPTH = 16
 
 #: The node side's start: check the interpreter, then LOADER reads the relay
 #: program (relaynode) as its boot code from stdin. $1 = python.
@@ -171,7 +176,8 @@ class Chain:
 
     def successors(self, host: str) -> Tuple[str, ...]:
         """The nodes after ``host``, the next first: whom it feeds, and bypasses to."""
-        return self.order[self.order.index(host) + 1 :]
+        at = self.order.index(host) + 1
+        return self.order[at : at + BYPASS_DEPTH]
 
 
 def plan_chain(listening: Sequence[Tuple[str, bool]]) -> Chain:
@@ -188,7 +194,7 @@ def resume_offset(have: int, size: int) -> int:
 class Relayed:
     """How one host got its copy: through the chain, or directly from the controller."""
 
-    via: str  # "relay" or "direct"
+    via: str  # "head" (fed first), "relay" (by a peer) or "direct" (served after a fault)
     bytes_sent: int  # by the controller, to this host (boot code, config, payload)
     bypassed: Tuple[str, ...] = ()  # successors this host's sender skipped, with why
 
@@ -208,6 +214,7 @@ class _Node:
     done: bool = False
     error: Optional[RemoteError] = None
     direct: bool = False
+    head: bool = False
     sent: int = 0
     began: float = field(default_factory=time.monotonic)
     buffer: bytes = b""
@@ -276,7 +283,8 @@ def push(
     payload = Payload.of(archive)
     creds = credentials()
     transfer_id = secrets.token_hex(16)
-    boot = bootstrap.boot_frame(_node_code())
+    code, packed = _node_code()
+    boot = bootstrap.boot_frame(code) + packed
     outcomes: Dict[str, Outcome[Relayed]] = {}
     lock = threading.Lock()
 
@@ -347,9 +355,14 @@ def push(
     return {h.id: outcomes[h.id] for h in hosts}
 
 
-def _node_code() -> str:
-    with open(relaynode.__file__, encoding="utf-8") as f:
-        return f.read()
+def _node_code() -> Tuple[str, bytes]:
+    """The boot code: relaynode compressed (about a quarter of its ~20 KB), run by LOADER.
+
+    LOADER runs it with its own ``take``, which reads the rest from stdin.
+    """
+    with open(relaynode.__file__, "rb") as f:
+        packed = zlib.compress(f.read(), 9)
+    return f"import zlib\nexec(zlib.decompress(take({len(packed)})))\n", packed
 
 
 def _await_listening(node: _Node, timeout: float) -> None:
@@ -408,7 +421,7 @@ def _relay(
         node.direct = True
         node.progress_at = now
         if node.host.id in chain.order:  # the nodes after it get their data through it again
-            for later in chain.successors(node.host.id):
+            for later in chain.order[chain.order.index(node.host.id) + 1 :]:
                 nodes[later].progress_at = max(nodes[later].progress_at, now)
         thread = threading.Thread(
             target=_feed, args=(node, payload, hook), name="corunner-relay-feed", daemon=True
@@ -417,6 +430,7 @@ def _relay(
         thread.start()
 
     if chain.order:
+        nodes[chain.order[0]].head = True
         serve(nodes[chain.order[0]], fed)
     for host in chain.direct:
         serve(nodes[host])
@@ -426,7 +440,7 @@ def _relay(
         if error is None:
             node.done = True
         node.stop.set()
-        via = "direct" if node.direct else "relay"
+        via = "head" if node.head else "direct" if node.direct else "relay"
         value = Relayed(via, node.sent, tuple(node.skipped)) if error is None else None
         end(node.host, value, error, node.began)
 
