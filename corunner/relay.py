@@ -196,7 +196,8 @@ class Relayed:
 
     via: str  # "head" (fed first), "relay" (by a peer) or "direct" (served after a fault)
     bytes_sent: int  # by the controller, to this host (boot code, config, payload)
-    bypassed: Tuple[str, ...] = ()  # successors this host's sender skipped, with why
+    #: Successors this host's sender skipped, with why (filled on while the relay runs).
+    bypassed: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -326,7 +327,7 @@ def push(
                 chan = remote.open_command(conn, host, command, timeout=1.0)
                 node = _Node(host, conn, chan, address, began=began)
                 node.send(command.head + relaynode.frame("C", config(host, address)))
-                _await_listening(node, times.start)
+                _await_listening(node, times.start, dest)
             return node
         except RemoteError as exc:
             error: RemoteError = exc
@@ -342,7 +343,7 @@ def push(
         started = [n for n in pool.map(start, hosts) if n is not None]
     nodes = {n.host.id: n for n in started}
     try:
-        _relay(nodes, payload, times, fed, planned, end)
+        _relay(nodes, payload, dest, times, fed, planned, end)
     finally:
         for node in nodes.values():
             node.stop.set()
@@ -365,7 +366,7 @@ def _node_code() -> Tuple[str, bytes]:
     return f"import zlib\nexec(zlib.decompress(take({len(packed)})))\n", packed
 
 
-def _await_listening(node: _Node, timeout: float) -> None:
+def _await_listening(node: _Node, timeout: float, dest: str) -> None:
     """Wait for the node's PORT or NOLISTEN line; raise the node's own error otherwise."""
     deadline = time.monotonic() + timeout
     chan = node.chan
@@ -378,7 +379,7 @@ def _await_listening(node: _Node, timeout: float) -> None:
                 node.nolisten = text
                 return
             if word == "FAIL":
-                raise TransferError(node.host.id, f"copy to the relay failed: {text}")
+                raise TransferError(node.host.id, f"copy to {dest} failed: {text}")
         if chan.eof_received or chan.closed:
             remote.raise_if_hung(node.conn)
             err = b""
@@ -393,6 +394,7 @@ def _await_listening(node: _Node, timeout: float) -> None:
 def _relay(
     nodes: Dict[str, _Node],
     payload: Payload,
+    dest: str,
     times: Times,
     fed: Optional[Callable[[int], None]],
     planned: Optional[Callable[[Dict[str, Tuple[str, int]]], None]],
@@ -441,7 +443,7 @@ def _relay(
             node.done = True
         node.stop.set()
         via = "head" if node.head else "direct" if node.direct else "relay"
-        value = Relayed(via, node.sent, tuple(node.skipped)) if error is None else None
+        value = Relayed(via, node.sent, node.skipped) if error is None else None
         end(node.host, value, error, node.began)
 
     selector = selectors.DefaultSelector()
@@ -451,24 +453,25 @@ def _relay(
         while any(not n.over for n in nodes.values()):
             for key, _ in selector.select(0.25):
                 node = nodes[key.data]
-                if node.over:
-                    continue
                 for word, text in node.lines():
-                    if word == "HAVE" and text.isdigit() and int(text) > node.have:
+                    if word == "SKIP":
+                        node.skipped.append(text)  # said after DONE too: its sender goes on
+                    elif node.over:
+                        continue
+                    elif word == "HAVE" and text.isdigit() and int(text) > node.have:
                         node.have = int(text)
                         node.progress_at = time.monotonic()
-                    elif word == "SKIP":
-                        node.skipped.append(text)
                     elif word == "DONE":
                         node.have = payload.size
                         finish(node, None)
                     elif word == "FAIL":
-                        finish(
-                            node, TransferError(node.host.id, f"copy to the relay failed: {text}")
-                        )
-                if not node.over and (node.chan.eof_received or node.chan.closed):
-                    finish(node, _lost(node))
-                if node.over:
+                        why = f"copy to {dest} failed: {text}"
+                        finish(node, TransferError(node.host.id, why))
+                if node.chan.eof_received or node.chan.closed:
+                    if not node.over:
+                        finish(node, _lost(node))
+                    selector.unregister(node.chan)
+                elif node.error is not None:
                     selector.unregister(node.chan)
             _watch(nodes, chain, times, serve, finish)
     finally:

@@ -249,6 +249,12 @@ class Relay:
         else:
             parent = os.path.dirname(target_path(dest, name).rstrip("/")) or "."
         os.makedirs(parent, exist_ok=True)
+        # A tree needs its tar and what it holds: twice its size, for a while.
+        need = self.size * (1 if self.cfg["kind"] == "file" else 2) // 1024 + 1
+        fs = os.statvfs(parent)
+        free = fs.f_bavail * fs.f_frsize // 1024
+        if free < need:
+            raise OSError(f"not enough space in {parent}: {free} KiB free, {need} KiB needed")
         self.fd, self.tmp = tempfile.mkstemp(prefix=".corunner-relay.", dir=parent)
 
     def write(self, offset: int, data: Any) -> None:
@@ -302,7 +308,7 @@ class Relay:
             lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
             said = [ln for ln in lines if ln.startswith("CORUNNER-ERROR ")]
             why = said[-1][len("CORUNNER-ERROR ") :] if said else (lines[-1] if lines else "")
-            self.fail(f"copy to {self.cfg['dest']} failed: {why or 'tar failed'}")
+            self.fail(why or f"tar failed (exit status {done.returncode})")
 
     # -- receiving from peers ----------------------------------------------
     def listen(self) -> Optional[int]:
@@ -511,7 +517,7 @@ def main() -> int:
     try:
         relay.prepare()
     except OSError as exc:
-        relay.fail(f"cannot write the copy: {exc.strerror or exc}")
+        relay.fail(str(exc) if not exc.strerror else f"{exc.strerror}: {exc.filename}")
 
     def ended(signum: int, frame: Any) -> None:
         relay.cleanup()
