@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import signal
 import socket
 import ssl
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,6 +58,8 @@ CHUNK = 1 << 18
 MAX_HEADER = 64
 #: Seconds between two HAVE lines while bytes arrive.
 REPORT_EVERY = 0.2
+#: Seconds a sender waits for a whole chunk before it sends what it has.
+BATCH_WAIT = 0.02
 #: Peer handshakes in progress at once, at most (the rest wait in the backlog).
 HANDSHAKES = 8
 
@@ -371,7 +375,7 @@ class Relay:
                     if self.generation != mine or self.ended:
                         return
                 try:
-                    n = sock.recv_into(buf)
+                    n = _fill(sock, buf)
                 except socket.timeout:
                     continue
                 if not n:
@@ -388,6 +392,10 @@ class Relay:
             sock.close()
 
     # -- passing on ----------------------------------------------------------
+    def has(self, offset: int) -> bool:
+        """Whether the node holds the bytes up to ``offset`` (or all of them), or has ended."""
+        return self.ended or self.have >= min(offset, self.size)
+
     def forward(self, successors: Sequence[Tuple[str, int]]) -> None:
         """Feed the first successor that takes it to the end; bypass the others."""
         for address, port in successors:
@@ -423,6 +431,9 @@ class Relay:
             while acked < self.size:
                 if sent < self.size and sent - acked < WINDOW:
                     with self.lock:
+                        # A whole chunk at a time while bytes stream in (one
+                        # wake-up per chunk, not per TLS record), what there is otherwise.
+                        self.lock.wait_for(partial(self.has, sent + CHUNK), BATCH_WAIT)
                         while self.have <= sent and not self.ended:
                             self.lock.wait(1.0)
                         if self.ended:
@@ -453,34 +464,46 @@ def _read_line(sock: ssl.SSLSocket, most: int) -> bytes:
     return line
 
 
+def _readable(sock: ssl.SSLSocket) -> bool:
+    """Whether a read would find something now (in TLS's buffer, or on the socket)."""
+    return bool(sock.pending()) or bool(select.select([sock], [], [], 0)[0])
+
+
+def _fill(sock: ssl.SSLSocket, buf: bytearray) -> int:
+    """Read into ``buf``: at least one TLS record (waiting), then what has already come.
+
+    One write per chunk instead of one per 16 KiB record. 0 at the end of the stream.
+    """
+    view = memoryview(buf)
+    got = sock.recv_into(view)
+    while got and got < len(buf) and _readable(sock):
+        more = sock.recv_into(view[got:])
+        if not more:
+            break
+        got += more
+    return got
+
+
 def _acks(sock: ssl.SSLSocket, pending: bytearray, wait: bool) -> Optional[int]:
     """The latest acknowledgement from a successor: waiting for one, or only what has come.
 
     None if none came (within the socket's timeout, when waiting). Raises
     ConnectionError if the successor closed.
     """
-    timeout = sock.gettimeout()
-    if not wait:
-        sock.setblocking(False)
     last = None
-    try:
-        while True:
-            try:
-                got = sock.recv(4096)
-            except (ssl.SSLWantReadError, BlockingIOError):
+    while wait or _readable(sock):
+        try:
+            got = sock.recv(4096)
+        except (ssl.SSLWantReadError, socket.timeout):
+            break
+        if not got:
+            raise ConnectionError("closed the connection")
+        pending += got
+        value = decode_offsets(pending)
+        if value is not None:
+            last = value
+            if wait:
                 break
-            except socket.timeout:
-                break
-            if not got:
-                raise ConnectionError("closed the connection")
-            pending += got
-            value = decode_offsets(pending)
-            if value is not None:
-                last = value
-                if wait:
-                    break
-    finally:
-        sock.settimeout(timeout)
     return last
 
 
