@@ -196,6 +196,8 @@ class Relayed:
 
     via: str  # "head" (fed first), "relay" (by a peer) or "direct" (served after a fault)
     bytes_sent: int  # by the controller, to this host (boot code, config, payload)
+    #: When its copy was in place (time.monotonic()): the spread from first to last.
+    finished_at: float = 0.0
     #: Successors this host's sender skipped, with why (filled on while the relay runs).
     bypassed: List[str] = field(default_factory=list)
 
@@ -443,7 +445,7 @@ def _relay(
             node.done = True
         node.stop.set()
         via = "head" if node.head else "direct" if node.direct else "relay"
-        value = Relayed(via, node.sent, node.skipped) if error is None else None
+        value = Relayed(via, node.sent, time.monotonic(), node.skipped) if error is None else None
         end(node.host, value, error, node.began)
 
     selector = selectors.DefaultSelector()

@@ -356,6 +356,7 @@ def transfer_document(
 ) -> Dict[str, Any]:
     """The document of ``cp`` and ``collect``: one entry per host, in inventory order."""
     hosts = []
+    finished: List[float] = []
     for o in outcomes.values():
         entry: Dict[str, Any] = {
             "host": o.host.id,
@@ -368,6 +369,7 @@ def transfer_document(
         via = getattr(o.value, "via", None)
         if via is not None:  # a relayed push (corunner.relay.Relayed)
             entry.update(via=via, bytes_sent=getattr(o.value, "bytes_sent", 0))
+            finished.append(getattr(o.value, "finished_at", 0.0))
         if direction == "pull":
             entry.update(
                 files=pulled.files if pulled else None,
@@ -387,7 +389,10 @@ def transfer_document(
     if task == "collect":
         doc["run_id"] = run_id
     if any("via" in h for h in hosts):
-        doc["relay"] = {"bytes_sent": sum(h.get("bytes_sent", 0) for h in hosts)}
+        doc["relay"] = {
+            "bytes_sent": sum(h.get("bytes_sent", 0) for h in hosts),
+            "spread_seconds": round(max(finished) - min(finished), 3) if finished else None,
+        }
     return doc
 
 
