@@ -325,7 +325,8 @@ def cp(
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     out = Out(json)
     if dry:
-        _dry(out, plan.copy_plan(selected, src, dest, pull, divide, _not_listed(inv, selected)))
+        not_listed = _not_listed(inv, selected)
+        _dry(out, plan.copy_plan(selected, src, dest, pull, divide, not_listed, relay))
         return
     began = time.monotonic()
     kind = "pull" if pull else "push"

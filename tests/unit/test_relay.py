@@ -176,3 +176,35 @@ def test_tls_between_nodes_needs_the_transfers_certificate(creds: relay.Credenti
     assert handshake(client) == "ok"
     assert handshake(stranger) == "SSLError"
     assert creds.key not in creds.cert and "PRIVATE KEY" in creds.key
+
+
+def test_relay_address_comes_from_the_inventory_and_is_checked() -> None:
+    from corunner.errors import InventoryError
+    from corunner.inventory import inventory_from_dict
+
+    inv = inventory_from_dict(
+        {
+            "defaults": {"user": "root"},
+            "groups": {
+                "a": {"hosts": ["n1"], "relay_address": "10.9.0.1"},
+                "b": {"hosts": ["n2"], "relay_address": "[fd00::2]"},
+                "c": {"hosts": ["n3"]},
+            },
+        }
+    )
+    assert [h.relay_address for h in inv.hosts] == ["10.9.0.1", "fd00::2", None]
+    with pytest.raises(InventoryError, match="relay_address must be"):
+        inventory_from_dict({"defaults": {"user": "root", "relay_address": 7}, "groups": {}})
+
+
+def test_a_dry_relay_says_it_sends_once_and_counts_no_bytes_per_host(tmp_path: Path) -> None:
+    from corunner import plan
+    from corunner.inventory import inventory_from_dict
+
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"x" * 100)
+    hosts = inventory_from_dict({"defaults": {"user": "r"}, "groups": {"g": {"hosts": ["n[1-4]"]}}})
+    relayed = plan.copy_plan(hosts.hosts, str(src), "/d/", False, False, relay=True)
+    assert "sent once" in " ".join(relayed.lines())
+    small = plan.copy_plan(hosts.hosts, str(src), "/d/", False, False, relay="auto")
+    assert "SFTP" in " ".join(small.lines())  # 100 bytes: auto copies directly
