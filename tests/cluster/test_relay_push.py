@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import jsonschema
 from conftest import Cli, node_sh
 
 from corunner import relay, relaynode, transfer
@@ -125,7 +126,11 @@ def test_cp_relay_on_the_command_line_sends_the_file_once(cli: Cli, tmp_path: Pa
     done = cli("cp", "--relay", "--src", str(src), "--dest", "/tmp/relay-cli/", "--json")
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
+    schema = json.loads((Path(relay.__file__).parent / "schemas" / "cp.json").read_text())
+    assert not list(jsonschema.Draft202012Validator(schema).iter_errors(doc))
     assert doc["summary"] == {"succeeded": 8}
+    assert sorted(h["via"] for h in doc["hosts"]) == ["head"] + ["relay"] * 7
+    assert doc["relay"]["spread_seconds"] < 10
     assert doc["relay"]["bytes_sent"] < 1.1 * 4 * MIB
     assert "relay:" in done.stderr and "bytes sent from here" in done.stderr
     for node in cli.lab.nodes:
