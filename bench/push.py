@@ -157,8 +157,9 @@ def targets(tools: List[Contender], n: int) -> str:
     table = markdown_table(["target", "measured (median)", "wanted", ""], rows, right=".rr.")
     note = (
         f"Relay: the first node's copy in place to the last's: {statistics.median(spread):.2f} s "
-        f"(median). Bytes sent by the controller are corunner's own count of what it wrote on "
-        f"the SSH channels (payload, boot code, config), without SSH's framing (~1-2%); the "
+        f"(median). Bytes sent by the controller are corunner's own count of what it wrote "
+        f"(payload to the chain's head over TLS, boot code and config over SSH), without "
+        f"TLS's and SSH's framing (~1-2%); the "
         f"direct tools send {n} x {SIZE >> 20} MiB by construction."
         if spread
         else ""
