@@ -48,10 +48,13 @@ from .fanout import Outcome
 from .inventory import Host
 from .spec import DEFAULT_PARALLEL
 
-#: ``--relay auto`` relays when the payload is at least this big ...
-AUTO_MIN_BYTES = 8 << 20
-#: ... and goes to at least this many hosts (README: "When to relay").
-AUTO_MIN_HOSTS = 4
+#: ``--relay auto`` relays when the copies it saves the controller, (hosts - 1)
+#: x size, are at least this many bytes: below it, the relay's fixed cost (a
+#: login and a Python start on every node, ~1 s on the lab) is more than the
+#: controller's time to send the copies itself (README: "Relayed pushes").
+AUTO_MIN_SAVED = 128 << 20
+#: ... and there are at least this many hosts (with two, the relay saves one copy).
+AUTO_MIN_HOSTS = 3
 
 #: Successors each node is told of: whom it feeds, then whom it may bypass to.
 #: More consecutive failures than this, and the controller feeds the next one.
@@ -159,7 +162,7 @@ class Payload:
 def wanted(choice: object, size: int, hosts: int) -> bool:
     """Whether to relay: ``--relay`` (True), or ``auto`` by the measured thresholds."""
     if choice == "auto":
-        return size >= AUTO_MIN_BYTES and hosts >= AUTO_MIN_HOSTS
+        return hosts >= AUTO_MIN_HOSTS and (hosts - 1) * size >= AUTO_MIN_SAVED
     return bool(choice)
 
 

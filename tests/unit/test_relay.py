@@ -85,12 +85,14 @@ def test_resume_offsets_stay_within_the_payload() -> None:
 
 
 def test_relay_auto_follows_the_measured_thresholds() -> None:
-    big, many = relay.AUTO_MIN_BYTES, relay.AUTO_MIN_HOSTS
-    assert relay.wanted("auto", big, many)
-    assert not relay.wanted("auto", big - 1, many)
-    assert not relay.wanted("auto", big, many - 1)
+    saved, few = relay.AUTO_MIN_SAVED, relay.AUTO_MIN_HOSTS
+    seventh = -(-saved // 7)  # 8 hosts: 7 copies saved
+    assert relay.wanted("auto", seventh, 8)
+    assert not relay.wanted("auto", seventh - 1, 8)
+    assert relay.wanted("auto", saved, few)
+    assert not relay.wanted("auto", 10 * saved, few - 1)
     assert relay.wanted(True, 1, 1)
-    assert not relay.wanted(None, big, many)
+    assert not relay.wanted(None, saved, 100)
 
 
 @pytest.fixture(scope="module")
