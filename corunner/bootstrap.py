@@ -277,6 +277,16 @@ def executor_bytecode() -> Optional[Tuple[str, bytes]]:
     return f"executor.{tag}.pyc", header + importlib.util.source_hash(source) + marshal.dumps(code)
 
 
+def check_uploads(files: Sequence[str], stdin: Optional[str] = None) -> None:
+    """UsageError for a ``--files`` or ``--stdin`` path that is not there, before a
+    run is shown or recorded: a run that cannot start must not become the latest."""
+    for path in files:
+        if not os.path.lexists(path):
+            raise UsageError(f"no such file to upload: {path}")
+    if stdin is not None and not os.path.isfile(stdin):
+        raise UsageError(f"no such file for --stdin: {stdin}")
+
+
 class Payload:
     """What every node reads on the start command's stdin after the boot code answered.
 
@@ -294,11 +304,7 @@ class Payload:
         workdir: str,
         stdin: Optional[str] = None,
     ):
-        for path in files:
-            if not os.path.lexists(path):
-                raise UsageError(f"no such file to upload: {path}")
-        if stdin is not None and not os.path.isfile(stdin):
-            raise UsageError(f"no such file for --stdin: {stdin}")
+        check_uploads(files, stdin)
         #: The executor and its bytecode, for a node whose cache lacks them.
         self.executor = b"".join(frame(name, data) for name, data in executor_files())
         fd, self.path = tempfile.mkstemp(prefix="corunner-payload-", dir=workdir)

@@ -30,12 +30,25 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tupl
 
 from invoke import Collection, Context, Exit
 
-from . import __version__, interrupts, live, outputs, plan, postrun, render, transfer
+from . import (
+    __version__,
+    debuglog,
+    hostkeys,
+    interrupts,
+    live,
+    outputs,
+    plan,
+    postrun,
+    render,
+    transfer,
+)
 from . import relay as relay_module
+from .bootstrap import check_uploads
 from .controller import Run
 from .errors import (
     EXIT_INTERRUPTED,
     EXIT_LOST,
+    EXIT_OK,
     CorunnerError,
     UsageError,
     exit_code_for,
@@ -46,7 +59,7 @@ from .interrupts import Interrupted
 from .inventory import ENV_NAME, Host, Inventory, ad_hoc_entry, clean_remote_dir
 from .liveness import State
 from .loader import load_inventory
-from .options import CorunnerProgram, task
+from .options import NOT_SUCCEEDED, CorunnerProgram, rerun_hint, task
 from .record import find_run, run_outcomes
 from .report import RunReport, group_by_state
 from .spec import Program as RunProgram
@@ -62,6 +75,8 @@ COMMON_HELP = {
     "parallel": f"how many hosts to work on at once (default {DEFAULT_PARALLEL})",
     "json": "print one JSON document on stdout (progress goes to stderr)",
     "accept_new_host_keys": "record keys of hosts not yet in known_hosts (like accept-new)",
+    "ssh_config": "OpenSSH client config to read, or none (default: $CORUNNER_SSH_CONFIG, the "
+    "inventory's ssh_config:, else ~/.ssh/config then /etc/ssh/ssh_config)",
 }
 OUTPUT_HELP = {
     "stream": "which output to show: stdout (default) or stderr",
@@ -92,12 +107,18 @@ class Out:
         interrupts.write_line(sys.stdout, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def _warning(line: str) -> None:
+    """Print one warning line on stderr (never stdout: --json keeps it one document)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def reported(fn: F) -> F:
     """Map corunner errors, Ctrl-C, SIGTERM, SIGHUP and a closed stdout to (at most)
     one line on stderr and the documented exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        hostkeys.warn_with(_warning)  # a skipped known_hosts line: once per process
         try:
             with interrupts.signals_end_cleanly():
                 return fn(*args, **kwargs)
@@ -125,9 +146,10 @@ def _select(
     hosts: Optional[str],
     exclude: Optional[str] = None,
     run: Optional[str] = None,
+    ssh_config: Optional[str] = None,
 ) -> Tuple[Inventory, List[Host]]:
     """Load the inventory and select; ``@failed`` and friends read run ``run`` (None: latest)."""
-    inv = load_inventory(inventory)
+    inv = load_inventory(inventory, ssh_config=ssh_config)
     return inv, _pick(inv, hosts, exclude, run)
 
 
@@ -144,7 +166,17 @@ def _pick(
             file=sys.stderr,
             flush=True,
         )
+    _warn_ssh_config(selected)
     return selected
+
+
+def _warn_ssh_config(hosts: Sequence[Host]) -> None:
+    """Each ssh_config line the selected hosts cannot follow, once, on stderr."""
+    said: Dict[str, None] = {}
+    for host in hosts:
+        said.update(dict.fromkeys(host.notes))
+    for note in said:
+        print(f"warning: {note}", file=sys.stderr, flush=True)
 
 
 def _dry(out: Out, the_plan: plan.Plan) -> None:
@@ -193,7 +225,7 @@ def _failures(
         out.line(line)
     if bad:
         failed = fold(host for host, _ in bad)
-        out.line(f"failed ({len(bad)}): {failed}; retry only those with --hosts '{failed}'")
+        out.line(f"failed ({len(bad)}): {failed}; {rerun_hint(failed)}")
     elif not outcomes:
         out.line("no hosts")
     return exit_code_for(render.transfer_state(o) for o in outcomes.values())
@@ -260,6 +292,7 @@ def _show_outputs(
         "exclude": COMMON_HELP["exclude"],
         "inventory": COMMON_HELP["inventory"],
         "json": COMMON_HELP["json"],
+        "ssh_config": COMMON_HELP["ssh_config"],
     }
 )
 @reported
@@ -269,15 +302,16 @@ def hosts(
     exclude: Optional[str] = None,
     inventory: Optional[str] = None,
     json: bool = False,
+    ssh_config: Optional[str] = None,
 ) -> None:
-    """List the selected hosts with their user and port, their count and folded form."""
-    inv, selected = _select(inventory, hosts, exclude)
+    """List the selected hosts: the address, user, port and jump hosts a connection
+    will really use and where each came from, their count and folded form."""
+    inv, selected = _select(inventory, hosts, exclude, ssh_config=ssh_config)
     out = Out(json)
     if json:
         out.document(render.hosts_document(inv.source, selected))
         return
-    rows = [(h.id, h.user, str(h.port), ",".join(h.groups)) for h in selected]
-    for line in render.table(rows, ("HOST", "USER", "PORT", "GROUPS")):
+    for line in render.hosts_table(selected):
         out.line(line)
     out.line(f"{len(selected)} hosts: {fold(h.id for h in selected)}")
 
@@ -308,6 +342,7 @@ def cp(
     json: bool = False,
     accept_new_host_keys: bool = False,
     dry: bool = False,
+    ssh_config: Optional[str] = None,
     relay: Any = None,
 ) -> None:
     """Copy a file or tree to every node at once, or (--pull) from every node."""
@@ -321,7 +356,7 @@ def cp(
         raise UsageError(
             "--divide only applies to --pull (one local directory per host): add --pull or drop it"
         )
-    inv, selected = _select(inventory, hosts, exclude)
+    inv, selected = _select(inventory, hosts, exclude, ssh_config=ssh_config)
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     out = Out(json)
     if dry:
@@ -385,6 +420,9 @@ def _finish_transfer(
     run_id: Optional[str] = None,
 ) -> None:
     for o in outcomes.values():
+        if o.ok and isinstance(o.value, (transfer.Pulled, transfer.Pushed)):
+            for note in o.value.notes:
+                out.line(f"{o.host.id}: note: {note}")
         if o.ok and isinstance(o.value, transfer.Pulled):
             for skipped in o.value.skipped:
                 out.line(f"{o.host.id}: refused unsafe entry {skipped}")
@@ -471,6 +509,8 @@ def _next_steps(report: RunReport) -> str:
         text += f"; see why it failed with: {cmd} status --run {run_id} --output --stream stderr"
     if report.exit_code == EXIT_LOST and any(by_state.get(s) for s in (State.DEAD, State.TIMEOUT)):
         text += f"; ask the nodes again with: {cmd} status --run {run_id} --refresh"
+    if report.exit_code != EXIT_OK and not report.interrupted:
+        text += f"; {rerun_hint(NOT_SUCCEEDED)}"
     return text
 
 
@@ -529,13 +569,14 @@ def run(
     sudo: bool = False,
     sudo_user: Optional[str] = None,
     dry: bool = False,
+    ssh_config: Optional[str] = None,
 ) -> None:
     """Run a script or command on every selected node at once and watch it to the end.
 
     Prints the hosts folded per state, a table of those that did not succeed,
     then each distinct output once under the hosts that printed it.
     """
-    inv, selected = _select(inventory, hosts, exclude)
+    inv, selected = _select(inventory, hosts, exclude, ssh_config=ssh_config)
     selected = _remote_dir(selected, remote_dir)
     asked = show_output or diff or stream is not None
     if quiet and asked:
@@ -561,8 +602,11 @@ def run(
     if dry:
         _dry(out, plan.run_plan(selected, spec, _not_listed(inv, selected)))
         return
+    check_uploads(spec.files, spec.stdin)
     view = live.run_view(out.stream, [h.id for h in selected], spec.deadline, verbose)
     meta: Dict[str, Any] = {"inventory": inv.source, "selection": hosts, "exclude": exclude}
+    if ssh_config is not None:
+        meta["ssh_config"] = ssh_config  # status, stop and collect resolve the hosts alike
     # What was uploaded into each run directory: collect leaves it there (names only).
     meta["inputs"] = [os.path.basename(os.path.abspath(p)) for p in (script, *spec.files) if p]
     if spec.become:
@@ -613,12 +657,21 @@ def _run_hosts(
     inventory: Optional[str],
     hosts: Optional[str],
     exclude: Optional[str],
+    ssh_config: Optional[str] = None,
 ) -> Tuple[Inventory, List[Host]]:
-    """The hosts of a recorded run that ``--hosts``/``--exclude`` pick (default: all of them)."""
-    listed = load_inventory(inventory or data.get("inventory"))
+    """The hosts of a recorded run that ``--hosts``/``--exclude`` pick (default: all of them).
+
+    The inventory and ``--ssh-config`` are the run's own unless given again.
+    """
+    listed = load_inventory(
+        inventory or data.get("inventory"), ssh_config=ssh_config or data.get("ssh_config")
+    )
     inv = listed.with_ad_hoc(data.get("ad_hoc") or ())  # the run's hosts named ad hoc
     only = [h.id for h in _pick(inv, hosts, exclude, run_id)] if hosts or exclude else None
-    return listed, postrun.record_hosts(data, inv, only)
+    picked = postrun.record_hosts(data, inv, only)
+    if only is None:
+        _warn_ssh_config(picked)
+    return listed, picked
 
 
 def _not_listed(inv: Inventory, hosts: List[Host]) -> Tuple[str, ...]:
@@ -674,6 +727,7 @@ def _ended_early(the_run: Run, exc: Interrupted) -> NoReturn:
         "json": COMMON_HELP["json"],
         "accept_new_host_keys": COMMON_HELP["accept_new_host_keys"],
         "dry": COMMON_HELP["dry"],
+        "ssh_config": COMMON_HELP["ssh_config"],
     }
 )
 @reported
@@ -690,19 +744,24 @@ def status(
     json: bool = False,
     accept_new_host_keys: bool = False,
     dry: bool = False,
+    ssh_config: Optional[str] = None,
 ) -> None:
     """Show how a run went, from its record or (--refresh) from the nodes themselves."""
     record = find_run(run, command=command())
+    debuglog.keep_in(record.dir)
     out = Out(json)
     show = output or diff or stream is not None
     everything = _table(table)
     chosen_stream = _stream(stream)
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
-    data = record.load()
+    data = record.load_current()
     run_hosts: List[Host] = []
     if refresh or show or dry:
-        inv = load_inventory(inventory or data.get("inventory"))
+        inv = load_inventory(
+            inventory or data.get("inventory"), ssh_config=ssh_config or data.get("ssh_config")
+        )
         run_hosts = postrun.record_hosts(data, inv)
+        _warn_ssh_config(run_hosts)
     if dry:
         ran = postrun.started_hosts(data, run_hosts) if show else []
         _dry(
@@ -714,7 +773,7 @@ def status(
         outcomes = postrun.refresh(record, run_hosts, workers, accept_new_host_keys)
         # Each host that could not be asked gets its row in the table, with why.
         unasked += ["unreachable" for o in outcomes.values() if o.error is not None]
-        data = record.load()
+        data = record.load_current()
     out.line(f"run {data['run_id']}: {data.get('program', '')}")
     by_state = group_by_state((h, e.get("state", "?")) for h, e in data["hosts"].items())
     for line in render.folded_by_state(by_state):
@@ -770,6 +829,7 @@ def _record_rows(data: Dict[str, Any]) -> List[render.HostRow]:
         "inventory": COMMON_HELP["inventory"],
         "json": COMMON_HELP["json"],
         "dry": COMMON_HELP["dry"],
+        "ssh_config": COMMON_HELP["ssh_config"],
     }
 )
 @reported
@@ -781,11 +841,13 @@ def stop(
     inventory: Optional[str] = None,
     json: bool = False,
     dry: bool = False,
+    ssh_config: Optional[str] = None,
 ) -> None:
     """Terminate a run's program (its whole process group) on every node still running it."""
     record = find_run(run, command=command())
+    debuglog.keep_in(record.dir)
     data = record.load()
-    inv, targets = _run_hosts(record.run_id, data, inventory, hosts, exclude)
+    inv, targets = _run_hosts(record.run_id, data, inventory, hosts, exclude, ssh_config)
     out = Out(json)
     if dry:
         _dry(out, plan.stop_plan(record.run_id, targets, _not_listed(inv, targets)))
@@ -823,6 +885,7 @@ def collect(
     accept_new_host_keys: bool = False,
     with_inputs: bool = False,
     dry: bool = False,
+    ssh_config: Optional[str] = None,
 ) -> None:
     """Pull a run's results (or --src) from every node that ran it."""
     out = Out(json)
@@ -830,12 +893,13 @@ def collect(
     inputs: List[str] = []
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     if src and hosts and not run:
-        inv, selected = _select(inventory, hosts, exclude)
+        inv, selected = _select(inventory, hosts, exclude, ssh_config=ssh_config)
     else:
         record = find_run(run, command=command())
+        debuglog.keep_in(record.dir)
         run_id = record.run_id
         data = record.load()
-        inv, selected = _run_hosts(run_id, data, inventory, hosts, exclude)
+        inv, selected = _run_hosts(run_id, data, inventory, hosts, exclude, ssh_config)
         inputs = [str(name) for name in data.get("inputs") or []]
     dest = dest or os.path.join("results", run_id or "pulled")
     if dry:

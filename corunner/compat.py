@@ -35,6 +35,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-p", "--parallel", metavar="N", help="hosts worked on at once")
     parser.add_argument(
+        "-F", "--ssh-config", metavar="FILE", help="OpenSSH client config to read, or none"
+    )
+    parser.add_argument(
         "--accept-new-host-keys",
         action="store_true",
         help="record keys of hosts not yet in known_hosts",
@@ -46,10 +49,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _shared(args: argparse.Namespace) -> List[str]:
     argv: List[str] = []
-    for option in ("hosts", "exclude", "inventory", "parallel"):
+    for option in ("hosts", "exclude", "inventory", "parallel", "ssh_config"):
         value = getattr(args, option)
         if value is not None:
-            argv.append(f"--{option}={value}")
+            argv.append(f"--{option.replace('_', '-')}={value}")
     if args.accept_new_host_keys:
         argv.append("--accept-new-host-keys")
     return argv

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Set, Union
 
+from . import debuglog
 from .bootstrap import Payload, run_dir
 from .dispatch import Event, Exited, Heard, ListenerWatch, Lost, SessionWatch, SshStarter, Started
 from .errors import InternalError, RemoteError, UsageError
@@ -151,6 +152,7 @@ class Run:
         """
         spec = self.spec
         self.record.create()
+        debuglog.keep_in(self.record.dir)
         self._save(final=False)
         waiting: Set[str] = set(self.hosts)  # hosts whose start has not reported yet
         deadline = None if spec.deadline is None else self.mono0 + spec.deadline
@@ -210,7 +212,7 @@ class Run:
             return self.fleet.heartbeat(event.host, event.at)
         if isinstance(event, Exited):
             return self.fleet.exited(
-                event.host, event.at, event.exit_code, event.signal, event.error
+                event.host, event.at, event.exit_code, event.signal, event.error, event.stopped
             )
         assert isinstance(event, Lost)
         return self.fleet.lost(event.host, event.at, event.reason)

@@ -59,6 +59,8 @@ class Exited:
     signal: Optional[int]
     #: Why the program could not start, when the node said so.
     error: Optional[str] = None
+    #: ``stop`` ended it.
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,10 @@ class ListenerWatch:
         events: List[Event] = []
         for message, at in self.listener.poll(timeout):
             if message.final:
-                events.append(Exited(message.host, at, message.exit_code, message.signal))
+                stopped = message.state == executor_module.STATE_STOPPED
+                events.append(
+                    Exited(message.host, at, message.exit_code, message.signal, stopped=stopped)
+                )
             else:
                 events.append(Heard(message.host, at))
         return events
@@ -123,7 +128,8 @@ class SessionWatch:
                 assert status is not None
                 why = status.get("error") if status.get("state") == "error" else None
                 error = why if isinstance(why, str) else None
-                events.append(Exited(host, self.clock(), *outcome, error=error))
+                stopped = bool(status.get("stopped"))
+                events.append(Exited(host, self.clock(), *outcome, error=error, stopped=stopped))
         return events
 
     def wakeup(self) -> None:

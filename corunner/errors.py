@@ -21,8 +21,9 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 #: Host states (liveness states, and ``unreachable``/``stalled`` for copies)
 #: that mean no result came back from the host: it was lost.
 LOST_STATES = frozenset({"dead", "unreachable", "timeout", "pending", "alive", "stalled"})
-#: Host states that mean the host was reached but its program or copy failed.
-FAILED_STATES = frozenset({"failed"})
+#: Host states that mean the host was reached but its program or copy failed,
+#: or (``stopped``) was ended by ``stop`` before it could finish.
+FAILED_STATES = frozenset({"failed", "stopped"})
 
 
 def exit_code_for(states: Iterable[str]) -> int:

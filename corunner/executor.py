@@ -50,15 +50,21 @@ MAX_LINE = 512  # bytes, including the trailing newline
 
 STATE_RUNNING = "running"
 STATE_EXITED = "exited"
+#: The final state of a program that ``stop`` ended (its exit code or signal is kept).
+STATE_STOPPED = "stopped"
+#: Written into the run directory by ``stop`` before it signals anything, so
+#: the executor records the end it sees as a stop, not as a failure.
+STOP_MARKER = "stop-requested"
 
-_NAME = r"[A-Za-z0-9._:@-]{1,128}"
-_NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:@-"
+#: Run ids and host ids; brackets for an IPv6 host with a port (``[::1]:2201``).
+_NAME = r"[A-Za-z0-9._:@\[\]-]{1,128}"
+_NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:@[]-"
 # Everything before " <mac>", as text. Explicit ASCII classes only, and bounded
 # fields, so a match is pure ASCII and a valid line always fits MAX_LINE.
 # Compiled by the first decode (the controller's side): encode checks its
 # fields by hand, so the executor never imports re.
 _BODY_PATTERN = (
-    r"CR1 (" + _NAME + r") (" + _NAME + r") ([1-9][0-9]{0,18}) (running|exited)"
+    r"CR1 (" + _NAME + r") (" + _NAME + r") ([1-9][0-9]{0,18}) (running|exited|stopped)"
     r" (-|-?[0-9]{1,10}) (-|[0-9]{1,3}) ([0-9]{1,12}\.[0-9]{3})"
 )
 _BODY_RE: Any = None
@@ -148,7 +154,7 @@ class Heartbeat(tuple):
     @property
     def final(self) -> bool:
         """True for the last message of a run (the program has ended)."""
-        return self[3] == STATE_EXITED
+        return self[3] in (STATE_EXITED, STATE_STOPPED)
 
 
 _tuple_new = tuple.__new__
@@ -178,7 +184,7 @@ def _body_fields_ok(
         and valid_name(host)
         and _digits(seq, 19)
         and seq[0] != "0"
-        and state in (STATE_RUNNING, STATE_EXITED)
+        and state in (STATE_RUNNING, STATE_EXITED, STATE_STOPPED)
         and (code == "-" or _digits(code[1:] if code[:1] == "-" else code, 10))
         and (sig == "-" or _digits(sig, 3))
         and sent_at[-4:-3] == "."
@@ -549,7 +555,7 @@ def parse_config(data: Any) -> Config:
             raise ValueError(f"unknown config key {key!r}")
     for key in ("run_id", "host"):
         if not valid_name(data[key]):
-            raise ValueError(f"{key} must match [A-Za-z0-9._:@-]{{1,128}}")
+            raise ValueError(f"{key} must match {_NAME}")
     argv, shell = data["argv"], data["shell"]
     if (argv is None) == (shell is None):
         raise ValueError("exactly one of argv and shell must be set")
@@ -1264,7 +1270,8 @@ class Session:
                 else:
                     pending = pending or fresh
                     if pending and link.connected:
-                        final = self.message(STATE_EXITED, status["exit_code"], status["signal"])
+                        word = STATE_STOPPED if status.get("stopped") else STATE_EXITED
+                        final = self.message(word, status["exit_code"], status["signal"])
                         if link.send(final, now):
                             pending, due = False, now + ack_wait
                             first_seq = first_seq or self.seq
@@ -1287,6 +1294,8 @@ class Session:
         self._unwatch_exit()
         exit_code, sig = outcome(returncode)
         status.update(state="exited", exit_code=exit_code, signal=sig, ended_at=time.time())
+        if stop_requested(self.run_dir):
+            status["stopped"] = True
         _try_write_status(self.run_dir, status)
 
     def run(self) -> Dict[str, Any]:
@@ -1485,7 +1494,8 @@ def probe(run_dir: str) -> Dict[str, Any]:
     status["program_alive"] = bool(program)
     status["executor_alive"] = executor
     if running and not program and not executor:
-        status["state"] = "lost"
+        # Nobody is left to record the end: a stop asked for is still a stop.
+        status["state"] = STATE_STOPPED if stop_requested(run_dir) else "lost"
     return status
 
 
@@ -1535,6 +1545,20 @@ def run_processes(run_id: Optional[str], host: Optional[str]) -> List[int]:
     return found
 
 
+def stop_requested(run_dir: str) -> bool:
+    """Whether ``stop`` was asked for this run (its marker is in the run directory)."""
+    return os.path.lexists(os.path.join(run_dir, STOP_MARKER))
+
+
+def _mark_stop(run_dir: str) -> None:
+    """Leave the marker; never through a symlink, never failing the stop itself."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        os.close(os.open(os.path.join(run_dir, STOP_MARKER), flags, 0o600))
+    except OSError:
+        pass  # there already, or the disk is full: the signals still go
+
+
 def stop(run_dir: str, grace: float = 5.0) -> Dict[str, Any]:
     """End everything the run started: SIGTERM, then SIGKILL after ``grace`` seconds.
 
@@ -1558,6 +1582,8 @@ def stop(run_dir: str, grace: float = 5.0) -> Dict[str, Any]:
         return found
 
     targets = remaining()
+    if targets and running:
+        _mark_stop(run_dir)
     for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         for target in targets:
             try:

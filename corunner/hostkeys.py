@@ -22,9 +22,11 @@ patterns as ``match_hostname``; a key is *known* if any line for the host
 holds it, *changed* if lines for the host hold keys of its type but none is
 it. Two deliberate differences: ``@revoked`` refuses the key for every host,
 whatever host patterns its line names (OpenSSH applies them; stricter is
-safer for a key known to be compromised), and ``@cert-authority`` lines are
-skipped, as we do not check certificates. Corrupt lines are skipped and
-counted by line number, never raised, so a caller can warn once.
+safer for a key known to be compromised), and ``@cert-authority`` lines grant
+no key, as Paramiko cannot check host certificates: a host they alone name
+is refused with a line that says so (:attr:`Status.CERT_ONLY`). Corrupt lines
+are skipped and counted by line number, never raised; each file's are warned
+of once per process through :func:`warn_with` (the CLI prints them on stderr).
 
 Use :class:`HostKeyPolicy` with an *empty* Paramiko host key store, so that
 Paramiko hands every server key to it.
@@ -42,7 +44,7 @@ import re
 import threading
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Dict, Iterable, List, Optional, Pattern, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Pattern, Sequence, Set, Tuple
 
 import paramiko
 
@@ -64,6 +66,7 @@ class Status(str, enum.Enum):
     CHANGED = "changed"  # lines for the host hold keys of its type, none is it
     REVOKED = "revoked"  # a @revoked line holds this key
     UNKNOWN = "unknown"  # no line for the host holds a key of its type
+    CERT_ONLY = "cert-only"  # unknown, but a @cert-authority line names the host
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,16 @@ def known_hosts_name(hostname: str, port: int = 22) -> str:
     return name if port == 22 else f"[{name}]:{port}"
 
 
+#: Replaces :data:`GLOBAL_KNOWN_HOSTS_FILES` (space-separated paths) when set:
+#: for tests, which must not write the real ``/etc/ssh/ssh_known_hosts``.
+GLOBAL_ENV = "CORUNNER_GLOBAL_KNOWN_HOSTS"
+
+
 def default_paths(user_files: Iterable[str]) -> Tuple[str, ...]:
     """The user's file(s) then the global ones, as OpenSSH's two options list them."""
-    return tuple(user_files) + GLOBAL_KNOWN_HOSTS_FILES
+    override = os.environ.get(GLOBAL_ENV)
+    global_files = tuple(override.split()) if override is not None else GLOBAL_KNOWN_HOSTS_FILES
+    return tuple(user_files) + global_files
 
 
 def _pattern(text: str) -> Pattern[str]:
@@ -184,8 +194,10 @@ class KnownHostsFile:
         self.wildcards: List[_Wildcard] = []
         #: Blob -> line number of its @revoked line.
         self.revoked: Dict[bytes, int] = {}
-        #: Line numbers of @cert-authority lines (skipped) and of corrupt lines.
+        #: Line numbers of @cert-authority lines (no key granted) and of corrupt lines.
         self.cert_authority: List[int] = []
+        #: The host patterns of each @cert-authority line, to say why its hosts fail.
+        self.cert_hosts: List[Tuple[Tuple[Pattern[str], ...], Tuple[Pattern[str], ...], int]] = []
         self.corrupt: List[int] = []
         self.lines = 0
         self._hashed_salts: List[bytes] = []
@@ -244,6 +256,11 @@ def parse_lines(lines: Iterable[str], path: str = "") -> KnownHostsFile:
                 continue
             if marker == "@cert-authority":
                 parsed.cert_authority.append(number)
+                if fields and not fields[0].startswith("|"):
+                    names = [p for p in fields[0].lower().split(",") if p]
+                    positive = tuple(_pattern(p) for p in names if not p.startswith("!"))
+                    negative = tuple(_pattern(p[1:]) for p in names if p.startswith("!"))
+                    parsed.cert_hosts.append((positive, negative, number))
                 continue
         if len(fields) < 3:  # host patterns, key type, base64 key
             parsed.corrupt.append(number)
@@ -326,7 +343,13 @@ class KnownHosts:
                     return Verdict(Status.KNOWN, f.path, k.line)
                 if changed is None and k.keytype == keytype:
                     changed = Verdict(Status.CHANGED, f.path, k.line)
-        return changed or Verdict(Status.UNKNOWN)
+        if changed is not None:
+            return changed
+        for f in self.files:
+            for positive, negative, line in f.cert_hosts:
+                if _match_list(name, positive, negative):
+                    return Verdict(Status.CERT_ONLY, f.path, line)
+        return Verdict(Status.UNKNOWN)
 
 
 # --- the process-wide cache ------------------------------------------------------------
@@ -371,6 +394,41 @@ def _stat(real: str) -> Optional[_Signature]:
         return None
 
 
+#: Where one-line warnings go (corrupt lines); the CLI sets it to print on stderr.
+Warn = Callable[[str], None]
+_warn: Optional[Warn] = None
+_warned: Set[Tuple[str, int]] = set()
+_warned_lock = threading.Lock()
+#: Corrupt line numbers named in one warning at most; the rest are counted.
+WARN_LINES = 5
+
+
+def warn_with(sink: Optional[Warn]) -> None:
+    """Send each warning (a known_hosts line skipped) to ``sink``, once per line per process."""
+    global _warn
+    _warn = sink
+
+
+def corrupt_warning(path: str, lines: Sequence[int]) -> str:
+    """The one warning for a file's unparsable lines: the file and the line (or the first few)."""
+    if len(lines) == 1:
+        return f"warning: {path}:{lines[0]}: cannot parse this known_hosts line; skipped it"
+    shown = ", ".join(map(str, lines[:WARN_LINES]))
+    more = f" and {len(lines) - WARN_LINES} more" if len(lines) > WARN_LINES else ""
+    return f"warning: {path}: cannot parse known_hosts lines {shown}{more}; skipped them"
+
+
+def _warn_corrupt(parsed: KnownHostsFile) -> None:
+    """Warn of lines of ``parsed`` not warned of yet in this process (one warning per file)."""
+    if not parsed.corrupt or _warn is None:
+        return
+    with _warned_lock:
+        fresh = [n for n in parsed.corrupt if (parsed.path, n) not in _warned]
+        _warned.update((parsed.path, n) for n in fresh)
+    if fresh:
+        _warn(corrupt_warning(parsed.path, fresh))
+
+
 def _load(path: str, real: str) -> Tuple[Optional[_Signature], KnownHostsFile]:
     """Read and parse one file; a missing or unreadable file is empty, as for OpenSSH."""
     _parses[real] = _parses.get(real, 0) + 1
@@ -380,7 +438,9 @@ def _load(path: str, real: str) -> Tuple[Optional[_Signature], KnownHostsFile]:
             data = f.read()
     except OSError:
         return None, KnownHostsFile(path)
-    return signature, parse_lines(data.decode("utf-8", "replace").splitlines(), path)
+    parsed = parse_lines(data.decode("utf-8", "replace").splitlines(), path)
+    _warn_corrupt(parsed)
+    return signature, parsed
 
 
 def _file(path: str) -> KnownHostsFile:
@@ -418,10 +478,24 @@ def clear_cache() -> None:
     with _slots_lock:
         _slots.clear()
         _parses.clear()
+    with _warned_lock:
+        _warned.clear()
 
 
-def append_host_key(path: str, hostname: str, port: int, key: paramiko.PKey) -> str:
+def hashed_name(name: str, salt: Optional[bytes] = None) -> str:
+    """``|1|salt|hash``: the name as ``HashKnownHosts yes`` writes it (HMAC-SHA1, random salt)."""
+    salt = salt if salt is not None else os.urandom(_SHA1_LEN)
+    digest = hmac.digest(salt, name.encode(), "sha1")
+    return f"{_HASH_MAGIC}{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+
+def append_host_key(
+    path: str, hostname: str, port: int, key: paramiko.PKey, hashed: bool = False
+) -> str:
     """Append ``key`` for the host to ``path`` in OpenSSH's format; return the line.
+
+    ``hashed``: the name is written hashed, as with OpenSSH's ``HashKnownHosts
+    yes``. A missing directory is made mode 0700 (``~/.ssh``), the file 0600.
 
     Locked across threads and processes (``flock``), appended with ``O_APPEND``.
     The process cache learns the line and the file's new signature, so the
@@ -431,9 +505,14 @@ def append_host_key(path: str, hostname: str, port: int, key: paramiko.PKey) -> 
     name = known_hosts_name(hostname, port)
     blob = key.asbytes()
     keytype = _blob_type(blob) or key.get_name()
-    text = f"{name} {keytype} {base64.b64encode(blob).decode()}\n"
+    salt = os.urandom(_SHA1_LEN)
+    written = hashed_name(name, salt) if hashed else name
+    text = f"{written} {keytype} {base64.b64encode(blob).decode()}\n"
     real = _real(path)
-    os.makedirs(os.path.dirname(real) or ".", mode=0o700, exist_ok=True)
+    directory = os.path.dirname(real) or "."
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)  # whatever the umask: ssh wants ~/.ssh private
     slot = _slot(real)
     with slot.lock:
         fd = os.open(real, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -446,7 +525,7 @@ def append_host_key(path: str, hostname: str, port: int, key: paramiko.PKey) -> 
             )
             parsed = state[1] if state is not None else None
             if current and parsed is not None:
-                if any(k.blob == blob for k in parsed.plain.get(name, ())):
+                if any(k.blob == blob for k in parsed.keys_for(name)):
                     return text  # another thread of ours recorded it meanwhile
             prefix = ""
             if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
@@ -454,7 +533,13 @@ def append_host_key(path: str, hostname: str, port: int, key: paramiko.PKey) -> 
             os.write(fd, (prefix + text).encode())
             if current and parsed is not None:
                 parsed.lines += 1
-                parsed.add_plain(name, KeyLine(keytype, blob, parsed.lines))
+                line = KeyLine(keytype, blob, parsed.lines)
+                if hashed:
+                    digest = hmac.digest(salt, name.encode(), "sha1")
+                    parsed.add_hashed(_Hashed(salt, digest, line))
+                    parsed._scanned.pop(name, None)  # the cached scan did not see it
+                else:
+                    parsed.add_plain(name, line)
                 slot.state = (_signature(os.fstat(fd)), parsed)
         finally:
             os.close(fd)
@@ -482,15 +567,17 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         paths: Sequence[str],
         accept_new: bool = False,
         write_path: Optional[str] = None,
+        hash_names: bool = False,
     ) -> None:
-        if not paths and write_path is None:
-            raise ValueError("HostKeyPolicy needs at least one known_hosts file")
         self.host_label = host_label
         self.hostname = hostname
         self.port = port
         self.paths = tuple(paths)
         self.accept_new = accept_new
-        self.write_path = write_path if write_path is not None else self.paths[0]
+        #: None (``UserKnownHostsFile none``): a key accepted as new is not recorded.
+        self.write_path = write_path if write_path is not None or not paths else self.paths[0]
+        #: OpenSSH's ``HashKnownHosts yes``: keys accepted are written with hashed names.
+        self.hash_names = hash_names
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
@@ -501,7 +588,16 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             return
         if verdict.status is Status.REVOKED:
             raise HostKeyError(
-                self.host_label, f"host key is marked @revoked in {verdict.path}: refusing it"
+                self.host_label,
+                f"host key is marked @revoked in {verdict.path} line {verdict.line}: refusing "
+                "it (the key was withdrawn: ask the host's admin for its new key)",
+            )
+        if verdict.status is Status.CERT_ONLY:
+            raise HostKeyError(
+                self.host_label,
+                f"host certificates are not supported: {verdict.path} line {verdict.line} "
+                f"vouches for {name} only by @cert-authority; add the host's own key "
+                f"(ssh-keyscan -p {self.port} {self.hostname} >> {self.write_path})",
             )
         if verdict.status is Status.CHANGED:
             raise HostKeyError(
@@ -511,10 +607,12 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 f"ssh-keygen -R {name} -f {verdict.path}",
             )
         if not self.accept_new:
-            searched = " or ".join(self.paths)
+            searched = " or ".join(self.paths) or "any known_hosts file (all set to none)"
+            into = self.write_path or "a known_hosts file"
             raise HostKeyError(
                 self.host_label,
                 f"host key not in {searched} (add it with ssh-keyscan -p {self.port} "
-                f"{self.hostname} >> {self.write_path}, or pass --accept-new-host-keys)",
+                f"{self.hostname} >> {into}, or pass --accept-new-host-keys)",
             )
-        append_host_key(self.write_path, name, self.port, key)
+        if self.write_path is not None:
+            append_host_key(self.write_path, name, self.port, key, hashed=self.hash_names)

@@ -32,6 +32,8 @@ UNION = ","
 SET_OPERATORS = (UNION, *_OPERATORS)
 _ELEMENT = re.compile(r"([0-9]+)(?:-([0-9]+)(?:/([0-9]+))?)?")
 _IPV4 = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+#: The host id of an IPv6 address with a port of its own, as OpenSSH writes it.
+_V6_WITH_PORT = re.compile(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]:[0-9]+")
 
 
 def split_patterns(sel: str) -> list[str]:
@@ -145,8 +147,19 @@ def expand(pattern: str) -> list[str]:
                 seen.add(name)
                 names.append(name)
     for name in names:
-        if _IPV4.fullmatch(name) and any(int(octet) > 255 for octet in name.split(".")):
+        if not _IPV4.fullmatch(name):
+            continue
+        octets = name.split(".")
+        if any(int(octet) > 255 for octet in octets):
             raise HostRangeError(pattern, f"{name} is not an IPv4 address (an octet is over 255)")
+        padded = next((o for o in octets if len(o) > 1 and o.startswith("0")), None)
+        if padded is not None:
+            plain = ".".join(str(int(o)) for o in octets)
+            raise HostRangeError(
+                pattern,
+                f"{name}: zero-padded octet {padded!r} (the C resolver reads it as octal): "
+                f"write {plain}, and ranges without padding ([1-10], not [01-10])",
+            )
     return names
 
 
@@ -158,6 +171,11 @@ def fold(names: Iterable[str]) -> str:
     pattern (brackets, commas) or holds characters a host name cannot.
     """
     listed = list(names)
+    v6_ports = [n for n in listed if _V6_WITH_PORT.fullmatch(n)]
+    if v6_ports:  # host ids such as [::1]:2201: shown whole, after the folded names
+        kept = set(v6_ports)
+        rest = fold(n for n in listed if n not in kept)
+        return ",".join([rest] * bool(rest) + sorted(kept))
     for name in listed:
         if not name:
             raise HostRangeError(name, "empty host name")

@@ -16,11 +16,12 @@ import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from .errors import HostRangeError, InventoryError
 from .hostrange import UNION, expand, split_terms
 from .report import OUTCOME_SELECTORS, RunOutcomes
+from .sshconfig import Resolved, SshConfig
 
 DEFAULT_PORT = 22
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -29,6 +30,12 @@ DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_REMOTE_DIR = "/tmp/corunner-{user}"
 DEFAULT_PYTHON = "python3"
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds
+#: Seconds between keepalives on a quiet connection (OpenSSH's ServerAliveInterval) ...
+DEFAULT_ALIVE_INTERVAL = 5.0
+#: ... and how many may go unanswered before the host is given up (ServerAliveCountMax).
+DEFAULT_ALIVE_COUNT_MAX = 3
+#: Where a setting nothing wrote came from (Host.origins).
+DEFAULT_ORIGIN = "default"
 
 SETTINGS = (
     "user",
@@ -45,6 +52,11 @@ SETTINGS = (
 )
 TOP_KEYS = ("defaults", "groups")
 GROUP_KEYS = ("hosts",) + SETTINGS
+#: ``ssh_config:`` (a file, or false) chooses the OpenSSH config for the whole
+#: inventory: the loader reads it, so only ``defaults:`` may hold it.
+DEFAULTS_KEYS = SETTINGS + ("ssh_config",)
+#: The settings whose origin ``inv hosts`` shows (Host.origins).
+SHOWN_ORIGINS = ("address", "user", "port", "key", "jump")
 
 # A group name must survive split_patterns and never read as a host pattern.
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -61,29 +73,97 @@ LastRun = Callable[[], RunOutcomes]
 
 @dataclass(frozen=True)
 class Host:
-    """One SSH target with every setting resolved; paths are expanded."""
+    """One SSH target with every setting resolved (inventory over ssh_config over
+    built-in defaults); paths are expanded.
+
+    ``name`` is what the user wrote: the host's id and what is printed;
+    ``address`` is where to connect (ssh_config's ``HostName``, else the name).
+    """
 
     name: str
     user: str
     port: int
     key: Optional[str]  # None: the SSH agent and the default keys
-    known_hosts: Optional[str]
+    #: The user known_hosts files, in order; new keys are written to the first.
+    #: Empty: ``UserKnownHostsFile none``.
+    known_hosts_files: Tuple[str, ...]
     remote_dir: str
     python: str
     connect_timeout: float  # seconds
-    groups: tuple[str, ...] = ()
+    groups: Tuple[str, ...] = ()
     #: The program's environment variables on this host (``env:``), sorted by name.
-    env: tuple[tuple[str, str], ...] = ()
+    env: Tuple[Tuple[str, str], ...] = ()
     #: The user the program runs as through ``sudo -n`` (``become:``), or None.
     become: Optional[str] = None
+    #: Where to connect: a host name or address. "" (the default) means ``name``.
+    address: str = ""
+    #: Jump hosts, in order, each ``[user@]host[:port]`` (ProxyJump).
+    jump: Tuple[str, ...] = ()
+    #: A command whose stdin/stdout is the connection (ProxyCommand), tokens expanded.
+    proxy_command: Optional[str] = None
+    #: Key files to offer after ``key`` (ssh_config's further IdentityFile lines).
+    extra_keys: Tuple[str, ...] = ()
+    #: IdentitiesOnly: offer only the key files, not the agent's keys.
+    identities_only: bool = False
+    #: GlobalKnownHostsFile; None: the system's (hostkeys.GLOBAL_KNOWN_HOSTS_FILES).
+    global_known_hosts_files: Optional[Tuple[str, ...]] = None
+    #: StrictHostKeyChecking: "yes", "accept-new" or "no" (no: as accept-new, warned).
+    strict_host_keys: str = "yes"
+    #: HashKnownHosts: write new known_hosts entries hashed.
+    hash_known_hosts: bool = False
+    alive_interval: float = DEFAULT_ALIVE_INTERVAL  # seconds
+    alive_count_max: int = DEFAULT_ALIVE_COUNT_MAX
+    #: Where each setting came from, for ``inv hosts``: (setting, origin) pairs such
+    #: as ("user", "inventory hosts.yaml:group web"), ("address", "~/.ssh/config
+    #: line 12"); a setting not listed is "default".
+    origins: Tuple[Tuple[str, str], ...] = field(default=(), compare=False)
+    #: ssh_config lines that apply to this host but that corunner cannot follow.
+    notes: Tuple[str, ...] = field(default=(), compare=False)
     #: Where this host's relay listens for its peers (``cp --relay``); None:
     #: the address the controller reached it on.
     relay_address: Optional[str] = None
 
+    def __post_init__(self) -> None:
+        if not self.address:
+            object.__setattr__(self, "address", self.name)
+        # Callers written for the one ``known_hosts`` file (a path or None) keep working.
+        files: object = self.known_hosts_files
+        if files is None or isinstance(files, str):
+            object.__setattr__(self, "known_hosts_files", (files,) if files else ())
+
     @property
     def id(self) -> str:
-        """The unique key of this host: the name, plus ``:port`` when not 22."""
-        return self.name if self.port == DEFAULT_PORT else f"{self.name}:{self.port}"
+        """The unique key of this host: the name, plus ``:port`` when not 22.
+
+        An IPv6 name with a port is bracketed, as OpenSSH writes it: ``[::1]:2201``.
+        """
+        if self.port == DEFAULT_PORT:
+            return self.name
+        return f"[{self.name}]:{self.port}" if ":" in self.name else f"{self.name}:{self.port}"
+
+    @property
+    def local_name(self) -> str:
+        """The host as a local file name (pulled copies): the id without ``:``, unique per host.
+
+        A ``:`` means a remote path to scp, rsync and GNU tar (``tar -f
+        host:file``), and cannot be in a Windows or macOS Finder name, so
+        each ``:`` becomes ``+``, which no host name holds:
+        ``gw.example.com:2222`` -> ``gw.example.com+2222``. An IPv6 name
+        always ends with its port, so ``[::1]:2201`` -> ``++1+2201`` and
+        ``::1`` -> ``++1+22`` never meet ``::1:2201`` (``++1+2201+22``).
+        """
+        if ":" in self.name:
+            return f"{self.name.replace(':', '+')}+{self.port}"
+        return self.name if self.port == DEFAULT_PORT else f"{self.name}+{self.port}"
+
+    @property
+    def known_hosts(self) -> Optional[str]:
+        """The user known_hosts file new keys go to, or None (``UserKnownHostsFile none``)."""
+        return self.known_hosts_files[0] if self.known_hosts_files else None
+
+    def origin(self, setting: str) -> str:
+        """Where ``setting`` (``address``, ``user``, ``port``, ``key``, ``jump``, ...) came from."""
+        return dict(self.origins).get(setting, DEFAULT_ORIGIN)
 
 
 @dataclass(frozen=True)
@@ -98,6 +178,12 @@ class Inventory:
     groups: Mapping[str, tuple[str, ...]] = field(hash=False)
     source: str = "<inventory>"
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    #: Where each of ``defaults`` was written (setting -> origin).
+    default_origins: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False, compare=False
+    )
+    #: The OpenSSH client config the hosts were resolved with (also those named ad hoc).
+    ssh_config: Optional[SshConfig] = field(default=None, hash=False, compare=False)
 
     def select(
         self,
@@ -157,17 +243,21 @@ class Inventory:
     ) -> Host:
         """A host this inventory does not list, with its defaults; InventoryError without a user."""
         settings = dict(self._ad_hoc_defaults)
+        origins = dict(self.default_origins)
         if user is not None:
             settings["user"] = user
+            origins["user"] = f"--hosts {user}@{name}"
         if port is not None:
             settings["port"] = port
+            origins["port"] = f"--hosts {name}:{port}"
+        settings, origins, extra = with_ssh_config(name, settings, origins, self.ssh_config)
         if settings["user"] is None:
             raise InventoryError(
                 f"cannot tell which user logs in to {name}: write user@{name}, "
                 "or set 'user:' under defaults",
                 self.source,
             )
-        return Host(name=name, **host_fields(settings))
+        return Host(name=name, **host_fields(settings), **extra)
 
     def with_ad_hoc(self, entries: Iterable[str]) -> Inventory:
         """This inventory plus the hosts of ``[user@]name[:port]`` entries it does not list.
@@ -204,9 +294,30 @@ class Inventory:
 
 
 def ad_hoc_entry(host: Host) -> str:
-    """How a run record keeps a host not in the inventory: ``user@name:port``."""
-    port = f":{host.port}" if ":" not in host.name else ""  # an IPv6 name takes no :port
-    return f"{host.user}@{host.name}{port}"
+    """How a run record keeps a host not in the inventory: ``user@name:port``
+    (``user@[v6addr]:port`` for an IPv6 name)."""
+    name = f"[{host.name}]" if ":" in host.name else host.name
+    return f"{host.user}@{name}:{host.port}"
+
+
+#: ``[v6addr]`` or ``[v6addr]:port``: brackets around a name holding ':' (a
+#: range never does) are an IPv6 address, as OpenSSH and URLs write it.
+_BRACKETED_V6 = re.compile(r"\[([^\[\]]*:[^\[\]]*)\](?::([^:]*))?")
+
+
+def split_host_port(text: str) -> tuple[str, Optional[str]]:
+    """``pattern[:port]`` -> (pattern, port text or None), IPv6 forms included.
+
+    ``[v6addr]:port`` and ``[v6addr]`` give the bare address; a name with more
+    than one colon and no brackets is an IPv6 address without a port.
+    """
+    bracketed = _BRACKETED_V6.fullmatch(text)
+    if bracketed:
+        return bracketed.group(1), bracketed.group(2)
+    if text.count(":") == 1:
+        name, _, port = text.partition(":")
+        return name, port
+    return text, None
 
 
 class _Resolver:
@@ -352,8 +463,8 @@ class _Resolver:
 def _split_entry(entry: str) -> tuple[Optional[str], str, Optional[str]]:
     """``[user@]pattern[:port]`` -> (user, pattern, port text); None for a part not given.
 
-    More than one colon is an IPv6 address, with no port. Raises HostRangeError
-    for an empty user, host or port.
+    More than one colon is an IPv6 address, with no port unless bracketed
+    (``[::1]:2201``). Raises HostRangeError for an empty user or host.
     """
     pattern = entry.strip()
     user: Optional[str] = None
@@ -362,9 +473,7 @@ def _split_entry(entry: str) -> tuple[Optional[str], str, Optional[str]]:
         if not user.strip():
             raise HostRangeError(entry, "empty user before '@'")
         user = user.strip()
-    port: Optional[str] = None
-    if pattern.count(":") == 1:
-        pattern, _, port = pattern.partition(":")
+    pattern, port = split_host_port(pattern)
     if not pattern:
         raise HostRangeError(entry, "no host name")
     return user, pattern, port
@@ -399,13 +508,88 @@ def _builtin_settings() -> dict[str, Any]:
 def host_fields(settings: Mapping[str, Any]) -> dict[str, Any]:
     """A Host's fields from resolved settings (the user known): the per-user
     default remote_dir filled in, ``become``/``become_user`` made the one user
-    sudo runs the program as (``become_user`` alone implies ``become``)."""
+    sudo runs the program as (``become_user`` alone implies ``become``), the
+    ``known_hosts:`` file (or ssh_config's list) made ``known_hosts_files``."""
     fields = dict(settings)
+    known = fields.pop("known_hosts")
+    if "known_hosts_files" not in fields:
+        fields["known_hosts_files"] = (known,) if known else ()
     if fields["remote_dir"] is None:
         fields["remote_dir"] = default_remote_dir(fields["user"])
     become, become_user = fields.pop("become"), fields.pop("become_user")
     fields["become"] = (become_user or "root") if (become or become_user) else None
     return fields
+
+
+def with_ssh_config(
+    name: str,
+    settings: Mapping[str, Any],
+    origins: Mapping[str, str],
+    ssh: Optional[SshConfig],
+    local_user: Optional[str] = None,
+) -> Tuple[Dict[str, Any], Dict[str, str], Dict[str, Any]]:
+    """One host's settings with ssh_config's applied where the inventory wrote none.
+
+    ``settings`` holds every setting (built-in values included); ``origins``
+    names those the inventory wrote, which win. Returns the settings, every
+    setting's origin, and the Host fields only ssh_config sets (address,
+    jump, keepalives, host key rules, ...) with ``origins`` and ``notes``.
+    """
+    out = dict(settings)
+    where = dict(origins)
+    found = Resolved()
+    if ssh is not None:
+        user = settings["user"] if "user" in origins else None
+        port = settings["port"] if "port" in origins else None
+        found = ssh.lookup(name, user, port, local_user or _local_name())
+    config = dict(found.origins)
+    for setting, value in (
+        ("user", found.user),
+        ("port", found.port),
+        ("connect_timeout", found.connect_timeout),
+        ("known_hosts_files", found.known_hosts_files),
+    ):
+        inventory_name = "known_hosts" if setting == "known_hosts_files" else setting
+        if value is not None and inventory_name not in origins:
+            out[setting] = value
+            where[inventory_name] = config[setting]
+    extra: Dict[str, Any] = {}
+    if found.identity_files and "key" not in origins:
+        out["key"] = found.identity_files[0]
+        extra["extra_keys"] = found.identity_files[1:]
+        where["key"] = config["key"]
+    if found.hostname:
+        extra["address"] = found.hostname
+        where["address"] = config["hostname"]
+    if found.jump:
+        extra["jump"] = found.jump
+        where["jump"] = config["jump"]
+    if found.proxy_command is not None:
+        extra["proxy_command"] = found.proxy_command
+        where["proxy_command"] = config["proxy_command"]
+    for setting in (
+        "identities_only",
+        "global_known_hosts_files",
+        "strict_host_keys",
+        "hash_known_hosts",
+        "alive_interval",
+        "alive_count_max",
+    ):
+        value = getattr(found, setting)
+        if value is not None:
+            extra[setting] = value
+            where[setting] = config[setting]
+    extra["origins"] = tuple(sorted(where.items()))
+    extra["notes"] = found.warnings
+    return out, where, extra
+
+
+def _local_name() -> str:
+    """The local user name for ``%u`` and ``Match localuser``; "" if it cannot be told."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError, ImportError):
+        return ""
 
 
 def inventory_from_dict(
@@ -414,10 +598,12 @@ def inventory_from_dict(
     base_dir: str = ".",
     lines: Optional[Mapping[KeyPath, int]] = None,
     local_user: Optional[str] = None,
+    ssh_config: Optional[SshConfig] = None,
 ) -> Inventory:
     """Validate an inventory dict and resolve every host's settings.
 
-    Precedence: built-in < ``defaults`` < group < the entry's ``user@``/``:port``.
+    Precedence: built-in < ``ssh_config`` (OpenSSH's client config, already
+    read) < ``defaults`` < group < the entry's ``user@``/``:port``.
     ``key`` and ``known_hosts`` get ``~`` expanded and relative paths resolved
     against ``base_dir`` (the inventory file's directory). A host in two
     groups is one Host with the first group's settings. ``local_user``
@@ -425,19 +611,25 @@ def inventory_from_dict(
     InventoryError naming ``source`` and the closest line in ``lines`` (else
     the dotted key path).
     """
-    return _Builder(source, base_dir, lines or {}, local_user).build(data)
+    return _Builder(source, base_dir, lines or {}, local_user, ssh_config).build(data)
 
 
 class _Builder:
     """Walks the dict once, keeping what every error message needs."""
 
     def __init__(
-        self, source: str, base_dir: str, lines: Mapping[KeyPath, int], local_user: Optional[str]
+        self,
+        source: str,
+        base_dir: str,
+        lines: Mapping[KeyPath, int],
+        local_user: Optional[str],
+        ssh_config: Optional[SshConfig] = None,
     ):
         self.source = source
         self.base_dir = base_dir
         self.lines = lines
         self.local_user = local_user
+        self.ssh_config = ssh_config
 
     def error(self, msg: str, path: KeyPath) -> InventoryError:
         """An InventoryError at the closest known line of ``path``."""
@@ -456,14 +648,19 @@ class _Builder:
             )
         self.check_keys(data, TOP_KEYS, ())
         settings = self.builtin_settings()
+        origins: Dict[str, str] = {}
         defaults = data.get("defaults")
         if defaults is not None:
             if not isinstance(defaults, dict):
                 raise self.error(
                     f"defaults must be a mapping, not {_kind(defaults)}", ("defaults",)
                 )
-            self.check_keys(defaults, SETTINGS, ("defaults",))
-            settings.update(self.settings(defaults, ("defaults",)))
+            self.check_keys(defaults, DEFAULTS_KEYS, ("defaults",))
+            if "ssh_config" in defaults:
+                self.ssh_config_setting(defaults["ssh_config"], ("defaults", "ssh_config"))
+            own = self.settings(defaults, ("defaults",))
+            settings.update(own)
+            origins.update((k, f"inventory {self.source}:defaults") for k in own)
         if "groups" not in data:
             raise self.error("missing 'groups:' (each group lists its hosts)", ())
         groups = data["groups"]
@@ -485,7 +682,7 @@ class _Builder:
             ids: list[str] = []
             ids_seen: set[str] = set()
             members[name] = ids
-            for host in self.group_hosts(name, group, settings, path):
+            for host in self.group_hosts(name, group, settings, origins, path):
                 if host.id in ids_seen:
                     continue
                 ids_seen.add(host.id)
@@ -506,10 +703,17 @@ class _Builder:
             groups=MappingProxyType({g: tuple(ids) for g, ids in members.items()}),
             source=self.source,
             defaults=MappingProxyType(self.ad_hoc_settings(settings)),
+            default_origins=MappingProxyType(origins),
+            ssh_config=self.ssh_config,
         )
 
     def group_hosts(
-        self, name: str, group: object, inherited: dict[str, Any], path: KeyPath
+        self,
+        name: str,
+        group: object,
+        inherited: dict[str, Any],
+        inherited_origins: Dict[str, str],
+        path: KeyPath,
     ) -> list[Host]:
         if not isinstance(group, dict):
             raise self.error(
@@ -529,35 +733,51 @@ class _Builder:
         if "env" in own:  # a group's env: adds to the defaults' (and wins), never replaces them
             own["env"] = tuple(sorted({**dict(inherited["env"]), **dict(own["env"])}.items()))
         settings.update(own)
+        origins = dict(inherited_origins)
+        origins.update((k, f"inventory {self.source}:group {name}") for k in own)
         hosts = []
         for index, entry in enumerate(entries):
-            hosts.extend(self.entry_hosts(name, entry, settings, path + ("hosts", index)))
+            hosts.extend(self.entry_hosts(name, entry, settings, origins, path + ("hosts", index)))
         return hosts
 
     def entry_hosts(
-        self, group: str, entry: object, settings: dict[str, Any], path: KeyPath
+        self,
+        group: str,
+        entry: object,
+        settings: dict[str, Any],
+        inherited_origins: Dict[str, str],
+        path: KeyPath,
     ) -> list[Host]:
-        """Hosts of one ``[user@]pattern[:port]`` entry."""
+        """Hosts of one ``[user@]pattern[:port]`` entry, each resolved through ssh_config."""
         if not isinstance(entry, str):
             raise self.error(f"a host entry must be a string, not {_kind(entry)}", path)
         resolved = dict(settings)
+        origins = dict(inherited_origins)
         pattern = entry.strip()
         if "@" in pattern:
             user, _, pattern = pattern.partition("@")
             if not user:
                 raise self.error(f"empty user before '@' in host entry {entry!r}", path)
             resolved["user"] = self.user(user, path)
-        if pattern.count(":") == 1:  # more than one colon: an IPv6 address, no port
-            pattern, _, port = pattern.partition(":")
+            origins["user"] = f"inventory {self.source}:{entry.strip()}"
+        pattern, port = split_host_port(pattern)  # [v6addr]:port too
+        if port is not None:
             resolved["port"] = self.port(port, path, f"in host entry {entry!r}")
+            origins["port"] = f"inventory {self.source}:{entry.strip()}"
         if not pattern:
             raise self.error(f"no host name in host entry {entry!r}", path)
         try:
             names = expand(pattern)
         except HostRangeError as exc:
             raise self.error(exc.msg, path) from exc
-        self.require_user(resolved, path)
-        return [Host(name=n, groups=(group,), **host_fields(resolved)) for n in names]
+        hosts = []
+        for name in names:
+            own, _, extra = with_ssh_config(
+                name, resolved, origins, self.ssh_config, self.local_user
+            )
+            self.require_user(own, path)
+            hosts.append(Host(name=name, groups=(group,), **host_fields(own), **extra))
+        return hosts
 
     def settings(self, mapping: dict[Any, Any], path: KeyPath) -> dict[str, Any]:
         """Validated settings present in ``mapping`` (a defaults or group block)."""
@@ -611,6 +831,12 @@ class _Builder:
                 "cannot tell the local user name: set 'user:' under defaults", path
             ) from exc
         settings["user"] = self.local_user
+
+    def ssh_config_setting(self, value: object, path: KeyPath) -> None:
+        try:
+            ssh_config_setting(value)
+        except ValueError as exc:
+            raise self.error(str(exc), path) from None
 
     def check_keys(self, mapping: dict[Any, Any], allowed: tuple[str, ...], path: KeyPath) -> None:
         for key in mapping:
@@ -719,6 +945,18 @@ class _Builder:
                 f"connect_timeout must be a positive number of seconds, not {_kind(value)}", path
             )
         return float(value)
+
+
+def ssh_config_setting(value: object) -> Optional[str]:
+    """The inventory's ``ssh_config:``: a file path, None for ``false`` (read none),
+    ``""`` for ``true`` (ssh's own files). ValueError for anything else."""
+    if value is False:
+        return None
+    if value is True:
+        return ""
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ValueError(f"ssh_config must be a file path or false, not {_kind(value)}")
 
 
 def default_remote_dir(user: str) -> str:

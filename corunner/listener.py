@@ -408,7 +408,7 @@ class Listener:
             conn.talked = True
             del self._silent[conn.fd]
             self._talking[conn.fd] = conn
-        if hb.state == "exited":
+        if hb.final:
             try:
                 conn.sock.send(ack_line(seq))
             except OSError:

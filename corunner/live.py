@@ -58,7 +58,7 @@ REFRESH_PER_SECOND = 4
 RECENT_HOSTS = 256
 #: States whose arrival gets a line of its own (and one that stays on the screen at a
 #: terminal): what a reader must see, not routine progress. Leaving ``dead`` does too.
-NOTABLE = frozenset({State.DEAD, State.FAILED, State.UNREACHABLE, State.TIMEOUT})
+NOTABLE = frozenset({State.DEAD, State.FAILED, State.UNREACHABLE, State.TIMEOUT, State.STOPPED})
 #: Seconds between plain lines of counts while routine changes happen.
 PROGRESS_EVERY = 5.0
 #: Seconds after which a plain line of counts is printed even if nothing changed,
@@ -71,6 +71,7 @@ STYLE = {
     State.SUCCEEDED: "green",
     State.FAILED: "red",
     State.TIMEOUT: "yellow",
+    State.STOPPED: "yellow",
     State.DEAD: "bold red",
     State.UNREACHABLE: "magenta",
 }

@@ -24,6 +24,7 @@ class State(str, enum.Enum):
     FAILED = "failed"
     UNREACHABLE = "unreachable"
     TIMEOUT = "timeout"
+    STOPPED = "stopped"  # ended by ``stop``: not a failure of the program
 
     def __str__(self) -> str:
         return self.value
@@ -32,7 +33,7 @@ class State(str, enum.Enum):
 #: States in which a node's program may still be running and worth waiting for.
 LIVE = frozenset({State.PENDING, State.ALIVE})
 #: States a node never leaves (a dead node may still come back, so it is not here).
-FINAL = frozenset({State.SUCCEEDED, State.FAILED, State.UNREACHABLE, State.TIMEOUT})
+FINAL = frozenset({State.SUCCEEDED, State.FAILED, State.UNREACHABLE, State.TIMEOUT, State.STOPPED})
 
 
 @dataclass(frozen=True)
@@ -128,16 +129,20 @@ def exited(
     exit_code: Optional[int],
     signal: Optional[int],
     error: Optional[str] = None,
+    stopped: bool = False,
 ) -> Tuple[Node, List[Change]]:
-    """The program ended: succeeded with code 0, failed otherwise.
+    """The program ended: succeeded with code 0, failed otherwise, stopped if
+    ``stop`` ended it (whatever its code: the user asked for that end).
 
     ``error``: why it could not even start, when the node said so.
     """
     if node.state in FINAL:
         return node, []
     ok = exit_code == 0 and signal is None
-    new = State.SUCCEEDED if ok else State.FAILED
+    new = State.STOPPED if stopped else State.SUCCEEDED if ok else State.FAILED
     reason = f"exit {exit_code}" if signal is None else f"signal {signal}"
+    if stopped:
+        reason = f"stopped ({reason})"
     return _move(
         node,
         new,
@@ -233,8 +238,9 @@ class Fleet:
         exit_code: Optional[int],
         signal: Optional[int],
         error: Optional[str] = None,
+        stopped: bool = False,
     ) -> List[Change]:
-        return self.apply(host, exited(self.nodes[host], now, exit_code, signal, error))
+        return self.apply(host, exited(self.nodes[host], now, exit_code, signal, error, stopped))
 
     def lost(self, host: str, now: float, reason: str) -> List[Change]:
         return self.apply(host, lost(self.nodes[host], now, reason))

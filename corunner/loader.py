@@ -9,29 +9,41 @@ wins".
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
 
 import yaml
 from yaml.constructor import SafeConstructor
 
-from .errors import InventoryError
-from .inventory import Inventory, inventory_from_dict
+from . import sshconfig
+from .errors import InventoryError, UsageError
+from .inventory import Inventory, inventory_from_dict, ssh_config_setting
 
 ENV_VAR = "CORUNNER_INVENTORY"
 DEFAULT_PATH = "./hosts.yaml"
+#: Chooses the OpenSSH client config as ``--ssh-config`` does (a file, or ``none``).
+SSH_CONFIG_ENV = "CORUNNER_SSH_CONFIG"
+#: The word that switches ssh_config off (``ssh -F none``).
+NO_SSH_CONFIG = "none"
 
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-def load_inventory(path: Optional[str] = None, env: Mapping[str, str] = os.environ) -> Inventory:
+def load_inventory(
+    path: Optional[str] = None,
+    env: Mapping[str, str] = os.environ,
+    ssh_config: Optional[str] = None,
+) -> Inventory:
     """Load the inventory from ``path``, else ``$CORUNNER_INVENTORY``, else ``./hosts.yaml``.
 
     Relative ``key``/``known_hosts`` paths resolve against the file's
-    directory. Raises InventoryError for a missing or unreadable file, YAML
-    syntax errors and duplicate keys (with the line), and every validation
-    error of :func:`corunner.inventory.inventory_from_dict`.
+    directory. Hosts are resolved through the OpenSSH client config that
+    :func:`ssh_config_paths` chooses (``ssh_config``: the ``--ssh-config``
+    option). Raises InventoryError for a missing or unreadable file, YAML
+    syntax errors and duplicate keys (with the line), a bad ssh_config line,
+    and every validation error of :func:`corunner.inventory.inventory_from_dict`;
+    UsageError for an ``--ssh-config`` file that does not exist.
     """
     if path:
         chosen, origin = path, ""
@@ -42,7 +54,56 @@ def load_inventory(path: Optional[str] = None, env: Mapping[str, str] = os.envir
     text = _read(chosen, origin)
     data, lines = parse_yaml(text, chosen)
     base_dir = os.path.dirname(os.path.abspath(chosen))
-    return inventory_from_dict(data, source=chosen, base_dir=base_dir, lines=lines)
+    paths = ssh_config_paths(ssh_config, env, data, lines, chosen, base_dir)
+    config = sshconfig.load(paths) if paths else None
+    return inventory_from_dict(
+        data, source=chosen, base_dir=base_dir, lines=lines, ssh_config=config
+    )
+
+
+def ssh_config_paths(
+    option: Optional[str],
+    env: Mapping[str, str],
+    data: Any,
+    lines: Mapping[tuple, int],
+    source: str,
+    base_dir: str,
+) -> Tuple[str, ...]:
+    """The OpenSSH client config files to read, in order; () for none.
+
+    The first that says wins: ``--ssh-config FILE|none``, then
+    ``$CORUNNER_SSH_CONFIG``, then the inventory's ``defaults: ssh_config:``
+    (a file relative to the inventory, or false), then ssh's own
+    ``~/.ssh/config`` and ``/etc/ssh/ssh_config`` (either may be missing). A
+    file named explicitly is read alone (as ``ssh -F``) and must exist.
+    """
+    for value, origin in ((option, "--ssh-config"), (env.get(SSH_CONFIG_ENV), SSH_CONFIG_ENV)):
+        if value is None or not value.strip():
+            continue
+        if value.strip().lower() == NO_SSH_CONFIG:
+            return ()
+        path = os.path.expanduser(value.strip())
+        if not os.path.isfile(path):
+            raise UsageError(
+                f"no ssh_config file at {value} (from {origin}); name a file, or {NO_SSH_CONFIG}"
+            )
+        return (path,)
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    if isinstance(defaults, dict) and "ssh_config" in defaults:
+        line = lines.get(("defaults", "ssh_config"))
+        where = f"line {line}" if line else "defaults.ssh_config"
+        try:
+            chosen = ssh_config_setting(defaults["ssh_config"])
+        except ValueError as exc:
+            raise InventoryError(str(exc), source, where) from None
+        if chosen is None:
+            return ()
+        if chosen:
+            path = os.path.join(base_dir, os.path.expanduser(chosen))
+            if not os.path.isfile(path):
+                raise InventoryError(f"ssh_config: no file at {path}", source, where)
+            return (os.path.normpath(path),)
+    return (sshconfig.USER_CONFIG, sshconfig.SYSTEM_CONFIG)
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:

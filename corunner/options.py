@@ -28,6 +28,7 @@ from invoke import task as invoke_task
 from invoke.exceptions import ParseError
 from invoke.parser import Argument, ParserContext
 
+from . import debuglog
 from .errors import EXIT_USAGE
 
 
@@ -47,6 +48,7 @@ FLAGS = (
     Flag("x", "exclude", "hosts to leave out, in the same syntax (as clush -x)"),
     Flag("I", "inventory", "the inventory file"),
     Flag("p", "parallel", "hosts worked on at once"),
+    Flag("F", "ssh-config", "the OpenSSH client config to read, or none (as ssh -F)"),
     Flag("j", "json", "one JSON document on stdout"),
     Flag("c", "cmd", "run: the command line to run"),
     Flag("a", "args", "run: the arguments of --script"),
@@ -96,7 +98,16 @@ class TableTask(Task[Any]):
             opts["names"].append(short)
         return opts
 
+    def get_arguments(self, ignore_unknown_help: Optional[bool] = None) -> List[Argument]:
+        """The task's own options, and ``--debug`` for every task."""
+        args = super().get_arguments(ignore_unknown_help)
+        if "debug" not in inspect.signature(self.body).parameters:
+            args.append(Argument(names=("debug",), kind=bool, default=False, help=DEBUG_HELP))
+        return args
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.pop("debug", False) and "debug" not in inspect.signature(self.body).parameters:
+            debuglog.enable()
         context = args[0] if args else None
         if isinstance(context, Context) and context.config.run.dry:
             if "dry" not in inspect.signature(self.body).parameters:
@@ -106,6 +117,12 @@ class TableTask(Task[Any]):
                 )
             kwargs["dry"] = True
         return super().__call__(*args, **kwargs)
+
+
+DEBUG_HELP = (
+    "show Paramiko's, Invoke's and corunner's log on stderr, and keep it in the run's "
+    "record directory (debug.log)"
+)
 
 
 #: ``@task`` and ``@task(help=...)`` as Invoke's, made into :class:`TableTask`.

@@ -91,8 +91,10 @@ class Plan:
 def ssh_settings(host: Host) -> str:
     """``user root, port 22, key K, known_hosts F, ...``: what the connection would use."""
     key = host.key or "the SSH agent and ~/.ssh/id_*"
+    via = f"address {host.address}, " if host.address != host.name else ""
+    via += f"jump {','.join(host.jump)}, " if host.jump else ""
     return (
-        f"user {host.user}, port {host.port}, key {key}, known_hosts {host.known_hosts}, "
+        f"{via}user {host.user}, port {host.port}, key {key}, known_hosts {host.known_hosts}, "
         f"connect_timeout {host.connect_timeout:g}s, python {host.python}, "
         f"remote_dir {host.remote_dir}"
     )

@@ -41,7 +41,13 @@ exec head -c "$3" -- "$f"
 Done = Optional[Callable[[Outcome], None]]
 
 #: What a node's status.json says, in the controller's words.
-NODE_STATES = {"running": "alive", "lost": "dead", "missing": "missing", "error": "failed"}
+NODE_STATES = {
+    "running": "alive",
+    "lost": "dead",
+    "missing": "missing",
+    "error": "failed",
+    "stopped": "stopped",  # stop ended it, and no executor was left to record how
+}
 
 
 @dataclass(frozen=True)
@@ -60,9 +66,19 @@ class NodeStatus:
         if raw == "exited":
             ok = probe.get("exit_code") == 0 and probe.get("signal") is None
             state = State.SUCCEEDED.value if ok else State.FAILED.value
+            if probe.get("stopped"):
+                state = State.STOPPED.value
         else:
             state = NODE_STATES.get(raw, raw)
         return cls(host, state, probe.get("exit_code"), probe.get("signal"), probe)
+
+    @property
+    def seconds(self) -> Optional[float]:
+        """The run time by the node's own clock (its start and end times), if it ended."""
+        began, ended = self.detail.get("started_at"), self.detail.get("ended_at")
+        if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (began, ended)):
+            return None
+        return round(max(0.0, float(ended) - float(began)), 3)  # type: ignore[arg-type]
 
 
 def record_hosts(
@@ -122,7 +138,7 @@ def _ask(run_id: str, verb: str, marker: str) -> Callable[[Any, Host], Dict[str,
 
 #: Recorded states that are outcomes: what a node says later never replaces
 #: them with less (a node whose status.json could not be finished says "dead").
-OUTCOMES = frozenset({State.SUCCEEDED.value, State.FAILED.value})
+OUTCOMES = frozenset({State.SUCCEEDED.value, State.FAILED.value, State.STOPPED.value})
 
 
 def replaces(recorded: Optional[str], told: str) -> bool:
@@ -159,6 +175,9 @@ def refresh(
             status = NodeStatus.from_probe(host_id, outcome.value)
             if replaces(entry.get("state"), status.state):
                 entry.update(state=status.state, exit_code=status.exit_code, signal=status.signal)
+                took = status.seconds
+                if took is not None:
+                    entry["seconds"] = took
             entry["node"] = status.detail
             entry.pop("refresh_error", None)
     record.save(data)

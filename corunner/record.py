@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import time
-from typing import IO, Any, Dict, Optional
+from typing import IO, Any, Dict, Iterable, List, Mapping, Optional
 
 from .errors import RecordError
 from .report import RunOutcomes
@@ -90,6 +90,54 @@ class RunRecord:
         except (OSError, json.JSONDecodeError) as exc:
             raise RecordError(f"{self.path}: unreadable run record ({exc})") from exc
 
+    def load_current(self) -> Dict[str, Any]:
+        """``run.json``, and for a run not finished (still going, or its controller
+        died) each host's latest state from the event log: run.json is written at
+        the start and the end only, events.jsonl at every change."""
+        data = self.load()
+        if not data.get("finished"):
+            with_events(data, self.read_events())
+        return data
+
+    def read_events(self) -> List[Dict[str, Any]]:
+        """The event log's entries; a line cut short by a crash is skipped."""
+        try:
+            with open(self.events_path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return []
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+
+def with_events(data: Dict[str, Any], events: Iterable[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Each host's latest state and reason from ``events`` into ``data`` (a run record).
+
+    An event older than what ``status --refresh`` last heard from the node is
+    not applied: the node's own word is fresher.
+    """
+    hosts = data.setdefault("hosts", {})
+    for event in events:
+        entry = hosts.get(event.get("host"))
+        state = event.get("new")
+        if not isinstance(entry, dict) or not isinstance(state, str):
+            continue
+        at = event.get("at")
+        heard = entry.get("refreshed_at")
+        if isinstance(heard, (int, float)) and isinstance(at, (int, float)) and at <= heard:
+            continue
+        entry["state"] = state
+        if event.get("reason"):
+            entry["reason"] = event["reason"]
+    return data
+
 
 def find_run(
     run_id: Optional[str], root: Optional[str] = None, command: str = "corunner"
@@ -121,4 +169,4 @@ def run_outcomes(run_id: Optional[str], root: Optional[str] = None) -> RunOutcom
 
     Raises RecordError when there is no such run or its record is unreadable.
     """
-    return RunOutcomes.from_record(find_run(run_id, root).load())
+    return RunOutcomes.from_record(find_run(run_id, root).load_current())

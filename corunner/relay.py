@@ -328,7 +328,7 @@ def push(
         try:
             conn = remote.connect(host, accept_new_host_keys)
             with remote.translated(host, conn):
-                address = conn.client.get_transport().getpeername()[0]
+                address = _reached_at(host, conn)
                 command = remote.sh(RELAY_SCRIPT, host.python).followed_by(boot)
                 chan = remote.open_command(conn, host, command, timeout=1.0)
                 node = _Node(host, conn, chan, address, began=began)
@@ -362,6 +362,18 @@ def push(
                 )
                 end(node.host, None, why, node.began)
     return {h.id: outcomes[h.id] for h in hosts}
+
+
+def _reached_at(host: Host, conn: fabric.Connection) -> str:
+    """The address the node was reached on: its relay listens there, peers connect there.
+
+    Through a jump host or a ProxyCommand the socket's peer is not the node,
+    so the host's own address (resolved on the node and by its peers) is taken.
+    """
+    if host.jump or host.proxy_command:
+        return host.address
+    peer: str = conn.client.get_transport().getpeername()[0]
+    return peer
 
 
 def _node_code() -> Tuple[str, bytes]:

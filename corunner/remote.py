@@ -22,6 +22,7 @@ while the user's shell is still busy. A host that answers nothing for
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -47,9 +48,9 @@ from typing import (
 import fabric
 import paramiko
 
-from . import hostkeys
+from . import hostkeys, keys
 from .errors import AuthError, ConnectError, RemoteError, StalledError
-from .inventory import Host
+from .inventory import DEFAULT_ALIVE_COUNT_MAX, DEFAULT_ALIVE_INTERVAL, DEFAULT_ORIGIN, Host
 
 T = TypeVar("T")
 
@@ -59,11 +60,11 @@ CHUNK = 1 << 18
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr")
 
 #: Seconds between keepalive requests on a connection that has heard nothing
-#: (OpenSSH's ServerAliveInterval) ...
-ALIVE_INTERVAL = 5.0
+#: (OpenSSH's ServerAliveInterval; a host's ssh_config may set its own) ...
+ALIVE_INTERVAL = DEFAULT_ALIVE_INTERVAL
 #: ... and how many may go unanswered before the host is given up
 #: (ServerAliveCountMax, whose default is also 3).
-ALIVE_COUNT_MAX = 3
+ALIVE_COUNT_MAX = DEFAULT_ALIVE_COUNT_MAX
 #: Seconds of total silence after which a connected host is hung: it is
 #: reported at the next keepalive after that, so within ALIVE_LIMIT + ALIVE_INTERVAL.
 ALIVE_LIMIT = ALIVE_INTERVAL * ALIVE_COUNT_MAX
@@ -72,6 +73,8 @@ ALIVE_LIMIT = ALIVE_INTERVAL * ALIVE_COUNT_MAX
 # handler configured, Python's last-resort handler would print it at the user.
 # Each failure reaches the user once, as corunner's own one-line message.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+#: corunner's own log of what went wrong before it became one line (``--debug``).
+log = logging.getLogger("corunner.remote")
 
 
 class Stalled(socket.timeout):
@@ -96,8 +99,15 @@ class HealthTransport(paramiko.Transport):
     transport's own: nothing here grows with the fleet.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        alive_interval: float = ALIVE_INTERVAL,
+        alive_count_max: int = ALIVE_COUNT_MAX,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.alive_limit = alive_interval * alive_count_max
         self.last_heard = time.monotonic()
         self.unanswered: Optional[Unanswered] = None
         read = self.packetizer.read_message
@@ -108,12 +118,12 @@ class HealthTransport(paramiko.Transport):
             return message
 
         self.packetizer.read_message = read_message
-        self.packetizer.set_keepalive(ALIVE_INTERVAL, self._keepalive)
+        self.packetizer.set_keepalive(alive_interval, self._keepalive)
 
     def _keepalive(self) -> None:
-        """Called by the transport's own thread after ALIVE_INTERVAL without a write."""
+        """Called by the transport's own thread after the alive interval without a write."""
         silent = time.monotonic() - self.last_heard
-        if silent >= ALIVE_LIMIT:
+        if silent >= self.alive_limit:
             self.unanswered = Unanswered(f"no answer to keepalives for {silent:.0f}s")
             raise self.unanswered  # ends the transport; its channels raise it
         # Never wait here behind a writer or a key exchange: this thread reads for them.
@@ -170,6 +180,7 @@ def translated(host: Host, conn: Optional[fabric.Connection] = None) -> Iterator
     except (Unanswered, Stalled) as exc:
         raise StalledError(who, f"stalled: {exc} (host hung or overloaded)") from exc
     except (paramiko.SSHException, EOFError, OSError) as exc:
+        log.debug("%s: %s", who, exc, exc_info=True)
         verdict = unanswered(conn)
         if verdict is not None:
             raise StalledError(who, f"stalled: {verdict} (host hung or overloaded)") from exc
@@ -217,14 +228,27 @@ def _raise_translated(host: Host, error: BaseException) -> None:
 
 
 def connect(host: Host, accept_new_host_keys: bool = False) -> fabric.Connection:
-    """Open an SSH connection whose host key is checked against ``host.known_hosts``."""
-    conn = connection(host, accept_new_host_keys)
-    if host.key and not os.path.exists(host.key):
+    """Open an SSH connection whose host key is checked against ``host.known_hosts``.
+
+    With ``key:`` set, the key signs as ``ssh -i`` has it sign: ssh-agent's
+    copy when the agent holds it (see :mod:`corunner.keys`).
+    """
+    if host.jump or host.proxy_command is not None:
+        # Never dial the target directly behind the user's back.
+        setting = "ProxyJump " + ",".join(host.jump) if host.jump else "ProxyCommand"
+        where = host.origin("jump" if host.jump else "proxy_command")
+        raise ConnectError(host.id, f"{setting} ({where}) is not supported yet")
+    if host.key and not os.path.exists(host.key) and not _key_from_ssh_config(host):
         raise AuthError(
             host.id, f"key file {host.key} does not exist (check key: in the inventory)"
         )
-    with translated(host):
-        conn.open()
+    conn, agent = _connection(host, accept_new_host_keys)
+    try:
+        with translated(host):
+            conn.open()
+    finally:
+        if agent is not None:
+            agent.close()  # it signed during the login, if at all; nothing after
     return conn
 
 
@@ -233,39 +257,78 @@ def connection(host: Host, accept_new_host_keys: bool = False) -> fabric.Connect
 
     Safe to call from many threads at once: each gets a config of its own.
     """
-    key_given = bool(host.key)
-    known = hostkeys.default_paths([host.known_hosts] if host.known_hosts else [])
+    return _connection(host, accept_new_host_keys)[0]
+
+
+def _connection(
+    host: Host, accept_new_host_keys: bool
+) -> Tuple[fabric.Connection, Optional[paramiko.Agent]]:
+    """:func:`connection`, and the ssh-agent connection whose key will sign, if any."""
+    files = _key_files(host)
+    key_given = bool(files)
+    agent: Optional[paramiko.Agent] = None
+    # No key: no key_filename at all (Fabric cannot merge a None into its key list).
+    identity: Dict[str, Any] = {}
+    if len(files) == 1 and os.path.exists(files[0]):
+        identity, agent = keys.identity(host.id, files[0])
+    elif files:
+        identity = {"key_filename": files}
+    known = host.known_hosts_files + (
+        hostkeys.default_paths(())
+        if host.global_known_hosts_files is None
+        else host.global_known_hosts_files
+    )
     conn = fabric.Connection(
-        host.name,
+        host.address,
         user=host.user,
         port=host.port,
         config=_fresh_config(),
         connect_kwargs={
-            # No key: no key_filename at all (Fabric cannot merge a None into its key list).
-            **({"key_filename": host.key} if key_given else {}),
+            **identity,
             "look_for_keys": not key_given,
-            "allow_agent": not key_given,
+            "allow_agent": not key_given and not host.identities_only,
             "timeout": host.connect_timeout,
             "banner_timeout": host.connect_timeout,
             "auth_timeout": host.connect_timeout,
             "channel_timeout": host.connect_timeout,
-            "transport_factory": HealthTransport,
-            **_host_key_algorithms(hostkeys.known_hosts_for(known).key_types(host.name, host.port)),
+            "transport_factory": functools.partial(
+                HealthTransport,
+                alive_interval=host.alive_interval,
+                alive_count_max=host.alive_count_max,
+            ),
+            **_host_key_algorithms(
+                hostkeys.known_hosts_for(known).key_types(host.address, host.port)
+            ),
         },
     )
     # Paramiko's own store stays empty, so every key goes to the policy, which
     # checks it against the files parsed once per process (corunner.hostkeys).
+    # Keys are known under the address connected to, as ssh knows them under HostName.
     conn.client.set_missing_host_key_policy(
         hostkeys.HostKeyPolicy(
             host.id,
-            host.name,
+            host.address,
             host.port,
             known,
-            accept_new=accept_new_host_keys and bool(host.known_hosts),
+            accept_new=accept_new_host_keys or host.strict_host_keys in ("accept-new", "no"),
             write_path=host.known_hosts,
+            hash_names=host.hash_known_hosts,
         )
     )
-    return conn
+    return conn, agent
+
+
+def _key_files(host: Host) -> List[str]:
+    """The key files to offer: the inventory's ``key:`` as it is (a missing one is an
+    error), ssh_config's IdentityFiles those that exist (ssh skips the others)."""
+    if host.key and not _key_from_ssh_config(host):
+        return [host.key]
+    return [k for k in (host.key, *host.extra_keys) if k and os.path.exists(k)]
+
+
+def _key_from_ssh_config(host: Host) -> bool:
+    origin = host.origin("key")
+    return origin != DEFAULT_ORIGIN and not origin.startswith("inventory ")
 
 
 def _host_key_algorithms(known_types: Sequence[str]) -> Dict[str, Any]:
@@ -524,10 +587,18 @@ def open_command(
     return _session(conn, host, timeout, lambda chan: chan.exec_command(command.line))
 
 
+class SFTPBroken(Exception):
+    """The node's SFTP server started but its handshake failed: the cause, in one line."""
+
+
 def open_sftp(conn: fabric.Connection, host: Host) -> Optional[paramiko.SFTPClient]:
     """An SFTP session on ``conn``, or None if the node has no SFTP subsystem.
 
-    Callers then use a command instead. A node that stops answering raises
+    Callers then use a command instead. An external ``sftp-server`` is
+    started through the user's login shell, so a start-up file that prints
+    on stdout breaks the handshake (Paramiko: "Garbage packet received"):
+    that raises :class:`SFTPBroken` with the cause, for the caller to say
+    and go the command's way. A node that stops answering raises
     :class:`Unanswered` (through the transport's keepalives).
     """
     try:
@@ -535,7 +606,15 @@ def open_sftp(conn: fabric.Connection, host: Host) -> Optional[paramiko.SFTPClie
     except (paramiko.SSHException, OSError, EOFError):
         raise_if_hung(conn)
         return None
-    return paramiko.SFTPClient(chan)
+    try:
+        return paramiko.SFTPClient(chan)
+    except (paramiko.SFTPError, paramiko.SSHException, OSError, EOFError) as exc:
+        chan.close()
+        raise_if_hung(conn)
+        why = str(exc) or type(exc).__name__
+        if "Garbage packet" in why:
+            why += " (does a start-up file of the login shell print to stdout?)"
+        raise SFTPBroken(f"SFTP failed: {why}") from exc
 
 
 def _session(

@@ -25,7 +25,7 @@ from typing import (
 
 from .errors import StalledError, TransferError
 from .hostrange import fold, split_patterns
-from .inventory import Host
+from .inventory import DEFAULT_ORIGIN, SHOWN_ORIGINS, Host
 from .liveness import Change, State
 from .outputs import OutputGroup, groups_json
 from .report import RunReport, group_by_state
@@ -38,6 +38,7 @@ STATE_ORDER = [
     State.SUCCEEDED,
     State.PENDING,
     State.ALIVE,
+    State.STOPPED,
     State.FAILED,
     State.TIMEOUT,
     State.DEAD,
@@ -331,14 +332,56 @@ def hosts_document(source: str, hosts: Sequence[Host]) -> Dict[str, Any]:
             {
                 "id": h.id,
                 "name": h.name,
+                "address": h.address,
                 "user": h.user,
                 "port": h.port,
+                "key": h.key,
+                "jump": list(h.jump),
+                "proxy_command": h.proxy_command,
                 "groups": list(h.groups),
                 "remote_dir": h.remote_dir,
+                "origins": {s: h.origin(s) for s in _origins_shown(h)},
+                "warnings": list(h.notes),
             }
             for h in hosts
         ],
     }
+
+
+def _origins_shown(host: Host) -> Tuple[str, ...]:
+    extra = ("proxy_command",) if host.proxy_command is not None else ()
+    return SHOWN_ORIGINS + extra
+
+
+def _origin_text(host: Host, setting: str) -> str:
+    origin = host.origin(setting)
+    if origin == DEFAULT_ORIGIN:
+        return {"address": "the name", "jump": "none", "key": "default (agent, ~/.ssh/id_*)"}.get(
+            setting, origin
+        )
+    return origin
+
+
+def jump_text(host: Host) -> str:
+    """The jump chain as ``inv hosts`` shows it: ``a,b``, ``ProxyCommand``, or ``-``."""
+    if host.jump:
+        return ",".join(host.jump)
+    return "ProxyCommand" if host.proxy_command is not None else "-"
+
+
+def hosts_table(hosts: Sequence[Host]) -> List[str]:
+    """``inv hosts``: a row per host with what a connection really uses, then where
+    each setting came from, one line per set of hosts that share the origins."""
+    rows = [(h.id, h.address, h.user, str(h.port), jump_text(h), ",".join(h.groups)) for h in hosts]
+    lines = table(rows, ("HOST", "ADDRESS", "USER", "PORT", "JUMP", "GROUPS"))
+    origins: Dict[str, List[str]] = {}
+    for h in hosts:
+        said = "; ".join(f"{s} {_origin_text(h, s)}" for s in _origins_shown(h))
+        origins.setdefault(said, []).append(h.id)
+    if hosts:
+        lines.append("where the settings come from:")
+        lines += [f"  {fold(ids)}: {said}" for said, ids in origins.items()]
+    return lines
 
 
 def _error(outcome: Outcome) -> Optional[str]:

@@ -73,6 +73,7 @@ OUTCOME_SELECTORS: Dict[str, Optional[FrozenSet[str]]] = {
     "dead": frozenset({State.DEAD.value}),
     "timeout": frozenset({State.TIMEOUT.value}),
     "stalled": frozenset({"stalled"}),
+    "stopped": frozenset({State.STOPPED.value}),
     "not-succeeded": None,
 }
 

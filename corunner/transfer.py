@@ -16,7 +16,8 @@ Destination rules (documented in README.md):
 * pull ``SRC`` into local ``DEST`` (always a directory): with ``divide``,
   each host's copy lands in ``DEST/<host>/<name>``; without, in
   ``DEST/<name>.<host>`` (as ``clush --rcopy`` does), so copies from different
-  hosts never overwrite each other.
+  hosts never overwrite each other. ``<host>`` is :attr:`Host.local_name`: the
+  host id with each ``:`` made ``+``.
 """
 
 from __future__ import annotations
@@ -145,12 +146,27 @@ def build_archive(src: str, workdir: str) -> Archive:
     return Archive(src, workdir)
 
 
-def push(conn: fabric.Connection, host: Host, archive: Archive, dest: str) -> None:
+@dataclass
+class Pushed:
+    """What one push has to say: notes, such as an SFTP that failed and was replaced by tar."""
+
+    notes: List[str] = field(default_factory=list)
+
+
+def _failed_before(sftp_failure: Optional[str]) -> str:
+    """The SFTP failure that sent a copy the tar way, for a tar path's own error."""
+    return f" (after {sftp_failure})" if sftp_failure else ""
+
+
+def push(conn: fabric.Connection, host: Host, archive: Archive, dest: str) -> Pushed:
     """Copy the archive's file or tree to ``dest`` on one node (rules above)."""
-    if archive.file is not None and _push_regular_file(
-        conn, host, archive.file, archive.name, dest
-    ):
-        return
+    sftp_failure: Optional[str] = None
+    if archive.file is not None:
+        try:
+            if _push_regular_file(conn, host, archive.file, archive.name, dest):
+                return Pushed()
+        except remote.SFTPBroken as exc:
+            sftp_failure = str(exc)
     try:
         need_kib = str(os.path.getsize(archive.path) // 1024 + 1)
     except OSError as exc:  # building the tar here, on first need: say so for this host
@@ -159,7 +175,10 @@ def push(conn: fabric.Connection, host: Host, archive: Archive, dest: str) -> No
         conn, host, remote.sh(PUSH_SCRIPT, dest, archive.name, need_kib), stdin=archive.chunks()
     )
     if done.status != 0 or b"CORUNNER-OK" not in done.stdout:
-        raise TransferError(host.id, f"copy to {dest} failed: {done.error_line()}")
+        raise TransferError(
+            host.id, f"copy to {dest} failed: {done.error_line()}{_failed_before(sftp_failure)}"
+        )
+    return Pushed([f"{sftp_failure}; copied with tar instead"] if sftp_failure else [])
 
 
 def _push_regular_file(conn: fabric.Connection, host: Host, src: str, name: str, dest: str) -> bool:
@@ -183,8 +202,8 @@ def _push_regular_file(conn: fabric.Connection, host: Host, src: str, name: str,
             try:
                 _sftp_write(sftp, src, tmp)
                 sftp.posix_rename(tmp, target)
-            except (OSError, paramiko.SSHException):
-                with contextlib.suppress(OSError, paramiko.SSHException):
+            except (OSError, paramiko.SSHException, paramiko.SFTPError):
+                with contextlib.suppress(OSError, paramiko.SSHException, paramiko.SFTPError):
                     sftp.remove(tmp)
                 return False
             return True
@@ -198,7 +217,7 @@ def _sftp_target(sftp: paramiko.SFTPClient, dest: str, name: str) -> Optional[st
     def kind(path: str, follow: bool = True) -> Optional[int]:
         try:
             return stat.S_IFMT((sftp.stat(path) if follow else sftp.lstat(path)).st_mode or 0)
-        except OSError:
+        except (OSError, paramiko.SFTPError):
             return None
 
     dest_kind = kind(dest)
@@ -245,6 +264,7 @@ class Pulled:
     files: int = 0
     bytes: int = 0
     skipped: List[str] = field(default_factory=list)  # unsafe members refused, with why
+    notes: List[str] = field(default_factory=list)  # e.g. an SFTP that failed, replaced by tar
 
 
 def pull(
@@ -264,12 +284,16 @@ def pull(
     replaces the name of ``src`` in ``dest/<name>.<host>``.
     """
     if divide:
-        into, rename = os.path.join(dest, host.id), ("." if contents else None)
+        into, rename = os.path.join(dest, host.local_name), ("." if contents else None)
     else:
         base = name or os.path.basename(src.rstrip("/")) or "root"
-        into, rename = dest, f"{base}.{host.id}"
+        into, rename = dest, f"{base}.{host.local_name}"
     os.makedirs(into, exist_ok=True)
-    single = _pull_regular_file(conn, host, src, into, rename)
+    sftp_failure: Optional[str] = None
+    try:
+        single = _pull_regular_file(conn, host, src, into, rename)
+    except remote.SFTPBroken as exc:
+        single, sftp_failure = None, str(exc)
     if single is not None:
         return single
     if not hasattr(tarfile, "data_filter"):  # 3.10 before 3.10.12, 3.11 before 3.11.4
@@ -287,7 +311,11 @@ def pull(
 
     pulled, done = remote.stream_from(conn, host, command, MARKER, consume)
     if done.status != 0 or pulled is None:
-        raise TransferError(host.id, f"copy of {src} failed: {done.error_line()}")
+        raise TransferError(
+            host.id, f"copy of {src} failed: {done.error_line()}{_failed_before(sftp_failure)}"
+        )
+    if sftp_failure:
+        pulled.notes.append(f"{sftp_failure}; copied with tar instead")
     return pulled
 
 
@@ -306,7 +334,7 @@ def _pull_regular_file(
         try:
             try:
                 attrs = sftp.lstat(src)
-            except OSError:
+            except (OSError, paramiko.SFTPError):
                 return None  # missing or unreadable: the tar path names the cause
             if not stat.S_ISREG(attrs.st_mode or 0):
                 return None
@@ -318,7 +346,7 @@ def _pull_regular_file(
                     sftp.getfo(src, f, prefetch=True)
                 os.chmod(tmp, (attrs.st_mode or 0o644) & 0o755)  # as tar's data filter does
                 os.replace(tmp, target)
-            except (OSError, EOFError, paramiko.SSHException) as exc:
+            except (OSError, EOFError, paramiko.SSHException, paramiko.SFTPError) as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 remote.raise_if_hung(conn)  # the host stopped answering: stalled

@@ -28,6 +28,11 @@ from corunner.testing.lab import Lab
 
 __all__ = ["wait_until"]
 
+#: The suite never reads the developer's own ~/.ssh/config or /etc/ssh/ssh_config
+#: (set before any test, so every corunner subprocess inherits it); a test that
+#: gives its own file passes --ssh-config FILE or sets the variable itself.
+os.environ["CORUNNER_SSH_CONFIG"] = "none"
+
 CLUSTER_DIR = Path(__file__).parent / "cluster"
 #: Held by the test session that owns the lab addresses: concurrent sessions
 #: on one machine (other checkouts, other engineers) queue here instead of failing.

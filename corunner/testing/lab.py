@@ -208,6 +208,55 @@ class Lab:
                 self.kill(new.index)  # a node half up would confuse the next test
                 raise
 
+    def extra_node(
+        self,
+        index: int,
+        address: str,
+        port: int,
+        sftp_server: str = "internal-sftp",
+        timeout: float = 30.0,
+    ) -> Node:
+        """Start one more node, not in :attr:`nodes`: sshd on ``address``:``port``.
+
+        For hosts the usual nodes cannot be: an IPv6 address (``::1``) with a
+        port of its own, or an external ``sftp_server``
+        (``/usr/lib/openssh/sftp-server``, which sshd starts through the
+        user's login shell, so a start-up file's output reaches the SFTP
+        stream). Its key is added to :attr:`known_hosts` as ``[address]:port``.
+        Stop it with :meth:`stop_extra`; :func:`down` stops it too. Raises
+        LabError if it gives no SSH banner within ``timeout`` seconds.
+        """
+        listen = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        with _locked(self.state_dir):
+            directory = _node_dir(self.state_dir, index)
+            directory.mkdir(parents=True, exist_ok=True)
+            host_key = directory / "ssh_host_ed25519_key"
+            _ensure_keys([(host_key, _hostname(index))])
+            text = _sshd_config_text(index, _sshd_version(), listen, sftp_server)
+            _write_text(directory / "sshd_config", text)
+            node = Node(index, address, _hostname(index), _spawn(self.state_dir, index))
+        kind, blob = host_key.with_suffix(".pub").read_text().split()[:2]
+        with open(self.known_hosts, "a") as f:
+            f.write(f"[{address}]:{port} {kind} {blob}\n")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                read_banner(address, port=port)
+                return node
+            except OSError as exc:
+                if time.monotonic() > deadline or _exited(node.pid, self.state_dir):
+                    self.stop_extra(node)
+                    raise LabError(
+                        f"extra node {listen} did not start ({exc}): "
+                        f"{_log_tail(self.state_dir, index)}"
+                    ) from exc
+                time.sleep(0.05)
+
+    def stop_extra(self, node: Node) -> None:
+        """Kill a node started by :meth:`extra_node`."""
+        if _is_ours(node.pid, self.state_dir):
+            _kill_and_wait([node.pid])
+
     def is_running(self, i: Union[int, str]) -> bool:
         """Whether the node's processes are alive (frozen counts as running)."""
         return _is_ours(self.node(i).pid, self.state_dir)
@@ -485,11 +534,16 @@ def _ssh_config_text(state_dir: Path, indices: List[int]) -> str:
     )
 
 
-def _sshd_config_text(i: int, version: Tuple[int, int]) -> str:
+def _sshd_config_text(
+    i: int,
+    version: Tuple[int, int],
+    listen: Optional[str] = None,
+    sftp_server: str = "internal-sftp",
+) -> str:
     inside = NODE_VIEW / "nodes" / _hostname(i)
     lines = [
         f"# written by corunner.lab for {_hostname(i)}; paths as the node sees them",
-        f"ListenAddress {node_address(i)}:{PORT}",
+        f"ListenAddress {listen or f'{node_address(i)}:{PORT}'}",
         f"HostKey {inside / 'ssh_host_ed25519_key'}",
         f"AuthorizedKeysFile {NODE_VIEW / 'id_ed25519.pub'}",
         "PermitRootLogin prohibit-password",
@@ -510,7 +564,7 @@ def _sshd_config_text(i: int, version: Tuple[int, int]) -> str:
         "MaxSessions 50",
         # No zlib state (~300 KiB per connection) even if a client asks for it.
         "Compression no",
-        "Subsystem sftp internal-sftp",
+        f"Subsystem sftp {sftp_server}",
         "PidFile none",
         "LogLevel INFO",  # a line per login: tests read it to prove that --dry logs in nowhere
         "PrintMotd no",

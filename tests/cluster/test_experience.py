@@ -23,11 +23,13 @@ from typing import Dict, List, Tuple
 
 import pytest
 import yaml
+from conftest import Cli
 from helpers import wait_until
 
 import corunner
 from corunner.errors import EXIT_FAILED, EXIT_LOST, EXIT_OK
 from corunner.hostrange import fold
+from corunner.testing import lab as lab_module
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -211,38 +213,57 @@ def test_long_output_is_cut_at_the_end_of_a_run_whole_in_status_and_quiet_prints
     assert done.returncode == EXIT_OK and done.stdout.count("\nsame\n") == 1
 
 
-def test_off_a_terminal_a_failed_and_a_dead_node_stand_out_in_a_short_output(healthy_lab, cli):
-    """All 8 nodes, one exits 3 and one is killed mid-run: off a terminal the
-    output is short (no line per routine change, no table of successes) and
-    both bad hosts appear with their cause."""
-    lab = healthy_lab
-    failing, victim = lab.nodes[2], lab.nodes[5]  # CORUNNER_NODE_INDEX 2: inventory order
-    cmd = 'sleep 3; [ "$CORUNNER_NODE_INDEX" != 2 ] || exit 3'
+#: Where the 32-node lab of the output-at-scale test lives: 127.0.6.1-32, clear of
+#: the session lab (127.0.1.101-108), a user's own lab (127.0.1.1 and up) and the
+#: benchmark's (index 255 and up, 1,000 nodes: 127.0.2.1-127.0.5.238).
+WIDE_FIRST = 5 * 254 + 1
+WIDE_NODES = 32
+
+
+@pytest.fixture(scope="module")
+def wide_lab(lab, tmp_path_factory):
+    """A lab of 32 nodes for this module's scale test, beside the session's (whose lock it rides on)."""
+    state_dir = tmp_path_factory.mktemp("wide-lab")
+    try:
+        yield lab_module.up(WIDE_NODES, state_dir, first=WIDE_FIRST, ephemeral=True)
+    finally:
+        lab_module.down(state_dir)
+
+
+def test_off_a_terminal_a_failed_and_a_killed_node_stand_out_among_32(wide_lab, tmp_path):
+    """32 nodes, one exits 3 and one is killed mid-run: off a terminal the
+    output has fewer lines than nodes (no line per routine change, no table of
+    successes) and both bad hosts appear in it with their cause."""
+    lab = wide_lab
+    cli = Cli(lab, tmp_path)
+    failing, victim = lab.nodes[2], lab.nodes[20]  # CORUNNER_NODE_INDEX 2: inventory order
+    # The victim is still running when it is killed, however long the starts take.
+    cmd = 'case "$CORUNNER_NODE_INDEX" in 2) sleep 2; exit 3;; 20) sleep 60;; *) sleep 2;; esac'
     proc = cli.popen("run", "--cmd", cmd, *FAST)
-    wait_until(lambda: len(cli.states()) == 8 and set(cli.states().values()) == {"alive"}, 30)
+    wait_until(lambda: cli.states().get(victim.address) == "alive", 60)
     lab.kill(victim.index)
     out, err = proc.communicate(timeout=90)
     print(out)  # what a CI log shows: seen with pytest -rP
     assert proc.returncode == EXIT_LOST, out + err
     assert "Traceback" not in err
     lines = out.splitlines()
-    assert len(lines) < 2 * len(lab.nodes), out
+    assert len(lines) < WIDE_NODES, out
     assert not re.search(r"succeeded +exit 0", out)
     good = fold(n.address for n in lab.nodes if n not in (failing, victim))
-    assert f"succeeded (6): {good}" in lines
+    assert f"succeeded (30): {good}" in lines
     assert f"failed (1): {failing.address}" in lines and f"dead (1): {victim.address}" in lines
     # As it happened: one line each.
     assert re.search(rf"^\S+ {re.escape(failing.address)}: alive -> failed \(exit 3\)$", out, re.M)
     assert re.search(rf"^\S+ {re.escape(victim.address)}: alive -> dead \(silent for", out, re.M)
     # At the end: one row each in the table, with the cause.
-    rows = [ln for ln in lines if re.match(r"127\.0\.1\.\d+ +\w+ ", ln)]
+    rows = [ln for ln in lines if re.match(r"127\.0\.\d+\.\d+ +\w+ ", ln)]
     assert len(rows) == 2, out
     assert re.match(rf"{re.escape(failing.address)} +failed +exit 3 +[0-9.]+s", rows[0])
     assert re.match(
         rf"{re.escape(victim.address)} +dead +- +[0-9.]+s +[0-9.]+s +silent for", rows[1]
     )
     # The output of the nodes that were asked (not the dead one), once.
-    assert re.search(r"stdout of run \S+: empty on all 7 host\(s\) \(not asked: dead ", out)
+    assert re.search(r"stdout of run \S+: empty on all 31 host\(s\) \(not asked: dead ", out)
 
 
 def _piped(cli, args: str, timeout: float = 120) -> Tuple[subprocess.CompletedProcess, int, float]:

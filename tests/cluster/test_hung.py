@@ -15,6 +15,7 @@ import threading
 
 import paramiko
 import pytest
+import yaml
 
 from corunner import controller, fanout, remote, render, transfer
 from corunner.loader import load_inventory
@@ -141,3 +142,32 @@ def test_a_slow_node_that_still_answers_is_waited_for_not_called_stalled(
     (row,) = report.hosts
     assert (row.state.value, row.error) == ("succeeded", None)
     assert row.seconds is not None and row.seconds >= 25
+
+
+def test_a_hung_node_gets_one_line_and_paramikos_log_only_with_debug(healthy_lab, cli, tmp_path):
+    """A node frozen before the SSH banner: Paramiko logs a traceback for it,
+    which the user sees only with --debug (on stderr and in the run's debug.log)."""
+    lab = healthy_lab
+    victim, other = lab.nodes[3], lab.nodes[4]
+    data = yaml.safe_load(lab.inventory.read_text())
+    data["defaults"]["connect_timeout"] = 2
+    inventory = tmp_path / "quick.yaml"
+    inventory.write_text(yaml.safe_dump(data))
+    cli.env["CORUNNER_INVENTORY"] = str(inventory)
+    lab.freeze(victim.index)
+    hosts = f"{victim.address},{other.address}"
+    fast = ("--interval", "0.2", "--dead-after", "1.5")
+    for debug in (False, True):
+        done = cli("run", "--cmd", "true", "--hosts", hosts, *fast, *(["--debug"] if debug else []))
+        assert done.returncode == 4, done.stdout + done.stderr
+        assert f"{victim.address}: pending -> unreachable (no SSH answer within 2s" in done.stdout
+        log = cli.workdir / "runs" / str(cli.latest_run_id()) / "debug.log"
+        if not debug:
+            assert "Traceback" not in done.stderr and "paramiko" not in done.stderr, done.stderr
+            assert not log.exists()
+        else:
+            assert "paramiko.transport" in done.stderr and "Traceback" in done.stderr
+            kept = log.read_text()
+            assert f"corunner.remote DEBUG: {victim.address}:" in kept
+            assert "Error reading SSH protocol banner" in kept
+            assert log.stat().st_mode & 0o077 == 0

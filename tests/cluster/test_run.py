@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
 
+import yaml
 from helpers import free_port, wait_until
 
 from corunner.errors import EXIT_FAILED, EXIT_LOST, EXIT_OK
@@ -128,7 +130,7 @@ def test_deadline_times_out_and_stop_ends_the_remote_programs(lab, cli, on_node,
     for node in lab.nodes:
         wait_until(lambda n=node: "sleep 300" not in on_node(n.index, "ps -eo args"), timeout=10)
     done, doc = cli.json("status", "--run", run_id, "--refresh")
-    assert {h["state"] for h in doc["hosts"].values()} == {"failed"}
+    assert {h["state"] for h in doc["hosts"].values()} == {"stopped"}
     assert {h["signal"] for h in doc["hosts"].values()} == {signal.SIGTERM}
 
 
@@ -264,3 +266,57 @@ def test_stop_says_which_nodes_have_nothing_to_stop(lab, cli, on_node):
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"not running (exited) (1): {ran.address}" in done.stdout
     assert f"not running (missing) (1): {gone.address}" in done.stdout
+
+
+def test_refresh_accepts_new_host_keys_only_when_asked_and_then_forgets_the_old_error(
+    lab, cli, tmp_path
+):
+    done, doc = cli.json("run", "--cmd", "exit 4", *FAST)
+    assert done.returncode == EXIT_FAILED, done.stdout + done.stderr
+    run_id = doc["run_id"]
+    # The same nodes through a known_hosts that knows none of them yet.
+    data = yaml.safe_load(lab.inventory.read_text())
+    fresh = tmp_path / "ssh" / "known_hosts"
+    data["defaults"]["known_hosts"] = str(fresh)
+    inventory = tmp_path / "fresh.yaml"
+    inventory.write_text(yaml.safe_dump(data))
+
+    done, doc = cli.json("status", "--run", run_id, "--refresh", "--inventory", str(inventory))
+    assert done.returncode == EXIT_LOST  # the nodes could not be asked
+    errors = {h: e["refresh_error"] for h, e in doc["hosts"].items()}
+    assert all("not in" in str(e) and "--accept-new-host-keys" in str(e) for e in errors.values())
+    assert {e["state"] for e in doc["hosts"].values()} == {"failed"}  # the outcome is kept
+    assert not fresh.exists()
+
+    done, doc = cli.json(
+        "status", "--run", run_id, "--refresh", "--inventory", str(inventory),
+        "--accept-new-host-keys",
+    )  # fmt: skip
+    assert done.returncode == EXIT_FAILED, done.stdout + done.stderr
+    assert [e.get("refresh_error") for e in doc["hosts"].values()] == [None] * len(lab.nodes)
+    assert {e["exit_code"] for e in doc["hosts"].values()} == {4}
+    assert len(fresh.read_text().splitlines()) == len(lab.nodes)
+
+
+def test_status_mid_run_reads_the_event_log_and_a_stop_is_stopped_not_failed(lab, cli):
+    two = [n.address for n in lab.nodes[:2]]
+    proc = cli.popen("run", "--cmd", "sleep 60", "--hosts", ",".join(two), *FAST)
+    wait_until(lambda: all_alive(cli, 2), timeout=30)
+    run_id = cli.latest_run_id()
+    # run.json still says pending; the event log knows better, and status says so.
+    done, doc = cli.json("status")
+    assert done.returncode == EXIT_LOST  # still going: no result yet
+    assert {h: e["state"] for h, e in doc["hosts"].items()} == dict.fromkeys(two, "alive")
+    done = cli("stop", "--run", run_id)
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_FAILED, out + err
+    assert f"stopped (2): {fold(two)}" in out.splitlines()
+    assert re.search(rf"{re.escape(two[0])} +stopped +signal 15 +[0-9.]+s", out), out
+    assert "see why it failed" not in out  # nothing failed: the user ended it
+    assert "re-run just those hosts with: " in out and "--hosts @not-succeeded" in out
+    done, doc = cli.json("status")
+    assert {e["state"] for e in doc["hosts"].values()} == {"stopped"}
+    assert all(e["seconds"] for e in doc["hosts"].values())
+    done, doc = cli.json("run", "--cmd", "true", "--hosts", "@stopped", *FAST)
+    assert [h["host"] for h in doc["hosts"]] == two

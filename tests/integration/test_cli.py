@@ -93,7 +93,7 @@ def test_hosts_lists_expanded_hosts_and_folded_form(tmp_path):
     done = corunner("hosts", cwd=tmp_path)
     assert done.returncode == 0
     assert "13 hosts: 127.0.1.[1-8],db1:2222,node[01-04]" in done.stdout
-    assert "db1:2222   deploy  2222  web" in done.stdout
+    assert "db1:2222   db1        deploy  2222  -     web" in done.stdout
     done = corunner("hosts", "--hosts", "web", "--json", cwd=tmp_path)
     doc = json.loads(done.stdout)
     assert doc["count"] == 5
@@ -192,7 +192,7 @@ def test_hosts_not_in_the_inventory_are_said_once_on_stderr(tmp_path):
         done.stderr == "note: 3 hosts not in ./hosts.yaml, using its defaults: other[1-2],x1:2200\n"
     )
     assert "4 hosts: 127.0.1.1,other[1-2],x1:2200" in done.stdout
-    assert "x1:2200    deploy  2200" in done.stdout
+    assert "x1:2200    x1         deploy  2200" in done.stdout
 
 
 def test_exclude_and_operators_in_hosts(tmp_path):
@@ -318,3 +318,22 @@ def test_help_into_a_closed_pipe_ends_cleanly(tmp_path):
     )
     assert done.stdout.startswith("Usage: corunner")
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--cmd", "true", "--files", "nosuch.txt"], "no such file to upload: nosuch.txt"),
+        (["--cmd", "cat", "--stdin", "nosuch.txt"], "no such file for --stdin: nosuch.txt"),
+        (["--script", "nosuch.sh"], "no such script: nosuch.sh"),
+    ],
+)
+def test_a_run_that_cannot_start_prints_and_records_nothing(tmp_path, argv, message):
+    (tmp_path / "hosts.yaml").write_text(GOOD)
+    done = corunner("run", *argv, cwd=tmp_path)
+    assert done.returncode == EXIT_USAGE
+    assert done.stderr.strip() == f"corunner: error: {message}"
+    assert done.stdout == ""  # no run header, no "interrupted" count line
+    assert not (tmp_path / "runs").exists()  # so nothing can pick it as the latest run
+    done = corunner("status", cwd=tmp_path)
+    assert "no run recorded" in done.stderr

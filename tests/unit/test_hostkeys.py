@@ -193,7 +193,9 @@ def test_cert_authority_and_corrupt_lines_are_skipped_and_counted(tmp_path, keys
     assert parsed.lines == 16
     assert kh.check("node.lab", 22, a) == hostkeys.Verdict(Status.KNOWN, f, 15)
     assert kh.check("other.lab", 22, keys["b"]).status is Status.KNOWN
-    assert kh.check("x.lab", 22, a).status is Status.UNKNOWN  # the CA line grants nothing
+    # The CA line grants nothing, and says why: host certificates are not checked.
+    assert kh.check("x.lab", 22, a) == hostkeys.Verdict(Status.CERT_ONLY, f, 4)
+    assert kh.check("x.other", 22, a).status is Status.UNKNOWN
 
 
 def test_parse_lines_is_pure_and_never_raises(keys):
@@ -262,7 +264,8 @@ def test_policy_refuses_unknown_changed_and_revoked_keys(tmp_path, keys):
         f"was reinstalled, run ssh-keygen -R [127.0.0.1]:2222 -f {user}"
     )
     assert refusal(pol, "[127.0.0.1]:2222", keys["c"]) == (
-        f"host key is marked @revoked in {glob}: refusing it"
+        f"host key is marked @revoked in {glob} line 1: refusing it (the key was withdrawn: "
+        "ask the host's admin for its new key)"
     )
     assert str(HostKeyError("node7", "x")) == "node7: x"
 
@@ -400,3 +403,78 @@ def test_one_parse_per_file_however_many_hosts_connect(tmp_path, keys, monkeypat
     assert parses == [f, f]
     assert status([f], names[1], 22, keys["a"]) is Status.KNOWN
     assert hostkeys.parse_count(f) == 2
+
+
+def test_a_host_known_only_by_a_cert_authority_line_gets_a_clear_refusal(tmp_path, keys):
+    a, b = keys["a"], keys["b"]
+    f = write(
+        tmp_path / "kh",
+        f"@cert-authority *.lab,!plain.lab {a.get_name()} {a.get_base64()}\n",
+        entry("plain.lab", b),
+    )
+    for accept_new in (False, True):  # accept-new never takes a key a CA was meant to vouch for
+        pol = HostKeyPolicy("node7", "node.lab", 22, [f], accept_new, f)
+        assert refusal(pol, "node.lab", b) == (
+            f"host certificates are not supported: {f} line 1 vouches for node.lab only by "
+            f"@cert-authority; add the host's own key (ssh-keyscan -p 22 node.lab >> {f})"
+        )
+        assert Path(f).read_text().count("\n") == 2
+    assert status([f], "plain.lab", 22, b) is Status.KNOWN  # other hosts are not affected
+
+
+def test_corrupt_lines_are_warned_of_once_per_process_naming_file_and_line(tmp_path, keys):
+    said: List[str] = []
+    hostkeys.warn_with(said.append)
+    try:
+        one = write(tmp_path / "one", entry("a.lab", keys["a"]), "garbage\n")
+        many = write(tmp_path / "many", *["junk\n"] * 7, entry("b.lab", keys["b"]))
+        for _ in range(3):  # many hosts, many lookups: one warning per file
+            known_hosts_for([one, many]).check("a.lab", 22, keys["a"])
+        assert said == [
+            f"warning: {one}:2: cannot parse this known_hosts line; skipped it",
+            f"warning: {many}: cannot parse known_hosts lines 1, 2, 3, 4, 5 and 2 more; "
+            "skipped them",
+        ]
+        Path(one).write_text(Path(one).read_text() + "more garbage\n")  # a new bad line
+        known_hosts_for([one]).check("a.lab", 22, keys["a"])
+        assert said[2:] == [f"warning: {one}:3: cannot parse this known_hosts line; skipped it"]
+    finally:
+        hostkeys.warn_with(None)
+
+
+def test_accept_new_writes_hashed_names_when_asked_and_finds_them_again(tmp_path, keys):
+    home = tmp_path / "home"
+    f = str(home / ".ssh" / "known_hosts")
+    pol = hostkeys.HostKeyPolicy("n", "node.lab", 2222, [f], accept_new=True, hash_names=True)
+    assert status([f], "node.lab", 2222, keys["a"]) is Status.UNKNOWN  # cache the empty scan
+    pol.missing_host_key(paramiko.SSHClient(), "node.lab", keys["a"])
+    assert stat.S_IMODE(os.stat(home / ".ssh").st_mode) == 0o700
+    (line,) = Path(f).read_text().splitlines()
+    assert line.startswith("|1|") and "node.lab" not in line
+    assert status([f], "node.lab", 2222, keys["a"]) is Status.KNOWN  # the cache learnt it
+    pol.missing_host_key(paramiko.SSHClient(), "node.lab", keys["a"])  # known: nothing added
+    assert len(Path(f).read_text().splitlines()) == 1
+    hostkeys.clear_cache()
+    assert status([f], "[node.lab]:2222", 2222, keys["a"]) is Status.KNOWN  # as parsed
+    assert status([f], "node.lab", 22, keys["a"]) is Status.UNKNOWN
+
+
+def test_the_global_file_can_be_moved_for_tests(tmp_path, keys, monkeypatch):
+    glob = write(tmp_path / "ssh_known_hosts", entry("node.lab", keys["a"]))
+    monkeypatch.setenv(hostkeys.GLOBAL_ENV, glob)
+    user = str(tmp_path / "known_hosts")  # missing
+    assert hostkeys.default_paths([user]) == (user, glob)
+    assert status(hostkeys.default_paths([user]), "node.lab", 22, keys["a"]) is Status.KNOWN
+
+
+def test_known_hosts_none_refuses_unknown_keys_or_accepts_them_unrecorded(keys):
+    key = keys["rsa"]
+    strict = HostKeyPolicy("n1", "127.0.1.9", 22, ())
+    with pytest.raises(
+        HostKeyError, match=r"host key not in any known_hosts file \(all set to none\)"
+    ):
+        strict.missing_host_key(paramiko.SSHClient(), "127.0.1.9", key)
+    # UserKnownHostsFile none with accept-new: ssh connects and records nothing; so do we.
+    HostKeyPolicy("n1", "127.0.1.9", 22, (), accept_new=True).missing_host_key(
+        paramiko.SSHClient(), "127.0.1.9", key
+    )

@@ -43,7 +43,7 @@ def test_builtin_defaults_apply_when_nothing_is_set() -> None:
         user="alice",
         port=22,
         key=None,
-        known_hosts=os.path.expanduser("~/.ssh/known_hosts"),
+        known_hosts_files=(os.path.expanduser("~/.ssh/known_hosts"),),
         remote_dir="/tmp/corunner-alice",
         python="python3",
         connect_timeout=10.0,

@@ -6,8 +6,10 @@ from __future__ import annotations
 import sys
 import threading
 
+import pytest
+
 from corunner import remote
-from corunner.errors import InternalError
+from corunner.errors import ConnectError, InternalError
 from corunner.inventory import Host
 
 
@@ -56,3 +58,68 @@ def test_internal_error_names_the_host_the_exception_and_where():
     assert str(error).startswith("127.0.1.9: internal error (KeyError at test_remote.py:")
     assert "'gateway'" in str(error) and "\n" not in str(error)
     assert error.exit_code == InternalError.exit_code
+
+
+def test_a_connection_uses_what_ssh_config_resolved(tmp_path) -> None:
+    key, other = tmp_path / "id_a", tmp_path / "id_b"
+    key.write_text("k")
+    resolved = Host(
+        "web1",
+        "deploy",
+        2201,
+        str(key),
+        ("/kh/one", "/kh/two"),
+        "/tmp/corunner",
+        "python3",
+        3.0,
+        address="127.0.1.101",
+        extra_keys=(str(other),),  # missing: ssh skips it, and so do we
+        identities_only=True,
+        global_known_hosts_files=("/kh/global",),
+        strict_host_keys="accept-new",
+        alive_interval=2.0,
+        alive_count_max=4,
+        origins=(("key", "~/.ssh/config line 5"),),
+    )
+    conn = remote.connection(resolved)
+    assert (conn.host, conn.port, conn.user) == ("127.0.1.101", 2201, "deploy")
+    kwargs = conn.connect_kwargs
+    assert kwargs["key_filename"] == [str(key)]
+    assert (kwargs["allow_agent"], kwargs["look_for_keys"], kwargs["timeout"]) == (
+        False,
+        False,
+        3.0,
+    )
+    assert kwargs["transport_factory"].keywords == {"alive_interval": 2.0, "alive_count_max": 4}
+    policy = conn.client._policy
+    assert policy.paths == ("/kh/one", "/kh/two", "/kh/global")
+    assert (policy.hostname, policy.write_path, policy.accept_new) == (
+        "127.0.1.101",
+        "/kh/one",
+        True,
+    )
+
+
+def test_known_hosts_none_everywhere_still_builds_a_policy_that_refuses_unknown_keys() -> None:
+    bare = Host("n1", "root", 22, None, (), "/tmp/x", "python3", 5.0, global_known_hosts_files=())
+    policy = remote.connection(bare).client._policy
+    assert policy.paths == () and policy.write_path is None and not policy.accept_new
+
+
+def test_a_host_behind_a_jump_is_never_dialled_directly() -> None:
+    behind = Host(
+        "web1",
+        "root",
+        22,
+        None,
+        (),
+        "/tmp/x",
+        "python3",
+        5.0,
+        jump=("bastion",),
+        origins=(("jump", "~/.ssh/config line 6"),),
+    )
+    with pytest.raises(
+        ConnectError, match=r"ProxyJump bastion \(~/.ssh/config line 6\) is not supported yet"
+    ):
+        remote.connect(behind)
