@@ -80,6 +80,7 @@ def run(ctx: Context, rounds: int) -> str:
         c.setup, c.check = reset, check
     try:
         interleave(tools, rounds, ctx, "push")
+        explain_failures(tools)
     finally:
         ctx.nodes.remove(hosts, REMOTE_DIR)
         src.unlink(missing_ok=True)
@@ -110,6 +111,18 @@ def document(output: str) -> Optional[Dict[str, Any]]:
     except ValueError:
         return None
     return doc
+
+
+def explain_failures(tools: List[Contender]) -> None:
+    """A failed corunner run's error: its failed hosts and their causes, from its JSON."""
+    for c in tools:
+        for sample in c.samples:
+            doc = document(sample.output) if sample.error else None
+            if not doc:
+                continue
+            bad = [f"{h['host']}: {h['error']}" for h in doc.get("hosts", []) if not h.get("ok")]
+            if bad:
+                sample.error = f"{len(bad)} failed, e.g. " + "; ".join(bad[:3])
 
 
 def targets(tools: List[Contender], n: int) -> str:

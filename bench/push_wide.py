@@ -81,6 +81,7 @@ def run(ctx: WideContext, n: int, rounds: int, command: str, code: str) -> str:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     try:
         interleave(tools, rounds, ctx, f"push {n}")
+        push.explain_failures(tools)
     finally:
         ctx.nodes.remove(hosts, push.REMOTE_DIR)
         src.unlink(missing_ok=True)

@@ -47,6 +47,7 @@ from .errors import InternalError, RemoteError, StalledError, TransferError
 from .fanout import Outcome
 from .inventory import Host
 from .spec import DEFAULT_PARALLEL
+from .window import Gate, Window
 
 #: ``--relay auto`` relays when the copies it saves the controller, (hosts - 1)
 #: x size, are at least this many bytes: below it, the relay's fixed cost (a
@@ -81,8 +82,9 @@ class Times:
     serve_after: float = 15.0
     #: A node served directly without progress for this long more has failed.
     give_up: float = 15.0
-    #: A node's relay must say it listens within this long after the connection.
-    start: float = 60.0
+    #: A node's relay must say it listens within this long after the connection
+    #: (None: as long as the node answers keepalives, as every start waits).
+    start: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -322,9 +324,14 @@ def push(
             "script": transfer.PUSH_SCRIPT,
         }
 
+    gate = Gate(Window(parallel))
+
     def start(host: Host) -> Optional[_Node]:
         began = time.monotonic()
         conn: Optional[fabric.Connection] = None
+        if not gate.enter():
+            return None
+        took: Optional[float] = None
         try:
             conn = remote.connect(host, accept_new_host_keys)
             with remote.translated(host, conn):
@@ -334,11 +341,14 @@ def push(
                 node = _Node(host, conn, chan, address, began=began)
                 node.send(command.head + relaynode.frame("C", config(host, address)))
                 _await_listening(node, times.start, dest)
+            took = time.monotonic() - began
             return node
         except RemoteError as exc:
             error: RemoteError = exc
         except Exception as exc:  # a bug on one host must not abort the others
             error = InternalError.from_exception(host.id, exc)
+        finally:
+            gate.leave(took)
         if conn is not None:
             conn.close()
         end(host, None, error, began)
@@ -386,11 +396,14 @@ def _node_code() -> Tuple[str, bytes]:
     return f"import zlib\nexec(zlib.decompress(take({len(packed)})))\n", packed
 
 
-def _await_listening(node: _Node, timeout: float, dest: str) -> None:
-    """Wait for the node's PORT or NOLISTEN line; raise the node's own error otherwise."""
-    deadline = time.monotonic() + timeout
+def _await_listening(node: _Node, timeout: Optional[float], dest: str) -> None:
+    """Wait for the node's PORT or NOLISTEN line; raise the node's own error otherwise.
+
+    A node that stops answering is given up by its connection's keepalives.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
     chan = node.chan
-    while time.monotonic() < deadline:
+    while deadline is None or time.monotonic() < deadline:
         for word, text in node.lines():
             if word == "PORT" and text.isdigit():
                 node.port = int(text)
@@ -516,20 +529,28 @@ def _watch(
 ) -> None:
     """Serve directly the first stalled node of the chain; fail one served that still stalls.
 
-    Only the first: the nodes after it wait on it, and are fed again through
-    it once it moves (serving restarts their clocks). A node whose every
-    predecessor failed is served at once: nothing else can feed it.
+    Stalled: no progress for ``serve_after`` seconds while a node before it
+    holds more (on a slow, loaded fleet every node waits alike: none of them
+    is stalled). Only the first: the nodes after it wait on it, and are fed
+    again through it once it moves (serving restarts their clocks). A node
+    whose every predecessor failed is served at once: nothing else can feed it.
     """
     now = time.monotonic()
     for node in nodes.values():
         if node.direct and not node.over and now - node.progress_at > times.give_up:
             why = f"stalled: no progress for {now - node.progress_at:.0f}s during the relay"
             finish(node, StalledError(node.host.id, f"{why} (host hung or overloaded)"))
+    ahead = 0  # the most any live node before this one holds: what it could have
     for host in chain.order:
         node = nodes[host]
+        behind = node.have < ahead
+        if node.error is None:
+            ahead = max(ahead, node.have)
         if node.over or node.direct:
             continue
-        if now - node.progress_at > times.serve_after or _head_lost(nodes, chain, host):
+        if _head_lost(nodes, chain, host) or (
+            behind and now - node.progress_at > times.serve_after
+        ):
             serve(node)
             return
 

@@ -8,12 +8,15 @@ import os
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
 from corunner import relay, relaynode
+from corunner.errors import StalledError
+from corunner.inventory import Host
 
 
 def test_frames_round_trip_and_garbage_is_refused() -> None:
@@ -210,3 +213,40 @@ def test_a_dry_relay_says_it_sends_once_and_counts_no_bytes_per_host(tmp_path: P
     assert "sent once" in " ".join(relayed.lines())
     small = plan.copy_plan(hosts.hosts, str(src), "/d/", False, False, relay="auto")
     assert "SFTP" in " ".join(small.lines())  # 100 bytes: auto copies directly
+
+
+def _watched(haves: Dict[str, int], age: float, direct: Tuple[str, ...] = ("a",)) -> Any:
+    """Nodes of chain a, b, c with these offsets, silent for ``age`` seconds."""
+    now = time.monotonic()
+    nodes = {}
+    for name, have in haves.items():
+        host = Host(name, "u", 22, None, None, "/tmp/x", "python3", 5.0)
+        node = relay._Node(host, None, None, name)  # type: ignore[arg-type]
+        node.have, node.progress_at, node.direct = have, now - age, name in direct
+        nodes[name] = node
+    return nodes, relay.Chain(tuple(haves), ())
+
+
+def test_the_first_node_behind_its_predecessors_is_served_and_a_slow_fleet_is_left_alone() -> None:
+    times = relay.Times(stall=1, serve_after=5, give_up=10)
+    served: List[str] = []
+    ended: Dict[str, Any] = {}
+
+    def serve(node: Any) -> None:
+        served.append(node.host.name)
+
+    def finish(node: Any, error: Any) -> None:
+        ended[node.host.name] = error
+        node.error = error
+
+    nodes, chain = _watched({"a": 100, "b": 10, "c": 10}, age=6)
+    relay._watch(nodes, chain, times, serve, finish)
+    assert served == ["b"]  # only the first: c waits on b
+    served.clear()
+    nodes, chain = _watched({"a": 10, "b": 10, "c": 10}, age=6)
+    relay._watch(nodes, chain, times, serve, finish)
+    assert served == [] and ended == {}  # all slow alike: nobody is stalled
+    nodes, chain = _watched({"a": 10, "b": 10, "c": 10}, age=11)
+    relay._watch(nodes, chain, times, serve, finish)
+    assert isinstance(ended["a"], StalledError)  # the head, fed directly, made no progress
+    assert served == ["b"]  # and b, with nothing before it left, is served at once
