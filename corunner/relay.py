@@ -614,15 +614,30 @@ def _feed(
 def _feed_tls(
     node: _Node, payload: Payload, hook: Optional[Callable[[int], None]], peer: _Peer
 ) -> bool:
-    """Feed the node over TLS; False if its port could not be reached (nothing was sent).
+    """Feed the node over TLS until it has it all; False if its port cannot be reached.
 
-    After that, a node that stops acknowledging or drops is the watcher's to
-    judge, as over SSH.
+    A node that is slow to acknowledge is waited for (the watcher judges
+    stalls by the node's own progress); a send that times out, or a dropped
+    connection, is taken up again from the offset the node then says it has.
     """
-    try:
-        raw = socket.create_connection((node.address, node.port or 0), timeout=peer.stall)
-    except OSError:
-        return False
+    connected = False
+    while not node.stop.is_set():
+        try:
+            sock, offset = _connect_peer(node, peer)
+        except (OSError, ValueError):
+            if not connected:
+                return False
+            node.stop.wait(1.0)  # gone, or restarting: the watcher tells which
+            continue
+        connected = True
+        if _stream(sock, offset, node, payload, hook):
+            return True
+    return True
+
+
+def _connect_peer(node: _Node, peer: _Peer) -> Tuple[ssl.SSLSocket, int]:
+    """A TLS connection to the node's relay port, and the offset it says it has."""
+    raw = socket.create_connection((node.address, node.port or 0), timeout=peer.stall)
     try:
         sock = peer.context.wrap_socket(raw)
         if not relaynode.pinned(sock, peer.pin):
@@ -636,12 +651,25 @@ def _feed_tls(
             first += got
     except (OSError, ValueError):
         raw.close()
-        return False
-    sent = acked = int.from_bytes(first, "big")
+        raise
+    return sock, int.from_bytes(first, "big")
+
+
+def _stream(
+    sock: ssl.SSLSocket,
+    offset: int,
+    node: _Node,
+    payload: Payload,
+    hook: Optional[Callable[[int], None]],
+) -> bool:
+    """Send from ``offset`` on one connection; True once the node acknowledged it all."""
+    sent = acked = offset
     pending = bytearray()
     try:
         with sock, open(payload.path, "rb") as f:
-            while acked < payload.size and not node.stop.is_set():
+            while acked < payload.size:
+                if node.stop.is_set():
+                    return True
                 if sent < payload.size and sent - acked < relaynode.WINDOW:
                     data = os.pread(f.fileno(), relaynode.CHUNK, sent)
                     sock.sendall(data)
@@ -651,10 +679,7 @@ def _feed_tls(
                         hook(sent)
                     acked = max(acked, relaynode._acks(sock, pending, False) or acked)
                 else:
-                    got_ack = relaynode._acks(sock, pending, True)
-                    if got_ack is None:
-                        return True  # it stopped acknowledging: the watcher decides
-                    acked = max(acked, got_ack)
+                    acked = max(acked, relaynode._acks(sock, pending, True) or acked)
     except (OSError, ValueError):
-        pass  # it dropped: the watcher tells why
+        return False  # timed out mid-send, or dropped: connect again
     return True

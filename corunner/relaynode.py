@@ -10,8 +10,8 @@ What the controller sends on stdin, after the boot code (:func:`frame`):
 size, where it lands), ``N`` this node's successors (``[[address, port],
 ...]``, the next first), ``D`` bytes of the payload at an offset, ``Q`` the
 end. What the node says on stdout, one marker line each (:func:`say`):
-``PORT n`` (listening) or ``NOLISTEN why``, ``HAVE n`` (bytes written, a few
-times a second), ``SKIP address:port why`` (a successor bypassed), ``DONE``
+``PORT n`` (listening) or ``NOLISTEN why``, ``HAVE n`` (bytes written, once
+a second while they grow), ``SKIP address:port why`` (a successor bypassed), ``DONE``
 (checked and in place) or ``FAIL why``.
 
 Between nodes: TLS 1.3 with one certificate and key made for this transfer
@@ -57,9 +57,9 @@ CHUNK = 1 << 18
 #: Longest frame header line on stdin.
 MAX_HEADER = 64
 #: Seconds between two HAVE lines while bytes arrive.
-REPORT_EVERY = 0.2
+REPORT_EVERY = 1.0
 #: Seconds a sender waits for a whole chunk before it sends what it has.
-BATCH_WAIT = 0.02
+BATCH_WAIT = 0.05
 #: Peer handshakes in progress at once, at most (the rest wait in the backlog).
 HANDSHAKES = 8
 
