@@ -56,7 +56,15 @@ from .errors import (
 from .fanout import DEFAULT_PARALLEL, Outcome, on_each
 from .hostrange import fold
 from .interrupts import Interrupted
-from .inventory import ENV_NAME, Host, Inventory, ad_hoc_entry, clean_remote_dir
+from .inventory import (
+    ENV_NAME,
+    HEARTBEAT_PATHS,
+    Host,
+    Inventory,
+    ad_hoc_entry,
+    clean_remote_dir,
+    parse_jump,
+)
 from .liveness import State
 from .loader import load_inventory
 from .options import NOT_SUCCEEDED, CorunnerProgram, rerun_hint, task
@@ -77,6 +85,8 @@ COMMON_HELP = {
     "accept_new_host_keys": "record keys of hosts not yet in known_hosts (like accept-new)",
     "ssh_config": "OpenSSH client config to read, or none (default: $CORUNNER_SSH_CONFIG, the "
     "inventory's ssh_config:, else ~/.ssh/config then /etc/ssh/ssh_config)",
+    "jump": "jump host(s) for every selected host, as ssh -J: [user@]host[:port][,...], "
+    "or none (wins over the inventory's jump:)",
 }
 OUTPUT_HELP = {
     "stream": "which output to show: stdout (default) or stderr",
@@ -147,10 +157,25 @@ def _select(
     exclude: Optional[str] = None,
     run: Optional[str] = None,
     ssh_config: Optional[str] = None,
+    jump: Optional[str] = None,
 ) -> Tuple[Inventory, List[Host]]:
-    """Load the inventory and select; ``@failed`` and friends read run ``run`` (None: latest)."""
+    """Load the inventory and select; ``@failed`` and friends read run ``run`` (None: latest).
+
+    ``jump`` (``--jump``) replaces every selected host's jump chain.
+    """
     inv = load_inventory(inventory, ssh_config=ssh_config)
-    return inv, _pick(inv, hosts, exclude, run)
+    return inv, _jumped(_pick(inv, hosts, exclude, run), jump)
+
+
+def _jumped(hosts: List[Host], jump: Optional[str]) -> List[Host]:
+    """The hosts reached through ``--jump`` instead of their own chain (or proxy command)."""
+    if jump is None:
+        return hosts
+    try:
+        chain = parse_jump(jump)
+    except ValueError as exc:
+        raise UsageError(f"--jump: {exc}") from None
+    return [dataclasses.replace(h, jump=chain, proxy_command=None) for h in hosts]
 
 
 def _pick(
@@ -293,6 +318,7 @@ def _show_outputs(
         "inventory": COMMON_HELP["inventory"],
         "json": COMMON_HELP["json"],
         "ssh_config": COMMON_HELP["ssh_config"],
+        "jump": COMMON_HELP["jump"],
     }
 )
 @reported
@@ -303,10 +329,11 @@ def hosts(
     inventory: Optional[str] = None,
     json: bool = False,
     ssh_config: Optional[str] = None,
+    jump: Optional[str] = None,
 ) -> None:
     """List the selected hosts: the address, user, port and jump hosts a connection
     will really use and where each came from, their count and folded form."""
-    inv, selected = _select(inventory, hosts, exclude, ssh_config=ssh_config)
+    inv, selected = _select(inventory, hosts, exclude, ssh_config=ssh_config, jump=jump)
     out = Out(json)
     if json:
         out.document(render.hosts_document(inv.source, selected))
@@ -343,6 +370,7 @@ def cp(
     accept_new_host_keys: bool = False,
     dry: bool = False,
     ssh_config: Optional[str] = None,
+    jump: Optional[str] = None,
     relay: Any = None,
 ) -> None:
     """Copy a file or tree to every node at once, or (--pull) from every node."""
@@ -356,7 +384,7 @@ def cp(
         raise UsageError(
             "--divide only applies to --pull (one local directory per host): add --pull or drop it"
         )
-    inv, selected = _select(inventory, hosts, exclude, ssh_config=ssh_config)
+    inv, selected = _select(inventory, hosts, exclude, ssh_config=ssh_config, jump=jump)
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     out = Out(json)
     if dry:
@@ -436,6 +464,12 @@ def _finish_transfer(
 
 
 # -- run -----------------------------------------------------------------------
+def _heartbeat_via(value: Optional[str]) -> Optional[str]:
+    if value is None or value in HEARTBEAT_PATHS:
+        return value
+    raise UsageError(f"--heartbeat-via must be one of {', '.join(HEARTBEAT_PATHS)}, not {value!r}")
+
+
 def _parse_listen(listen: Optional[str]) -> Optional[Tuple[str, int]]:
     if not listen:
         return None
@@ -525,6 +559,8 @@ def _next_steps(report: RunReport) -> str:
         "deadline": "seconds after which still-running nodes time out",
         "no_heartbeat": "no heartbeats: keep each node's SSH session open and wait on it instead",
         "listen": "HOST:PORT for the heartbeat listener (default: the address nodes reach us by)",
+        "heartbeat_via": "direct (nodes connect to us), tunnel (over the SSH connection) or auto "
+        "(tunnel behind a jump host; the inventory's heartbeat: by default)",
         "remote_dir": "directory on the nodes for the run directory (default: the inventory's remote_dir)",
         "quiet": "do not fetch and print the hosts' output after the run",
         "show_output": "kept for old scripts: the output is shown by default (with --json: add it to the document)",
@@ -555,6 +591,7 @@ def run(
     deadline: Optional[str] = None,
     no_heartbeat: bool = False,
     listen: Optional[str] = None,
+    heartbeat_via: Optional[str] = None,
     json: bool = False,
     accept_new_host_keys: bool = False,
     remote_dir: Optional[str] = None,
@@ -570,13 +607,14 @@ def run(
     sudo_user: Optional[str] = None,
     dry: bool = False,
     ssh_config: Optional[str] = None,
+    jump: Optional[str] = None,
 ) -> None:
     """Run a script or command on every selected node at once and watch it to the end.
 
     Prints the hosts folded per state, a table of those that did not succeed,
     then each distinct output once under the hosts that printed it.
     """
-    inv, selected = _select(inventory, hosts, exclude, ssh_config=ssh_config)
+    inv, selected = _select(inventory, hosts, exclude, ssh_config=ssh_config, jump=jump)
     selected = _remote_dir(selected, remote_dir)
     asked = show_output or diff or stream is not None
     if quiet and asked:
@@ -598,6 +636,7 @@ def run(
         env=_env_pairs(env or []),
         stdin=stdin,
         become=(sudo_user or "root") if (sudo or sudo_user) else None,
+        heartbeat_via=_heartbeat_via(heartbeat_via),
     )
     if dry:
         _dry(out, plan.run_plan(selected, spec, _not_listed(inv, selected)))
@@ -607,6 +646,8 @@ def run(
     meta: Dict[str, Any] = {"inventory": inv.source, "selection": hosts, "exclude": exclude}
     if ssh_config is not None:
         meta["ssh_config"] = ssh_config  # status, stop and collect resolve the hosts alike
+    if jump is not None:
+        meta["jump"] = jump  # ... and reach them through the same jump hosts
     # What was uploaded into each run directory: collect leaves it there (names only).
     meta["inputs"] = [os.path.basename(os.path.abspath(p)) for p in (script, *spec.files) if p]
     if spec.become:
@@ -658,17 +699,18 @@ def _run_hosts(
     hosts: Optional[str],
     exclude: Optional[str],
     ssh_config: Optional[str] = None,
+    jump: Optional[str] = None,
 ) -> Tuple[Inventory, List[Host]]:
     """The hosts of a recorded run that ``--hosts``/``--exclude`` pick (default: all of them).
 
-    The inventory and ``--ssh-config`` are the run's own unless given again.
+    The inventory, ``--ssh-config`` and ``--jump`` are the run's own unless given again.
     """
     listed = load_inventory(
         inventory or data.get("inventory"), ssh_config=ssh_config or data.get("ssh_config")
     )
     inv = listed.with_ad_hoc(data.get("ad_hoc") or ())  # the run's hosts named ad hoc
     only = [h.id for h in _pick(inv, hosts, exclude, run_id)] if hosts or exclude else None
-    picked = postrun.record_hosts(data, inv, only)
+    picked = _jumped(postrun.record_hosts(data, inv, only), jump or data.get("jump"))
     if only is None:
         _warn_ssh_config(picked)
     return listed, picked
@@ -728,6 +770,7 @@ def _ended_early(the_run: Run, exc: Interrupted) -> NoReturn:
         "accept_new_host_keys": COMMON_HELP["accept_new_host_keys"],
         "dry": COMMON_HELP["dry"],
         "ssh_config": COMMON_HELP["ssh_config"],
+        "jump": COMMON_HELP["jump"],
     }
 )
 @reported
@@ -745,6 +788,7 @@ def status(
     accept_new_host_keys: bool = False,
     dry: bool = False,
     ssh_config: Optional[str] = None,
+    jump: Optional[str] = None,
 ) -> None:
     """Show how a run went, from its record or (--refresh) from the nodes themselves."""
     record = find_run(run, command=command())
@@ -760,7 +804,7 @@ def status(
         inv = load_inventory(
             inventory or data.get("inventory"), ssh_config=ssh_config or data.get("ssh_config")
         )
-        run_hosts = postrun.record_hosts(data, inv)
+        run_hosts = _jumped(postrun.record_hosts(data, inv), jump or data.get("jump"))
         _warn_ssh_config(run_hosts)
     if dry:
         ran = postrun.started_hosts(data, run_hosts) if show else []
@@ -830,6 +874,7 @@ def _record_rows(data: Dict[str, Any]) -> List[render.HostRow]:
         "json": COMMON_HELP["json"],
         "dry": COMMON_HELP["dry"],
         "ssh_config": COMMON_HELP["ssh_config"],
+        "jump": COMMON_HELP["jump"],
     }
 )
 @reported
@@ -842,12 +887,13 @@ def stop(
     json: bool = False,
     dry: bool = False,
     ssh_config: Optional[str] = None,
+    jump: Optional[str] = None,
 ) -> None:
     """Terminate a run's program (its whole process group) on every node still running it."""
     record = find_run(run, command=command())
     debuglog.keep_in(record.dir)
     data = record.load()
-    inv, targets = _run_hosts(record.run_id, data, inventory, hosts, exclude, ssh_config)
+    inv, targets = _run_hosts(record.run_id, data, inventory, hosts, exclude, ssh_config, jump)
     out = Out(json)
     if dry:
         _dry(out, plan.stop_plan(record.run_id, targets, _not_listed(inv, targets)))
@@ -886,6 +932,7 @@ def collect(
     with_inputs: bool = False,
     dry: bool = False,
     ssh_config: Optional[str] = None,
+    jump: Optional[str] = None,
 ) -> None:
     """Pull a run's results (or --src) from every node that ran it."""
     out = Out(json)
@@ -893,13 +940,13 @@ def collect(
     inputs: List[str] = []
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     if src and hosts and not run:
-        inv, selected = _select(inventory, hosts, exclude, ssh_config=ssh_config)
+        inv, selected = _select(inventory, hosts, exclude, ssh_config=ssh_config, jump=jump)
     else:
         record = find_run(run, command=command())
         debuglog.keep_in(record.dir)
         run_id = record.run_id
         data = record.load()
-        inv, selected = _run_hosts(run_id, data, inventory, hosts, exclude, ssh_config)
+        inv, selected = _run_hosts(run_id, data, inventory, hosts, exclude, ssh_config, jump)
         inputs = [str(name) for name in data.get("inputs") or []]
     dest = dest or os.path.join("results", run_id or "pulled")
     if dry:

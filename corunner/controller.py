@@ -102,7 +102,8 @@ class Run:
     def execute(self) -> RunReport:
         """Start every host over SSH, watch until nothing is left to wait for, record."""
         spec = self.spec
-        raise_open_files_limit(len(self.hosts) + 256)
+        # A tunnelled host holds its SSH socket and the pipe pair of its heartbeat channel.
+        raise_open_files_limit(4 * len(self.hosts) + 256)
         payload = Payload(spec.program, spec.files, tempfile.gettempdir(), spec.stdin)
         try:
             listener = None
@@ -123,7 +124,10 @@ class Run:
                 self.clock,
                 listener,
             )
-            return self.drive(starter, watch)
+            try:
+                return self.drive(starter, watch)
+            finally:
+                starter.close()
         finally:
             payload.remove()
 
@@ -234,6 +238,8 @@ class Run:
             self.fleet.started(result.host, result.at, now)
             if result.ended is not None:  # it could not start its program: it said why
                 self._changes(self.fleet.exited(result.host, now, *result.ended))
+            elif result.unheard is not None:  # no heartbeat can come: not worth waiting for
+                self._changes(self.fleet.lost(result.host, now, result.unheard))
             elif result.session is not None:
                 watch.started(result)
 

@@ -9,15 +9,18 @@ here: a *starter* turns a host into :class:`Started` (or raises a
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import fabric
+import paramiko
 
 from . import executor as executor_module
 from . import remote
 from .bootstrap import HAVE_MARKER, NEED_MARKER, STDIN_PATH, Payload, start_command
 from .errors import StartError
+from .executor import NOREACH_MARKER
 from .inventory import Host
 from .listener import Listener
 from .spec import RunSpec
@@ -39,6 +42,8 @@ class Started:
     sent: int = 0
     #: The program could not even start: its (exit code, signal, why), said by the start.
     ended: Optional[Tuple[Optional[int], Optional[int], Optional[str]]] = None
+    #: The node found no path to the controller for its heartbeats: its one line.
+    unheard: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -159,10 +164,40 @@ class SshStarter:
         self.payload, self.clock, self.listener = payload, clock, listener
         self.index = {h.id: i for i, h in enumerate(hosts)}
         self.count = len(hosts)
+        #: The run's connections to jump hosts, shared by the hosts behind them.
+        self.gateways = remote.Gateways(hosts, spec.accept_new_host_keys)
+        #: Connections that carry a heartbeat tunnel: open until the run ends.
+        self.tunnels: List[fabric.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
 
-    def config(self, conn: fabric.Connection, host: Host) -> Dict[str, Any]:
-        """The executor's config.json for ``host`` (its format: executor.config_document)."""
+    def close(self) -> None:
+        """Close the tunnels' connections, then the jump hosts' (the end of the run).
+
+        Never waits for a node: a closed transport stops at once, answered or not.
+        """
+        with self._lock:
+            self._closed = True
+            tunnels, self.tunnels = self.tunnels, []
+        for conn in tunnels:
+            conn.close()
+        self.gateways.close()
+
+    def config(
+        self, conn: fabric.Connection, host: Host, tunnel: Optional[int] = None
+    ) -> Dict[str, Any]:
+        """The executor's config.json for ``host`` (its format: executor.config_document).
+
+        ``tunnel``: the node-local port whose connections reach our listener
+        through the SSH connection; the executor sends there only.
+        """
         spec = self.spec
+        if not spec.heartbeat:
+            controller: List[List[Any]] = []
+        elif tunnel is not None:
+            controller = [["127.0.0.1", tunnel]]
+        else:
+            controller = self._controller_addresses(conn, host)
         return executor_module.config_document(
             run_id=self.run_id,
             host=host.id,
@@ -170,7 +205,7 @@ class SshStarter:
             secret=self.secret,
             heartbeat=spec.heartbeat,
             linger=spec.linger,
-            controller=self._controller_addresses(conn, host) if spec.heartbeat else [],
+            controller=controller,
             env={
                 **dict(host.env),
                 **dict(spec.env),
@@ -192,9 +227,38 @@ class SshStarter:
             return [[host, port]]
         assert self.listener is not None
         with remote.translated(node):
-            local = conn.client.get_transport().sock.getsockname()[0]
+            # Through a jump host: our address on the first hop, which the
+            # node seldom reaches (it then says so: use a tunnel).
+            local = remote.local_address(conn) or "127.0.0.1"
             address, port = self.listener.bind(local)
         return [[address, port], ["", port]]  # "": the client address in $SSH_CONNECTION
+
+    def _tunnel(self, conn: fabric.Connection, host: Host) -> int:
+        """Ask ``host``'s sshd to forward a port of its own (chosen by it, on
+        127.0.0.1) to our listener over ``conn``, as ``ssh -R`` does; the port.
+
+        Each connection the executor makes there arrives as a channel, which
+        the listener adopts as an accepted socket. Raises StartError if sshd
+        refuses (``AllowTcpForwarding no``).
+        """
+        listener = self.listener
+        assert listener is not None
+
+        def arrived(chan: Any, origin: Any, server: Any) -> None:
+            listener.adopt(chan)
+
+        with remote.translated(host, conn):
+            transport = conn.client.get_transport()
+            try:
+                return int(transport.request_port_forward("127.0.0.1", 0, arrived))
+            except paramiko.SSHException as exc:
+                if not transport.is_active():
+                    raise
+                raise StartError(
+                    host.id,
+                    "its sshd refuses to forward a port for the heartbeats "
+                    f"({exc}; AllowTcpForwarding?): use --heartbeat-via direct or --no-heartbeat",
+                ) from exc
 
     @staticmethod
     def _not_started(
@@ -209,26 +273,49 @@ class SshStarter:
         return (*outcome, error if isinstance(error, str) else None)
 
     def __call__(self, host: Host) -> Started:
-        """Start ``host``'s executor; raises RemoteError (the host is then unreachable)."""
-        conn = remote.connect(host, self.spec.accept_new_host_keys)
+        """Start ``host``'s executor; raises RemoteError (the host is then unreachable).
+
+        A host whose heartbeats come through a tunnel keeps its connection
+        open until :meth:`close`; so does one watched over its session.
+        """
+        conn = remote.connect(host, self.spec.accept_new_host_keys, self.gateways)
         keep_open = False
         try:
-            config = self.config(conn, host)
-            command = start_command(host, self.run_id, foreground=not self.spec.heartbeat)
-            sent = self.clock()
-            markers, reply = (HAVE_MARKER, NEED_MARKER), self.payload.reply(config)
-            if not self.spec.heartbeat:
-                chan, size = remote.start_streaming(conn, host, command, markers, reply)
-                keep_open = True
-                return Started(host.id, sent, session=(chan, conn), sent=size)
-            done = remote.converse(conn, host, command, markers, reply)
-            pid = done.marked("CORUNNER-STARTED")
-            ended = self._not_started(done)
-            if ended is not None:
-                return Started(host.id, sent, sent=done.sent, ended=ended)
-            if done.status != 0 or not pid or not pid.strip().isdigit():
-                raise StartError(host.id, f"could not start the executor: {done.error_line()}")
-            return Started(host.id, sent, pid=int(pid), sent=done.sent)
+            tunnel = None
+            if self.spec.heartbeat and host.heartbeat_via(self.spec.heartbeat_via) == "tunnel":
+                tunnel = self._tunnel(conn, host)
+            started = self._start(conn, host, tunnel)
+            if started.session is not None:
+                keep_open = True  # the SessionWatch closes it
+            elif tunnel is not None and started.ended is None:
+                keep_open = self._keep(conn)
+            return started
         finally:
             if not keep_open:
                 conn.close()
+
+    def _keep(self, conn: fabric.Connection) -> bool:
+        """Keep a tunnel's connection open until :meth:`close`; False if that came already."""
+        with self._lock:
+            if self._closed:
+                return False
+            self.tunnels.append(conn)
+            return True
+
+    def _start(self, conn: fabric.Connection, host: Host, tunnel: Optional[int]) -> Started:
+        config = self.config(conn, host, tunnel)
+        command = start_command(host, self.run_id, foreground=not self.spec.heartbeat)
+        sent = self.clock()
+        markers, reply = (HAVE_MARKER, NEED_MARKER), self.payload.reply(config)
+        if not self.spec.heartbeat:
+            chan, size = remote.start_streaming(conn, host, command, markers, reply)
+            return Started(host.id, sent, session=(chan, conn), sent=size)
+        done = remote.converse(conn, host, command, markers, reply)
+        pid = done.marked("CORUNNER-STARTED")
+        ended = self._not_started(done)
+        if ended is not None:
+            return Started(host.id, sent, sent=done.sent, ended=ended)
+        if done.status != 0 or not pid or not pid.strip().isdigit():
+            raise StartError(host.id, f"could not start the executor: {done.error_line()}")
+        unheard = done.marked(NOREACH_MARKER)
+        return Started(host.id, sent, pid=int(pid), sent=done.sent, unheard=unheard)

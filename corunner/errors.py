@@ -91,6 +91,18 @@ class ConnectError(RemoteError):
     """The host could not be reached (refused, timed out, name unknown)."""
 
 
+class JumpError(ConnectError):
+    """A jump host in front of the host could not be reached or refused us.
+
+    ``jump`` is that jump host's id; the cause names it, so every host behind
+    it says the same one line.
+    """
+
+    def __init__(self, host: str, cause: str, jump: str):
+        super().__init__(host, cause)
+        self.jump = jump
+
+
 class AuthError(RemoteError):
     """The host refused our key."""
 

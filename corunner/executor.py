@@ -851,6 +851,19 @@ def resolve_controllers(
     return out
 
 
+#: What a node says when no controller address answers (the run's error column).
+NOREACH_MARKER = "CORUNNER-NOREACH"
+
+
+def unreachable_line(addrs: List[Tuple[str, int]], why: str) -> str:
+    """The one line for a node that cannot reach the controller at any of ``addrs``."""
+    where = " or ".join(f"{h}:{p}" for h, p in dict.fromkeys(addrs)) or "no address"
+    return (
+        f"cannot reach the controller at {where} ({why}); "
+        "use --heartbeat-via tunnel or --no-heartbeat"
+    )
+
+
 def _socket_module() -> Any:
     """CPython's C socket module, which has all the executor uses; socket.py adds ~4 ms of enums."""
     try:
@@ -927,8 +940,12 @@ class Link:
     to ``10 * interval``, so a dead controller never delays the program's wait.
     """
 
-    def __init__(self, addrs: List[Tuple[str, int]], interval: float, sel: Poller) -> None:
+    def __init__(
+        self, addrs: List[Tuple[str, int]], interval: float, sel: Poller, verdict_fd: int = -1
+    ) -> None:
         self.addrs = addrs
+        #: Told once how the first round of tries went (cmd_start reads it), then closed.
+        self.verdict_fd = verdict_fd
         self.interval = interval
         self.sel = sel
         self.backoff = interval
@@ -945,6 +962,8 @@ class Link:
         self.inbuf = b""
         self.acked = 0  # highest ACK seq received
         self.last_error = ""
+        self.ever_connected = False
+        self.said_unreachable = False
 
     def wake_at(self) -> float:
         """The monotonic time at which tick() has something to do."""
@@ -994,6 +1013,11 @@ class Link:
         """Every address failed: wait, then start again from the first."""
         import random
 
+        if not self.ever_connected and not self.said_unreachable:
+            self.said_unreachable = True
+            line = unreachable_line(self.addrs, self.last_error.rsplit(": ", 1)[-1] or "no answer")
+            _log(line)
+            self._tell(line)
         self.index = 0
         self.next_attempt = now + self.backoff * random.uniform(0.75, 1.25)
         self.backoff = min(self.backoff * 2, self.cap)
@@ -1004,6 +1028,11 @@ class Link:
         self._close_socket()
         self.index += 1
         self._attempt(now)
+
+    def _tell(self, verdict: str) -> None:
+        if self.verdict_fd >= 0:
+            _tell(self.verdict_fd, verdict)
+            self.verdict_fd = -1
 
     def _note(self, msg: str) -> None:
         if msg != self.last_error:
@@ -1042,6 +1071,8 @@ class Link:
                 self._next_address(now, os.strerror(err))
                 return
             self.connected = True
+            self.ever_connected = True
+            self._tell("connected")
             self.fresh = True
             self.backoff = self.interval
             self.last_error = ""
@@ -1100,6 +1131,16 @@ class Link:
             self.sel.modify(self.fd, READ | (WRITE if self.out else 0), self)
 
 
+def _tell(fd: int, verdict: str) -> None:
+    """Write one verdict line to the start's pipe and close it; a start gone is no error."""
+    try:
+        os.write(fd, verdict.encode("utf-8", "replace")[:4000] + b"\n")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _tune(sock: socket.socket, interval: float) -> None:
     """Small writes go out at once; a silently dead peer errors out instead of hanging."""
     socket = _socket_module()
@@ -1133,7 +1174,7 @@ class Session:
     SIGCHLD through a wakeup pipe where there is none) and its timers.
     """
 
-    def __init__(self, cfg: Config, run_dir: str, foreground: bool) -> None:
+    def __init__(self, cfg: Config, run_dir: str, foreground: bool, verdict_fd: int = -1) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.foreground = foreground
@@ -1144,7 +1185,9 @@ class Session:
         self.link: Optional[Link] = None
         addrs = resolve_controllers(cfg.controller, os.environ.get("SSH_CONNECTION"))
         if cfg.heartbeat and not foreground and addrs:
-            self.link = Link(addrs, cfg.interval, self.sel)
+            self.link = Link(addrs, cfg.interval, self.sel, verdict_fd)
+        elif verdict_fd >= 0:
+            _tell(verdict_fd, unreachable_line(addrs, "no address to try"))
         self.pid = 0  # the program's, once started
         self.wake_fds: Tuple[int, ...] = ()  # the pidfd, or the SIGCHLD wakeup pipe
 
@@ -1407,8 +1450,11 @@ def _try_write_status(run_dir: str, status: Dict[str, Any]) -> None:
     _log(f"cannot write status.json: {error}")
 
 
-def cmd_run(foreground: bool) -> int:
-    """Run the program as the config says, in the run directory (the working directory)."""
+def cmd_run(foreground: bool, verdict_fd: int = -1) -> int:
+    """Run the program as the config says, in the run directory (the working directory).
+
+    ``verdict_fd``: where the first try at the controller is told (see cmd_start).
+    """
     signal = _signal_module()
     try:
         with open(CONFIG_PATH) as fh:
@@ -1420,7 +1466,7 @@ def cmd_run(foreground: bool) -> int:
     # The program must outlive the SSH session: a hangup or a closed pipe is not a stop.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    status = Session(cfg, run_dir, foreground).run()
+    status = Session(cfg, run_dir, foreground, verdict_fd).run()
     if foreground:
         _emit("CORUNNER-STATUS", status)
     return 0
@@ -1843,11 +1889,23 @@ def cmd_start(run_dir: str, foreground: bool) -> int:
         _emit("CORUNNER-STATUS", status)
         return 0
     sys.stdout.flush()
+    # The executor's first try at the controller is told back on this pipe:
+    # where no path works, the start says so in one line, rather than leave
+    # the controller to find the node silent later.
+    verdict_r, verdict_w = os.pipe() if cfg is not None and cfg.heartbeat else (-1, -1)
+    patience = min(2.0, max(0.5, 2 * cfg.interval)) if cfg is not None else 0.0
     pid = os.fork()
     if pid:
         sys.stdout.write(f"CORUNNER-STARTED {pid}\n")
+        if verdict_r >= 0:
+            os.close(verdict_w)
+            said = _read_verdict(verdict_r, patience)
+            if said:
+                sys.stdout.write(f"{NOREACH_MARKER} {said}\n")
         sys.stdout.flush()
         return 0
+    if verdict_r >= 0:
+        os.close(verdict_r)
     os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
     log = os.open(".corunner/executor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -1856,7 +1914,29 @@ def cmd_start(run_dir: str, foreground: bool) -> int:
     os.dup2(log, 2)
     os.close(null)
     os.close(log)
-    return cmd_run(False)
+    return cmd_run(False, verdict_w)
+
+
+def _read_verdict(fd: int, timeout: float) -> Optional[str]:
+    """The executor's unreachable line from the verdict pipe, None if it reached the
+    controller, went quiet for ``timeout`` seconds or ended first (silence says nothing)."""
+    import select
+
+    data = b""
+    end = time.monotonic() + timeout
+    try:
+        while b"\n" not in data:
+            wait = end - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return None
+            data += chunk
+    finally:
+        os.close(fd)
+    line = data.split(b"\n", 1)[0].decode("utf-8", "replace")
+    return line if line.startswith("cannot reach") else None
 
 
 # --------------------------------------------------------------------------

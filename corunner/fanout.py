@@ -47,14 +47,16 @@ def on_each(
     """Connect to every host and run ``work(conn, host)``, ``parallel`` at a time.
 
     ``done`` is called (from a worker thread) as each host ends, for progress.
+    Hosts behind one jump host share one connection to it, closed at the end.
     Returns outcomes keyed by host id, in the order of ``hosts``.
     """
     hosts = list(hosts)
+    gateways = remote.Gateways(hosts, accept_new_host_keys)
 
     def one(host: Host) -> Outcome[T]:
         began = time.monotonic()
         try:
-            conn = remote.connect(host, accept_new_host_keys)
+            conn = remote.connect(host, accept_new_host_keys, gateways)
             try:
                 value = work(conn, host)
             finally:
@@ -70,6 +72,9 @@ def on_each(
         return outcome
 
     workers = max(1, min(parallel, len(hosts)))
-    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="corunner") as pool:
+    with (
+        gateways,
+        concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="corunner") as pool,
+    ):
         results = list(pool.map(one, hosts))
     return {o.host.id: o for o in results}

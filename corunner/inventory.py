@@ -48,10 +48,17 @@ SETTINGS = (
     "env",
     "become",
     "become_user",
+    "jump",
+    "heartbeat",
     "relay_address",
 )
 TOP_KEYS = ("defaults", "groups")
 GROUP_KEYS = ("hosts",) + SETTINGS
+#: A host entry written as a mapping: its pattern and settings of its own.
+ENTRY_KEYS = ("host",) + SETTINGS
+#: How heartbeats travel (``heartbeat:``): ``auto`` is ``tunnel`` behind a jump
+#: host or a proxy command (nodes there seldom reach the controller), else ``direct``.
+HEARTBEAT_PATHS = ("auto", "direct", "tunnel")
 #: ``ssh_config:`` (a file, or false) chooses the OpenSSH config for the whole
 #: inventory: the loader reads it, so only ``defaults:`` may hold it.
 DEFAULTS_KEYS = SETTINGS + ("ssh_config",)
@@ -111,6 +118,8 @@ class Host:
     strict_host_keys: str = "yes"
     #: HashKnownHosts: write new known_hosts entries hashed.
     hash_known_hosts: bool = False
+    #: How heartbeats travel: one of HEARTBEAT_PATHS (``heartbeat:``).
+    heartbeat: str = "auto"
     alive_interval: float = DEFAULT_ALIVE_INTERVAL  # seconds
     alive_count_max: int = DEFAULT_ALIVE_COUNT_MAX
     #: Where each setting came from, for ``inv hosts``: (setting, origin) pairs such
@@ -130,6 +139,14 @@ class Host:
         files: object = self.known_hosts_files
         if files is None or isinstance(files, str):
             object.__setattr__(self, "known_hosts_files", (files,) if files else ())
+
+    def heartbeat_via(self, wanted: Optional[str] = None) -> str:
+        """``direct`` or ``tunnel`` for this host: ``wanted`` (``--heartbeat-via``)
+        over ``heartbeat:``; ``auto`` tunnels behind a jump host or proxy command."""
+        choice = wanted if wanted not in (None, "auto") else self.heartbeat
+        if choice == "auto":
+            return "tunnel" if self.jump or self.proxy_command else "direct"
+        return str(choice)
 
     @property
     def id(self) -> str:
@@ -501,6 +518,8 @@ def _builtin_settings() -> dict[str, Any]:
         "env": (),
         "become": False,
         "become_user": None,
+        "jump": (),
+        "heartbeat": "auto",
         "relay_address": None,
     }
 
@@ -561,10 +580,11 @@ def with_ssh_config(
     if found.hostname:
         extra["address"] = found.hostname
         where["address"] = config["hostname"]
-    if found.jump:
-        extra["jump"] = found.jump
+    # The inventory's jump: (none included) wins over ProxyJump and ProxyCommand both.
+    if found.jump and "jump" not in origins:
+        out["jump"] = found.jump
         where["jump"] = config["jump"]
-    if found.proxy_command is not None:
+    if found.proxy_command is not None and "jump" not in origins:
         extra["proxy_command"] = found.proxy_command
         where["proxy_command"] = config["proxy_command"]
     for setting in (
@@ -748,11 +768,24 @@ class _Builder:
         inherited_origins: Dict[str, str],
         path: KeyPath,
     ) -> list[Host]:
-        """Hosts of one ``[user@]pattern[:port]`` entry, each resolved through ssh_config."""
-        if not isinstance(entry, str):
-            raise self.error(f"a host entry must be a string, not {_kind(entry)}", path)
+        """Hosts of one ``[user@]pattern[:port]`` entry, or of a mapping with
+        ``host:`` (such an entry) and settings of its own (``jump:``, ...),
+        each resolved through ssh_config."""
         resolved = dict(settings)
         origins = dict(inherited_origins)
+        if isinstance(entry, dict):
+            self.check_keys(entry, ENTRY_KEYS, path)
+            if "host" not in entry:
+                raise self.error("a host entry mapping needs 'host:' (its pattern)", path)
+            own = self.settings(entry, path)
+            if "env" in own:  # as a group's env: adds to what it inherits
+                own["env"] = tuple(sorted({**dict(settings["env"]), **dict(own["env"])}.items()))
+            resolved.update(own)
+            where = f"inventory {self.source}:{str(entry['host']).strip()}"
+            origins.update((k, where) for k in own)
+            path, entry = path + ("host",), entry["host"]
+        if not isinstance(entry, str):
+            raise self.error(f"a host entry must be a string, not {_kind(entry)}", path)
         pattern = entry.strip()
         if "@" in pattern:
             user, _, pattern = pattern.partition("@")
@@ -792,6 +825,8 @@ class _Builder:
             "env": self.env,
             "become": self.become,
             "become_user": self.become_user,
+            "jump": self.jump,
+            "heartbeat": self.heartbeat,
             "relay_address": self.relay_address,
         }
         return {k: checks[k](mapping[k], path + (k,)) for k in SETTINGS if k in mapping}
@@ -808,6 +843,8 @@ class _Builder:
             "env": (),
             "become": False,
             "become_user": None,
+            "jump": (),
+            "heartbeat": "auto",
             "relay_address": None,
         }
 
@@ -934,6 +971,26 @@ class _Builder:
             pairs[name] = str(item)
         return tuple(sorted(pairs.items()))
 
+    def jump(self, value: object, path: KeyPath) -> tuple[str, ...]:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = ",".join(value)
+        if not isinstance(value, str):
+            raise self.error(
+                f"jump must be [user@]host[:port], a comma list of them, or none, not {_kind(value)}",
+                path,
+            )
+        try:
+            return parse_jump(value)
+        except ValueError as exc:
+            raise self.error(f"jump: {exc}", path) from None
+
+    def heartbeat(self, value: object, path: KeyPath) -> str:
+        if value not in HEARTBEAT_PATHS:
+            raise self.error(
+                f"heartbeat must be one of {', '.join(HEARTBEAT_PATHS)}, not {_kind(value)}", path
+            )
+        return str(value)
+
     def connect_timeout(self, value: object, path: KeyPath) -> float:
         if (
             isinstance(value, bool)
@@ -945,6 +1002,58 @@ class _Builder:
                 f"connect_timeout must be a positive number of seconds, not {_kind(value)}", path
             )
         return float(value)
+
+
+def parse_jump(text: str) -> tuple[str, ...]:
+    """A jump chain, first hop first: ``[user@]host[:port]`` hops, comma-separated,
+    as OpenSSH's ProxyJump; ``none`` (or nothing) is no jump host.
+
+    Each hop is normalised to ``[user@]host[:port]`` (no blanks, a port of 22
+    kept only if written). Raises ValueError saying what is wrong with a hop.
+    """
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return tuple(_hop_text(split_hop(hop)) for hop in text.split(","))
+
+
+def split_hop(hop: str) -> tuple[Optional[str], str, Optional[int]]:
+    """``[user@]host[:port]`` (``[v6addr]:port`` too) -> (user, host, port); None if not given.
+
+    One host, never a pattern: brackets other than an IPv6 address, blanks
+    and ``none`` inside a chain are refused with a ValueError.
+    """
+    text = hop.strip()
+    if not text:
+        raise ValueError("empty hop in the chain (two commas, or one at an end)")
+    user: Optional[str] = None
+    if "@" in text:
+        user, _, text = text.rpartition("@")
+        if not user or any(c.isspace() for c in user):
+            raise ValueError(f"bad user in hop {hop.strip()!r}")
+    port_text: Optional[str] = None
+    if text.startswith("["):  # [v6addr] or [v6addr]:port
+        address, close, rest = text[1:].partition("]")
+        if not close or ":" not in address or (rest and not rest.startswith(":")):
+            raise ValueError(f"hop {hop.strip()!r}: write an IPv6 address as [addr]:port")
+        text, port_text = address, (rest[1:] if rest else None)
+    elif text.count(":") == 1:
+        text, _, port_text = text.partition(":")
+    if text.lower() == "none":
+        raise ValueError("'none' cannot be part of a chain: write it alone")
+    if not text or any(c.isspace() or c in "[],@/" for c in text):
+        raise ValueError(f"hop {hop.strip()!r} is not [user@]host[:port] (one host, no pattern)")
+    port: Optional[int] = None
+    if port_text is not None:
+        if not (port_text.isdigit() and port_text.isascii() and 1 <= int(port_text) <= 65535):
+            raise ValueError(f"hop {hop.strip()!r}: port must be a number from 1 to 65535")
+        port = int(port_text)
+    return user, text, port
+
+
+def _hop_text(parts: tuple[Optional[str], str, Optional[int]]) -> str:
+    user, host, port = parts
+    name = f"[{host}]" if ":" in host and port is not None else host
+    return f"{user + '@' if user else ''}{name}{'' if port is None else f':{port}'}"
 
 
 def ssh_config_setting(value: object) -> Optional[str]:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from corunner.executor import MAX_LINE, Heartbeat, ProtocolError, ack_line, decoder
 
@@ -54,12 +54,50 @@ class Limits:
     idle_timeout: float = 30.0
 
 
+class _Peer(Protocol):
+    """What the listener calls on a connection: a socket, or an adopted SSH channel."""
+
+    def fileno(self) -> int: ...
+    def recv(self, size: int) -> bytes: ...
+    def send(self, data: bytes) -> int: ...
+    def close(self) -> None: ...
+
+
+class _ChannelPeer:
+    """A forwarded SSH channel (a heartbeat tunnel) behaving as a non-blocking socket.
+
+    Its ``fileno`` is Paramiko's pipe, readable when data or the end arrived,
+    so the channel waits in the same epoll as every TCP connection.
+    """
+
+    __slots__ = ("chan",)
+
+    def __init__(self, chan: Any) -> None:
+        self.chan = chan
+        chan.setblocking(False)
+
+    def fileno(self) -> int:
+        return int(self.chan.fileno())
+
+    def recv(self, size: int) -> bytes:
+        try:
+            return bytes(self.chan.recv(size))
+        except socket.timeout:
+            raise BlockingIOError from None
+
+    def send(self, data: bytes) -> int:
+        return int(self.chan.send(data))
+
+    def close(self) -> None:
+        self.chan.close()
+
+
 class _Conn:
     """One accepted connection: its socket, a partial line, and when it last made sense."""
 
     __slots__ = ("sock", "fd", "buf", "last_valid", "talked")
 
-    def __init__(self, sock: socket.socket, now: float) -> None:
+    def __init__(self, sock: _Peer, now: float) -> None:
         self.sock = sock
         self.fd = sock.fileno()  # -1 once dropped
         self.buf = b""
@@ -92,7 +130,7 @@ class _ReadReadiness:
             self._selector = selectors.DefaultSelector()  # only where there is no epoll
         self._targets: dict[int, object] = {}
 
-    def register(self, sock: socket.socket, target: object) -> None:
+    def register(self, sock: _Peer, target: object) -> None:
         fd = sock.fileno()
         if self._epoll is not None:
             self._epoll.register(fd, select.EPOLLIN)
@@ -100,7 +138,7 @@ class _ReadReadiness:
             self._selector.register(fd, selectors.EVENT_READ)
         self._targets[fd] = target
 
-    def unregister(self, sock: socket.socket) -> None:
+    def unregister(self, sock: _Peer) -> None:
         fd = sock.fileno()
         del self._targets[fd]  # KeyError if not registered, as selectors does
         if self._epoll is not None:
@@ -157,6 +195,7 @@ class Listener:
         self._bound: dict[str, tuple[str, int]] = {}
         self._listening: list[socket.socket] = []
         self._pending: list[socket.socket] = []
+        self._adopted: list[_ChannelPeer] = []  # tunnels handed over, not yet registered
         self._first_port = 0
         self._accept_paused_until = 0.0
         # Both ordered by last_valid, oldest first: eviction and idle sweeps pop the front.
@@ -201,6 +240,19 @@ class Listener:
             self._pending.append(sock)
         self.wakeup()
         return address
+
+    def adopt(self, channel: Any) -> None:
+        """Serve ``channel`` (an SSH channel forwarded from a node: a heartbeat
+        tunnel) as if it were an accepted connection; safe from any thread.
+
+        Everything else holds for it: authentication, limits, eviction, ACKs.
+        """
+        with self._lock:
+            if self._closed:
+                channel.close()
+                return
+            self._adopted.append(_ChannelPeer(channel))
+        self.wakeup()
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -270,6 +322,11 @@ class Listener:
         return False
 
     def _resume_accepting(self) -> None:
+        if self._adopted:
+            with self._lock:
+                adopted, self._adopted = self._adopted, []
+            for peer in adopted:
+                self._serve_peer(peer)
         if self._pending and time.monotonic() >= self._accept_paused_until:
             with self._lock:
                 pending, self._pending = self._pending, []
@@ -296,12 +353,16 @@ class Listener:
                     self._pause_accepting()
                     return
                 continue  # e.g. ECONNABORTED: that peer is gone, try the next
-            if len(self._silent) + len(self._talking) >= self._max_connections:
-                self._evict()
             sock.setblocking(False)
-            conn = _Conn(sock, self._clock())
-            self._silent[conn.fd] = conn
-            self._sel.register(sock, conn)
+            self._serve_peer(sock)
+
+    def _serve_peer(self, sock: _Peer) -> None:
+        """Start reading a new connection (accepted, or an adopted tunnel)."""
+        if len(self._silent) + len(self._talking) >= self._max_connections:
+            self._evict()
+        conn = _Conn(sock, self._clock())
+        self._silent[conn.fd] = conn
+        self._sel.register(sock, conn)
 
     def _pause_accepting(self) -> None:
         """Out of descriptors with nothing to evict: stop the accept busy loop awhile."""
@@ -423,6 +484,9 @@ class Listener:
                 return
             self._closed = True
             listening, self._listening, self._pending = self._listening, [], []
+            adopted, self._adopted = self._adopted, []
+        for peer in adopted:
+            peer.close()
         for table in (self._silent, self._talking):
             for conn in list(table.values()):
                 self._drop(conn)

@@ -93,6 +93,7 @@ def ssh_settings(host: Host) -> str:
     key = host.key or "the SSH agent and ~/.ssh/id_*"
     via = f"address {host.address}, " if host.address != host.name else ""
     via += f"jump {','.join(host.jump)}, " if host.jump else ""
+    via += f"proxy command {host.proxy_command}, " if host.proxy_command else ""
     return (
         f"{via}user {host.user}, port {host.port}, key {key}, known_hosts {host.known_hosts}, "
         f"connect_timeout {host.connect_timeout:g}s, python {host.python}, "

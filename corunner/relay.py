@@ -325,6 +325,7 @@ def push(
         }
 
     gate = Gate(Window(parallel))
+    gateways = remote.Gateways(hosts, accept_new_host_keys)  # one connection per jump host
 
     def start(host: Host) -> Optional[_Node]:
         began = time.monotonic()
@@ -333,7 +334,7 @@ def push(
             return None
         took: Optional[float] = None
         try:
-            conn = remote.connect(host, accept_new_host_keys)
+            conn = remote.connect(host, accept_new_host_keys, gateways)
             with remote.translated(host, conn):
                 address = _reached_at(host, conn)
                 command = remote.sh(RELAY_SCRIPT, host.python).followed_by(boot)
@@ -355,23 +356,32 @@ def push(
         return None
 
     workers = max(1, min(parallel, len(hosts)))
-    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="corunner") as pool:
-        started = [n for n in pool.map(start, hosts) if n is not None]
-    nodes = {n.host.id: n for n in started}
-    _, client_ctx = relaynode.contexts(creds.cert, creds.key)
-    peer = _Peer(client_ctx, relaynode.HELLO + transfer_id.encode() + b"\n", creds.pin, times.stall)
-    try:
-        _relay(nodes, payload, dest, times, peer, fed, planned, end)
-    finally:
-        for node in nodes.values():
-            node.stop.set()
-            node.conn.close()
-            if node.host.id not in outcomes:  # the relay itself was interrupted
-                why = TransferError(
-                    node.host.id, "the relay was interrupted before this copy ended"
-                )
-                end(node.host, None, why, node.began)
+    with gateways:
+        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="corunner") as pool:
+            started = [n for n in pool.map(start, hosts) if n is not None]
+        nodes = {n.host.id: n for n in started}
+        _, client_ctx = relaynode.contexts(creds.cert, creds.key)
+        hello = relaynode.HELLO + transfer_id.encode() + b"\n"
+        peer = _Peer(client_ctx, hello, creds.pin, times.stall)
+        try:
+            _relay(nodes, payload, dest, times, peer, fed, planned, end)
+        finally:
+            _close(nodes, outcomes, end)
     return {h.id: outcomes[h.id] for h in hosts}
+
+
+def _close(
+    nodes: Dict[str, _Node],
+    outcomes: Dict[str, Outcome[Relayed]],
+    end: Callable[[Host, Optional[Relayed], Optional[RemoteError], float], None],
+) -> None:
+    """Close every node's connection; a node with no outcome yet was cut short."""
+    for node in nodes.values():
+        node.stop.set()
+        node.conn.close()
+        if node.host.id not in outcomes:  # the relay itself was interrupted
+            why = TransferError(node.host.id, "the relay was interrupted before this copy ended")
+            end(node.host, None, why, node.began)
 
 
 def _reached_at(host: Host, conn: fabric.Connection) -> str:
@@ -469,7 +479,10 @@ def _relay(
 
     if chain.order:
         nodes[chain.order[0]].head = True
-        serve(nodes[chain.order[0]], fed, peer)
+        head = nodes[chain.order[0]]
+        # Behind a jump host or a ProxyCommand the controller cannot reach its port: SSH.
+        tunnelled = bool(head.host.jump or head.host.proxy_command)
+        serve(head, fed, None if tunnelled else peer)
     for host in chain.direct:
         serve(nodes[host])
 

@@ -29,8 +29,10 @@ import select
 import selectors
 import shlex
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import (
     IO,
     Any,
@@ -49,8 +51,15 @@ import fabric
 import paramiko
 
 from . import hostkeys, keys
-from .errors import AuthError, ConnectError, RemoteError, StalledError
-from .inventory import DEFAULT_ALIVE_COUNT_MAX, DEFAULT_ALIVE_INTERVAL, DEFAULT_ORIGIN, Host
+from .errors import AuthError, ConnectError, JumpError, RemoteError, StalledError
+from .inventory import (
+    DEFAULT_ALIVE_COUNT_MAX,
+    DEFAULT_ALIVE_INTERVAL,
+    DEFAULT_ORIGIN,
+    DEFAULT_PORT,
+    Host,
+    split_hop,
+)
 
 T = TypeVar("T")
 
@@ -227,22 +236,32 @@ def _raise_translated(host: Host, error: BaseException) -> None:
         raise ConnectError(who, exc.strerror or str(exc)) from exc
 
 
-def connect(host: Host, accept_new_host_keys: bool = False) -> fabric.Connection:
+def connect(
+    host: Host, accept_new_host_keys: bool = False, gateways: Optional[Gateways] = None
+) -> fabric.Connection:
     """Open an SSH connection whose host key is checked against ``host.known_hosts``.
 
     With ``key:`` set, the key signs as ``ssh -i`` has it sign: ssh-agent's
-    copy when the agent holds it (see :mod:`corunner.keys`).
+    copy when the agent holds it (see :mod:`corunner.keys`). A host behind
+    jump hosts (or a proxy command) is reached through ``gateways``, the
+    command's shared connections to them; raises ValueError if it is None
+    then (a bug: every caller has one).
     """
-    if host.jump or host.proxy_command is not None:
-        # Never dial the target directly behind the user's back.
-        setting = "ProxyJump " + ",".join(host.jump) if host.jump else "ProxyCommand"
-        where = host.origin("jump" if host.jump else "proxy_command")
-        raise ConnectError(host.id, f"{setting} ({where}) is not supported yet")
+    sock: Any = None
+    if host.jump or host.proxy_command:
+        if gateways is None:
+            raise ValueError(f"{host.id} is reached through a jump host: pass the Gateways")
+        sock = gateways.sock(host)
+    return _open(host, accept_new_host_keys, sock)
+
+
+def _open(host: Host, accept_new_host_keys: bool, sock: Any) -> fabric.Connection:
+    """Log in to ``host`` over ``sock`` (None: a TCP connection of its own)."""
     if host.key and not os.path.exists(host.key) and not _key_from_ssh_config(host):
         raise AuthError(
             host.id, f"key file {host.key} does not exist (check key: in the inventory)"
         )
-    conn, agent = _connection(host, accept_new_host_keys)
+    conn, agent = _connection(host, accept_new_host_keys, sock)
     try:
         with translated(host):
             conn.open()
@@ -252,16 +271,20 @@ def connect(host: Host, accept_new_host_keys: bool = False) -> fabric.Connection
     return conn
 
 
-def connection(host: Host, accept_new_host_keys: bool = False) -> fabric.Connection:
+def connection(
+    host: Host, accept_new_host_keys: bool = False, sock: Any = None
+) -> fabric.Connection:
     """A Connection to ``host``, not yet open, with its host key policy set.
 
-    Safe to call from many threads at once: each gets a config of its own.
+    ``sock``: the socket-like path to it (a jump host's direct-tcpip channel,
+    a ProxyCommand), None for a TCP connection of its own. Safe to call from
+    many threads at once: each gets a config of its own.
     """
-    return _connection(host, accept_new_host_keys)[0]
+    return _connection(host, accept_new_host_keys, sock)[0]
 
 
 def _connection(
-    host: Host, accept_new_host_keys: bool
+    host: Host, accept_new_host_keys: bool, sock: Any = None
 ) -> Tuple[fabric.Connection, Optional[paramiko.Agent]]:
     """:func:`connection`, and the ssh-agent connection whose key will sign, if any."""
     files = _key_files(host)
@@ -296,6 +319,7 @@ def _connection(
                 alive_interval=host.alive_interval,
                 alive_count_max=host.alive_count_max,
             ),
+            **({"sock": sock} if sock is not None else {}),
             **_host_key_algorithms(
                 hostkeys.known_hosts_for(known).key_types(host.address, host.port)
             ),
@@ -329,6 +353,180 @@ def _key_files(host: Host) -> List[str]:
 def _key_from_ssh_config(host: Host) -> bool:
     origin = host.origin("key")
     return origin != DEFAULT_ORIGIN and not origin.startswith("inventory ")
+
+
+def hop_host(target: Host, hop: str) -> Host:
+    """The jump host ``hop`` (``[user@]host[:port]``) as a Host of its own.
+
+    What the hop does not say comes from the target: its user, key,
+    known_hosts and connect_timeout; the port is 22. Its host key is checked
+    as any host's is.
+    """
+    user, name, port = split_hop(hop)
+    return replace(
+        target,
+        name=name,
+        address=name,
+        user=user or target.user,
+        port=port or DEFAULT_PORT,
+        groups=(),
+        env=(),
+        become=None,
+        jump=(),
+        proxy_command=None,
+        heartbeat="auto",
+    )
+
+
+def chain_of(host: Host) -> Tuple[Host, ...]:
+    """The jump hosts in front of ``host``, first hop first."""
+    return tuple(hop_host(host, hop) for hop in host.jump)
+
+
+@dataclass
+class _Hop:
+    """One jump host's connection in a :class:`Gateways`, or why there is none."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    conn: Optional[fabric.Connection] = None
+    error: Optional[RemoteError] = None
+
+
+class Gateways:
+    """The connections to the jump hosts of one command, shared by every host behind them.
+
+    A stock sshd drops unauthenticated connections beyond ``MaxStartups``
+    (10 at once), so 64 hosts behind one bastion must not each log in to it:
+    each jump host (each chain prefix) gets ONE connection, opened by the
+    first thread that needs it, and every host behind it gets a
+    ``direct-tcpip`` channel over it (as Fabric's ``gateway=`` and OpenSSH's
+    ``ProxyJump`` do). A jump host that cannot be reached is tried once; every
+    host behind it then fails with the same line naming it. Thread-safe;
+    :meth:`close` at the end of the command.
+    """
+
+    def __init__(self, hosts: Iterable[Host] = (), accept_new_host_keys: bool = False) -> None:
+        self.accept_new_host_keys = accept_new_host_keys
+        self._lock = threading.Lock()
+        self._hops: Dict[Tuple[Host, ...], _Hop] = {}
+        self._closed = False
+        #: Hosts behind each jump host (chain prefix), for the failure line.
+        self.behind: Counter[Tuple[Host, ...]] = Counter()
+        for host in hosts:
+            chain = chain_of(host)
+            for depth in range(1, len(chain) + 1):
+                self.behind[chain[:depth]] += 1
+
+    def sock(self, host: Host) -> Any:
+        """A socket-like path to ``host``: a channel through its jump hosts, or its proxy command.
+
+        Raises JumpError naming the jump host that failed, ConnectError if the
+        last jump host cannot reach ``host``.
+        """
+        if host.proxy_command:
+            with translated(host):
+                try:
+                    # Its %h, %p, ... are filled in already (corunner.sshconfig).
+                    return paramiko.ProxyCommand(host.proxy_command)
+                except paramiko.ssh_exception.ProxyCommandFailure as exc:
+                    raise ConnectError(host.id, f"proxy command failed: {exc}") from exc
+        chain = chain_of(host)
+        transport = self._transport(host, chain)
+        last = chain[-1]
+        try:
+            return transport.open_channel(
+                "direct-tcpip",
+                dest_addr=(host.address, host.port),
+                src_addr=("", 0),
+                timeout=host.connect_timeout,
+            )
+        except paramiko.ChannelException as exc:
+            raise ConnectError(
+                host.id,
+                f"jump host {last.id} cannot connect to {host.name} port {host.port}: "
+                f"{exc.text} (is sshd running there?)",
+            ) from exc
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._failed(host, chain, last, exc) from exc
+
+    def _failed(
+        self, host: Host, chain: Tuple[Host, ...], hop: Host, exc: BaseException
+    ) -> JumpError:
+        """The one line every host behind ``hop`` says when it failed with ``exc``."""
+        if isinstance(exc, RemoteError):
+            cause = exc.cause
+        else:
+            try:
+                with translated(hop):
+                    raise exc
+            except RemoteError as translated_exc:
+                cause = translated_exc.cause
+        depth = next(i for i, h in enumerate(chain, 1) if h == hop)
+        count = self.behind.get(chain[:depth], 1)
+        noun = "host" if count == 1 else "hosts"
+        return JumpError(host.id, f"{hop.id} (jump host for {count} {noun}): {cause}", hop.id)
+
+    def _transport(self, host: Host, chain: Tuple[Host, ...]) -> paramiko.Transport:
+        """The open transport to the last hop of ``chain``, connecting (once) if needed."""
+        with self._lock:
+            if self._closed:
+                raise ConnectError(host.id, "the command's jump host connections are closed")
+            entry = self._hops.setdefault(chain, _Hop())
+        hop = chain[-1]
+        with entry.lock:
+            if entry.error is not None:
+                raise self._failed(host, chain, hop, entry.error)
+            if entry.conn is not None:
+                transport = entry.conn.client.get_transport()
+                if transport is not None and transport.is_active():
+                    return transport
+                entry.conn.close()  # gone since: connect again
+                entry.conn = None
+            try:
+                sock = None
+                if len(chain) > 1:
+                    outer = self._transport(host, chain[:-1])
+                    with translated(hop):
+                        sock = outer.open_channel(
+                            "direct-tcpip",
+                            dest_addr=(hop.address, hop.port),
+                            src_addr=("", 0),
+                            timeout=hop.connect_timeout,
+                        )
+                conn = _open(hop, self.accept_new_host_keys, sock)
+            except JumpError:
+                raise  # an earlier hop's, already said so
+            except RemoteError as exc:
+                entry.error = exc
+                raise self._failed(host, chain, hop, exc) from exc
+            entry.conn = conn
+            return conn.client.get_transport()
+
+    def close(self) -> None:
+        """Close every jump host connection, the innermost first. Idempotent."""
+        with self._lock:
+            self._closed = True
+            hops = sorted(self._hops.items(), key=lambda item: -len(item[0]))
+            self._hops = {}
+        for _, entry in hops:
+            if entry.conn is not None:
+                with contextlib.suppress(Exception):
+                    entry.conn.close()
+
+    def __enter__(self) -> Gateways:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def local_address(conn: fabric.Connection) -> Optional[str]:
+    """The controller's own address on ``conn``'s first hop; None through a proxy command."""
+    sock: Any = conn.client.get_transport().sock
+    while isinstance(sock, paramiko.Channel):
+        sock = sock.get_transport().sock
+    getsockname = getattr(sock, "getsockname", None)
+    return str(getsockname()[0]) if getsockname is not None else None
 
 
 def _host_key_algorithms(known_types: Sequence[str]) -> Dict[str, Any]:

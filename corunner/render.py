@@ -232,9 +232,26 @@ def clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
 
 
+#: The cause of hosts that failed because their jump host did (remote.Gateways).
+_JUMP_CAUSE = re.compile(r"\S+ \(jump host for \d+ hosts?\): ")
+
+
 def errors(pairs: Iterable[Tuple[str, str]]) -> List[str]:
-    """One ``host: cause`` line per failed host."""
-    return [f"{host}: {cause}" for host, cause in pairs]
+    """One ``host: cause`` line per failed host; the hosts behind a jump host
+    that failed share one line, folded: ``node[1-64]: gw (jump host for 64 hosts): ...``."""
+    pairs = list(pairs)
+    behind: Dict[str, List[str]] = {}
+    for host, cause in pairs:
+        if _JUMP_CAUSE.match(cause):
+            behind.setdefault(cause, []).append(host)
+    lines = []
+    for host, cause in pairs:
+        if cause not in behind:
+            lines.append(f"{host}: {cause}")
+        elif behind[cause]:
+            lines.append(f"{fold(behind[cause])}: {cause}")
+            behind[cause] = []
+    return lines
 
 
 def command_name(argv0: str) -> str:
@@ -468,7 +485,7 @@ def run_document(report: RunReport, program: str) -> Dict[str, Any]:
                 "state": h.state.value,
                 "exit_code": h.exit_code,
                 "signal": h.signal,
-                "error": h.error,
+                "error": h.error if h.error is not None else h.reason,  # dead: why
                 "seconds": h.seconds,
                 "last_seen_age": h.last_seen_age,
                 "pid": h.pid,

@@ -82,6 +82,9 @@ class RunSpec:
     stdin: Optional[str] = None
     #: ``--sudo``/``--sudo-user``: the user every program runs as (wins over ``become:``).
     become: Optional[str] = None
+    #: ``--heartbeat-via``: ``direct`` or ``tunnel`` for every host (wins over
+    #: ``heartbeat:``); None or ``auto``: each host's own (Host.heartbeat_via).
+    heartbeat_via: Optional[str] = None
 
     @property
     def silence_limit(self) -> float:

@@ -20,6 +20,7 @@ another process can :func:`load` the running lab or :func:`down` it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import json
@@ -31,10 +32,24 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from ..errors import LabError
 
@@ -119,6 +134,8 @@ class Lab:
 
     state_dir: Path
     nodes: List[Node]
+    #: The network namespace the nodes live in (``ip netns``), None for the host's.
+    netns: Optional[str] = None
     key: Path = field(init=False)
     known_hosts: Path = field(init=False)
     inventory: Path = field(init=False)
@@ -199,11 +216,11 @@ class Lab:
         old = self.node(i)
         with _locked(self.state_dir):
             self.kill(old.index)
-            new = replace(old, pid=_spawn(self.state_dir, old.index))
+            new = replace(old, pid=_spawn(self.state_dir, old.index, self.netns))
             self.nodes[self.nodes.index(old)] = new
-            _write_state(self.state_dir, self.nodes, _read_owner(self.state_dir))
+            _write_state(self.state_dir, self.nodes, _read_owner(self.state_dir), self.netns)
             try:
-                _wait_for_banners([new], self.state_dir, time.monotonic() + timeout)
+                _wait_for_banners([new], self.state_dir, time.monotonic() + timeout, self.netns)
             except BaseException:
                 self.kill(new.index)  # a node half up would confuse the next test
                 raise
@@ -317,6 +334,7 @@ def up(
     *,
     timeout: Optional[float] = None,
     ephemeral: bool = False,
+    netns: Optional[str] = None,
 ) -> Lab:
     """Start ``nodes`` nodes at indices ``first`` and up, and return the lab.
 
@@ -333,6 +351,8 @@ def up(
     that process is gone, a later ``up`` in any state dir may reclaim its
     addresses. Stale nodes whose state dir no longer records them are
     reclaimed too; nodes of another live lab are not (LabError names it).
+    ``netns``: the nodes live in that network namespace (made by ``ip netns
+    add``, its ``lo`` up), reachable only from there (see corunner.testing.bastion).
 
     Returns once every node answers with an SSH banner; raises LabError naming
     the node that did not within ``timeout`` seconds (default 30 + 0.5 per
@@ -360,15 +380,16 @@ def up(
         started: List[Node] = []
         try:
             for i in indices:
-                started.append(Node(i, node_address(i), _hostname(i), _spawn(state_dir, i)))
+                node = Node(i, node_address(i), _hostname(i), _spawn(state_dir, i, netns))
+                started.append(node)
             # Recorded before waiting: a crash from here on leaves pids to clean up.
-            _write_state(state_dir, started, owner)
-            _wait_for_banners(started, state_dir, time.monotonic() + timeout)
+            _write_state(state_dir, started, owner, netns)
+            _wait_for_banners(started, state_dir, time.monotonic() + timeout, netns)
         except BaseException:
             _kill_and_wait([n.pid for n in started if _is_ours(n.pid, state_dir)])
             _state_path(state_dir).unlink(missing_ok=True)
             raise
-    return Lab(state_dir, started)
+    return Lab(state_dir, started, netns)
 
 
 def load(state_dir: Path = DEFAULT_STATE_DIR) -> Lab:
@@ -386,7 +407,9 @@ def load(state_dir: Path = DEFAULT_STATE_DIR) -> Lab:
             f"the lab in {state_dir} is not running (stale state from a crash or "
             "reboot?): start it again with `inv lab.up`"
         )
-    return Lab(state_dir, nodes)
+    state = _read_state(state_dir) or {}
+    netns = state.get("netns")
+    return Lab(state_dir, nodes, netns if isinstance(netns, str) else None)
 
 
 def down(state_dir: Path = DEFAULT_STATE_DIR) -> int:
@@ -649,11 +672,14 @@ def _write_text(path: Path, text: str) -> None:
 # --- state file -----------------------------------------------------------------------
 
 
-def _write_state(state_dir: Path, nodes: List[Node], owner: Optional[List[int]]) -> None:
+def _write_state(
+    state_dir: Path, nodes: List[Node], owner: Optional[List[int]], netns: Optional[str] = None
+) -> None:
     state = {
         "version": STATE_VERSION,
         "state_dir": str(state_dir),
         "owner": owner,
+        "netns": netns,
         "nodes": [
             {"index": n.index, "address": n.address, "hostname": n.hostname, "pid": n.pid}
             for n in nodes
@@ -740,10 +766,16 @@ def _busy(state_dir: Path) -> bool:
 # --- processes ------------------------------------------------------------------------
 
 
-def _spawn(state_dir: Path, i: int) -> int:
-    """Start node ``i``'s unshare process (not waiting for sshd); return its pid."""
+def _spawn(state_dir: Path, i: int, netns: Optional[str] = None) -> int:
+    """Start node ``i``'s unshare process (not waiting for sshd); return its pid.
+
+    With ``netns``, nsenter puts it in that network namespace first (and
+    execs unshare: the pid stays that of the node's unshare process).
+    """
     inside = NODE_VIEW / "nodes" / _hostname(i)
+    enter = ["nsenter", f"--net={NETNS_DIR / netns}"] if netns else []
     cmd = [
+        *enter,
         *_UNSHARE,
         "sh",
         "-c",
@@ -1140,20 +1172,26 @@ class _Probe:
     data: bytes = b""
 
 
-def _wait_for_banners(nodes: List[Node], state_dir: Path, deadline: float) -> None:
+def _wait_for_banners(
+    nodes: List[Node], state_dir: Path, deadline: float, netns: Optional[str] = None
+) -> None:
     """Wait until each node answers with an SSH banner; LabError naming the first that won't.
 
     All nodes are waited for together, with non-blocking sockets on one
     selector: a node is probed once ``/proc/net/tcp`` shows it listening (one
     read for all of them), at most :data:`_PROBES` probes at a time, each retried
     until the deadline. Exits are checked on every node a few times a second.
+    Nodes in ``netns`` are probed from a thread inside it.
     """
+    if netns is not None:
+        in_netns(netns, lambda: _wait_for_banners(nodes, state_dir, deadline, None), scan=False)
+        return
     waiting: Dict[str, Node] = {n.address: n for n in nodes}
     listening: Set[str] = set()
     retry_at: Dict[str, float] = {}
     probes: Dict[str, _Probe] = {}
     selector = selectors.DefaultSelector()
-    can_scan = os.access("/proc/net/tcp", os.R_OK)
+    can_scan = _SCAN.ok and os.access("/proc/net/tcp", os.R_OK)
     next_scan = next_exit_check = 0.0
 
     def drop(probe: _Probe, again: bool) -> None:
@@ -1207,6 +1245,46 @@ def _wait_for_banners(nodes: List[Node], state_dir: Path, deadline: float) -> No
         for probe in probes.values():
             probe.sock.close()
         selector.close()
+
+
+class _Scan(threading.local):
+    """Whether this thread may read /proc/net/tcp for listeners (not inside another netns:
+    /proc/net is the process's namespace, not the thread's)."""
+
+    ok = True
+
+
+_SCAN = _Scan()
+#: Where ``ip netns add`` keeps the namespaces it names.
+NETNS_DIR = Path("/run/netns")
+_CLONE_NEWNET = 0x40000000
+
+T = TypeVar("T")
+
+
+def in_netns(netns: str, work: Callable[[], T], scan: bool = True) -> T:
+    """``work()`` in a thread that entered network namespace ``netns``: the
+    sockets it makes live there. Its exception, if any, is raised here."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    box: Dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            with open(NETNS_DIR / netns) as handle:
+                if libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise LabError(f"cannot enter network namespace {netns}: {os.strerror(err)}")
+            _SCAN.ok = scan
+            box["value"] = work()
+        except BaseException as exc:  # handed to the caller's thread as it is
+            box["error"] = exc
+
+    thread = threading.Thread(target=body, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _start_probe(

@@ -14,9 +14,11 @@ from invoke import Collection, Context, Task, task
 
 from ..cli import reported
 from ..hostrange import fold
+from . import bastion as bastion_module
 from . import lab as lab_module
 
 STATE_DIR = str(lab_module.DEFAULT_STATE_DIR)
+BASTION_DIR = ".corunner/bastion"
 
 
 MIB = 1024 * 1024
@@ -54,6 +56,28 @@ def down(c: Context, state_dir: str = STATE_DIR) -> None:
     print(f"{stopped} nodes stopped in {time.monotonic() - began:.1f}s")
 
 
+@task(
+    help={
+        "targets": "how many target nodes behind the bastion (default 3)",
+        "state_dir": "where keys and state go (default .corunner/bastion)",
+        "stop": "stop the bastion lab instead",
+    }
+)
+@reported
+def bastion(c: Context, targets: int = 3, state_dir: str = BASTION_DIR, stop: bool = False) -> None:
+    """Start (or --stop) a bastion and targets only it reaches (a network namespace)."""
+    if stop:
+        bastion_module.down(Path(state_dir))
+        print("bastion lab stopped")
+        return
+    the_bastion = bastion_module.up(Path(state_dir), int(targets))
+    print(
+        f"bastion {the_bastion.bastion.address}, targets behind it: "
+        f"{fold(t.address for t in the_bastion.targets)}"
+    )
+    print(f"inventory: {Path(state_dir).resolve() / 'behind.yaml'}")
+
+
 def _fault(action: str) -> Task[Any]:
     @task(
         name=action, help={"node": "node index or address", "state_dir": "where keys and state go"}
@@ -77,5 +101,6 @@ def _fault(action: str) -> Task[Any]:
 ns = Collection("lab")
 ns.add_task(up)
 ns.add_task(down)
+ns.add_task(bastion)
 for _action in ("kill", "freeze", "thaw", "restart"):
     ns.add_task(_fault(_action))

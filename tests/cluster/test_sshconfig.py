@@ -25,7 +25,11 @@ FAST = ("--interval", "0.2", "--dead-after", "1.5")
 @pytest.fixture(scope="module")
 def setup(lab, tmp_path_factory):
     root = tmp_path_factory.mktemp("sshconfig")
-    web, wild = lab.nodes[0], lab.nodes[2:4]
+    web, wild, proxied = lab.nodes[0], lab.nodes[2:4], lab.nodes[5]
+    # A ProxyCommand that says it was used, then carries the connection.
+    proxy = root / "proxy.sh"
+    proxy.write_text(f'#!/bin/sh\necho "$1 $2" >> {root}/proxy.log\nexec socat - "TCP:$1:$2"\n')
+    proxy.chmod(0o755)
     config = root / "ssh_config"
     config.write_text(
         "# a user's own config\n"
@@ -42,6 +46,12 @@ def setup(lab, tmp_path_factory):
         f"  UserKnownHostsFile {lab.known_hosts}\n"
         "  CertificateFile ~/.ssh/id_ed25519-cert.pub\n"
         "  ForwardX11 yes\n"
+        "Host proxied\n"
+        f"  HostName {proxied.address}\n"
+        "  User root\n"
+        f"  IdentityFile {lab.key}\n"
+        f"  UserKnownHostsFile {lab.known_hosts}\n"
+        f"  ProxyCommand {proxy} %h %p\n"
     )
     inventory = root / "hosts.yaml"
     inventory.write_text(
@@ -52,7 +62,15 @@ def setup(lab, tmp_path_factory):
     )
     home = root / "home"
     home.mkdir()
-    return {"config": config, "inventory": inventory, "home": home, "web": web, "wild": wild}
+    return {
+        "config": config,
+        "inventory": inventory,
+        "home": home,
+        "web": web,
+        "wild": wild,
+        "proxied": proxied,
+        "proxy_log": root / "proxy.log",
+    }
 
 
 def test_an_alias_and_a_wildcard_block_reach_their_hosts_and_none_switches_them_off(
@@ -102,3 +120,27 @@ def test_an_alias_and_a_wildcard_block_reach_their_hosts_and_none_switches_them_
         assert host["state"] == "unreachable"
         assert host["error"].startswith(f"host key not in {known}"), host["error"]
     assert "Traceback" not in done.stderr
+
+
+def test_a_proxy_command_carries_every_connection_of_its_host(lab, cli, setup):
+    env = {"CORUNNER_INVENTORY": str(setup["inventory"]), "HOME": str(setup["home"])}
+    node, config = setup["proxied"], str(setup["config"])
+    done, run = cli.json(
+        "run",
+        "--cmd",
+        "hostname",
+        "-H",
+        "root@proxied",
+        "--show-output",
+        "--ssh-config",
+        config,
+        *FAST,
+        env=env,
+    )
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    assert [(h["host"], h["state"]) for h in run["hosts"]] == [("proxied", "succeeded")]
+    (group,) = run["outputs"]["groups"]
+    assert group["output"].strip().splitlines()[-1] == node.hostname
+    # The start and the output's fetch: each went through the command, to the address.
+    used = setup["proxy_log"].read_text().splitlines()
+    assert len(used) >= 2 and set(used) == {f"{node.address} 22"}

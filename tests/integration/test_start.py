@@ -20,7 +20,7 @@ from subprocess import PIPE
 from typing import Any, Callable, Dict, Optional
 
 import pytest
-from helpers import python38, wait_until
+from helpers import free_port, python38, wait_until
 
 from corunner import remote
 from corunner.bootstrap import (
@@ -314,3 +314,30 @@ def test_become_runs_the_program_through_sudo_with_the_runs_environment(tmp_path
     status = json.loads(line.split(" ", 1)[1])
     assert status["exit_code"] == 126
     assert status["error"].startswith("sudo -u no-such-user-here refused: sudo: unknown user")
+
+
+def test_a_start_that_cannot_reach_the_controller_says_so_in_one_line(
+    tmp_path: Path, listener: Listener, groups: list
+) -> None:
+    # Nothing listens on the first address; the listener on the second is reached:
+    # the start says nothing then. With only the closed one, it says so in one line.
+    closed = free_port()
+    program = Program(cmd="sleep 0.5")
+    for addrs, said in (
+        ([["127.0.0.1", closed], *listener.addresses], None),
+        ([["127.0.0.1", closed]], f"cannot reach the controller at 127.0.0.1:{closed}"),
+    ):
+        cfg = {**config(listener, program), "controller": addrs}
+        data = payload_bytes(tmp_path, program, [], cfg)
+        run_dir = tmp_path / "node" / f"runs-{len(addrs)}" / RUN_ID
+        done = start(run_dir, data, "bg")
+        assert done.returncode == 0, done.stderr
+        assert b"CORUNNER-STARTED" in done.stdout
+        line = remote.find_marked(done.stdout, "CORUNNER-NOREACH")
+        if said is None:
+            assert line is None, done.stdout
+        else:
+            assert (
+                line == f"{said} (Connection refused); use --heartbeat-via tunnel or --no-heartbeat"
+            )
+        groups.append(wait_until(lambda d=run_dir: _status(d), timeout=10)["pgid"])
