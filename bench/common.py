@@ -59,6 +59,8 @@ class Sample:
     cpu: float
     nodes_cpu: Optional[float] = None
     error: Optional[str] = None
+    #: What the tool printed (stdout and stderr), for benchmarks that read it.
+    output: str = ""
 
     @property
     def ok(self) -> bool:
@@ -112,10 +114,11 @@ def run_timed(argv: Sequence[str], env: Dict[str, str], timeout: float = TIMEOUT
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
     if timed_out.is_set():
-        return Sample(wall, cpu, error=f"killed after {timeout:.0f}s: {_tail(text)}")
+        return Sample(wall, cpu, error=f"killed after {timeout:.0f}s: {_tail(text)}", output=text)
     if proc.returncode != 0:
-        return Sample(wall, cpu, error=f"exit {proc.returncode}: {_tail(text) or 'no output'}")
-    return Sample(wall, cpu)
+        why = f"exit {proc.returncode}: {_tail(text) or 'no output'}"
+        return Sample(wall, cpu, error=why, output=text)
+    return Sample(wall, cpu, output=text)
 
 
 # -- statistics and tables -----------------------------------------------------------

@@ -42,6 +42,7 @@ from . import (
     render,
     transfer,
 )
+from . import relay as relay_module
 from .bootstrap import check_uploads
 from .controller import Run
 from .errors import (
@@ -353,8 +354,10 @@ def hosts(
         "dest": "where to (remote path; with --pull a local directory)",
         "pull": "copy from the nodes to here instead",
         "divide": "with --pull: one directory per host, DEST/<host>/",
+        "relay": "send the payload once and let the nodes pass it on (auto: when it pays, see README)",
         **COMMON_HELP,
-    }
+    },
+    optional=["relay"],
 )
 @reported
 def cp(
@@ -372,10 +375,15 @@ def cp(
     dry: bool = False,
     ssh_config: Optional[str] = None,
     jump: Optional[str] = None,
+    relay: Any = None,
 ) -> None:
     """Copy a file or tree to every node at once, or (--pull) from every node."""
     if not src or not dest:
         raise UsageError("cp needs --src SRC and --dest DEST")
+    if relay not in (None, False, True, "auto"):
+        raise UsageError(f"--relay takes no value or auto, not {relay!r}")
+    if relay and pull:
+        raise UsageError("--relay is for pushes: drop it, or drop --pull")
     if divide and not pull:
         raise UsageError(
             "--divide only applies to --pull (one local directory per host): add --pull or drop it"
@@ -384,10 +392,12 @@ def cp(
     workers = _number("parallel", parallel, DEFAULT_PARALLEL, integer=True)
     out = Out(json)
     if dry:
-        _dry(out, plan.copy_plan(selected, src, dest, pull, divide, _not_listed(inv, selected)))
+        not_listed = _not_listed(inv, selected)
+        _dry(out, plan.copy_plan(selected, src, dest, pull, divide, not_listed, relay))
         return
     began = time.monotonic()
     kind = "pull" if pull else "push"
+    relayed = False
     with live.TransferView(out.stream, len(selected), f"{kind} {src}") as view:
         if pull:
             outcomes = on_each(
@@ -400,14 +410,35 @@ def cp(
         else:
             with tempfile.TemporaryDirectory(prefix="corunner-") as work:
                 archive = transfer.build_archive(src, work)
-                outcomes = on_each(
-                    selected,
-                    lambda conn, host: transfer.push(conn, host, archive, dest),
-                    workers,
-                    accept_new_host_keys,
-                    view.done,
+                relayed = relay_module.wanted(
+                    relay, relay_module.source_size(archive), len(selected)
                 )
+                if relayed:
+                    outcomes = relay_module.push(
+                        selected, archive, dest, workers, accept_new_host_keys, view.done
+                    )
+                else:
+                    outcomes = on_each(
+                        selected,
+                        lambda conn, host: transfer.push(conn, host, archive, dest),
+                        workers,
+                        accept_new_host_keys,
+                        view.done,
+                    )
+    if relayed:
+        _relay_lines(outcomes, out)
     _finish_transfer(outcomes, out, "cp", kind, src, dest, began)
+
+
+def _relay_lines(outcomes: Dict[str, Outcome], out: Out) -> None:
+    """What the relay did beyond the copies: the controller's bytes, who it fed directly."""
+    done = [o.value for o in outcomes.values() if isinstance(o.value, relay_module.Relayed)]
+    direct = [o.host.id for o in outcomes.values() if getattr(o.value, "via", "") == "direct"]
+    sent = sum(r.bytes_sent for r in done)
+    line = f"relay: {sent:,} bytes sent from here"
+    if direct:
+        line += f"; served directly ({len(direct)}): {fold(direct)}"
+    out.line(line)
 
 
 def _finish_transfer(

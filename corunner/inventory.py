@@ -50,6 +50,7 @@ SETTINGS = (
     "become_user",
     "jump",
     "heartbeat",
+    "relay_address",
 )
 TOP_KEYS = ("defaults", "groups")
 GROUP_KEYS = ("hosts",) + SETTINGS
@@ -130,6 +131,9 @@ class Host:
     #: The jump hosts of ``jump`` as Hosts, each looked up in ssh_config as ssh
     #: looks up a ProxyJump hop (see :func:`with_hops`); () until resolved.
     hops: Tuple[Host, ...] = field(default=(), compare=False)
+    #: Where this host's relay listens for its peers (``cp --relay``); None:
+    #: the address the controller reached it on.
+    relay_address: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not self.address:
@@ -519,6 +523,7 @@ def _builtin_settings() -> dict[str, Any]:
         "become_user": None,
         "jump": (),
         "heartbeat": "auto",
+        "relay_address": None,
     }
 
 
@@ -826,6 +831,7 @@ class _Builder:
             "become_user": self.become_user,
             "jump": self.jump,
             "heartbeat": self.heartbeat,
+            "relay_address": self.relay_address,
         }
         return {k: checks[k](mapping[k], path + (k,)) for k in SETTINGS if k in mapping}
 
@@ -843,6 +849,7 @@ class _Builder:
             "become_user": None,
             "jump": (),
             "heartbeat": "auto",
+            "relay_address": None,
         }
 
     def ad_hoc_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
@@ -936,6 +943,16 @@ class _Builder:
         if value is None:
             return None
         return self.user(value, path)
+
+    def relay_address(self, value: object, path: KeyPath) -> Optional[str]:
+        if value is None:
+            return None
+        text = value.strip().strip("[]") if isinstance(value, str) else ""
+        if not text or any(c.isspace() for c in text):
+            raise self.error(
+                f"relay_address must be an IP address or host name, not {_kind(value)}", path
+            )
+        return text
 
     def python(self, value: object, path: KeyPath) -> str:
         if not isinstance(value, str) or not value.strip():

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from . import relay as relay_module
 from . import remote, transfer
 from .bootstrap import Payload
 from .hostrange import fold
@@ -156,8 +157,12 @@ def copy_plan(
     pull: bool,
     divide: bool,
     not_listed: Tuple[str, ...] = (),
+    relay: object = None,
 ) -> Plan:
-    """What ``cp`` would do; a push archives its source as the copy would, to count the bytes."""
+    """What ``cp`` would do; a push archives its source as the copy would, to count the bytes.
+
+    ``relay``: ``cp --relay`` (True, or ``auto``, decided here as the copy would).
+    """
     if pull:
         where = f"{dest}/<host>/<name>" if divide else f"{dest}/<name>.<host>"
         example = f" (e.g. {_pulled_as(hosts[0], src, dest, divide)})" if hosts else ""
@@ -173,11 +178,18 @@ def copy_plan(
             upload = os.path.getsize(archive.file)
         else:
             how, upload = "a tar stream on one SSH command per host", os.path.getsize(archive.path)
+        relayed = relay_module.wanted(relay, relay_module.source_size(archive), len(hosts))
+    if relayed:
+        what = "the file" if archive.file is not None else "its tar stream"
+        how = (
+            f"{what} sent once, to the first host over SSH; each host passes it on to the next "
+            f"over TLS (a certificate made for the transfer) and checks its sha256"
+        )
     steps = (
         Step("push", f"{archive.src} as {how}"),
         Step("to", f"{dest} on each host (inside it if it ends with / or is a directory)"),
     )
-    return Plan("cp", steps, tuple(hosts), upload, not_listed)
+    return Plan("cp", steps, tuple(hosts), None if relayed else upload, not_listed)
 
 
 def status_plan(

@@ -416,6 +416,7 @@ def transfer_document(
 ) -> Dict[str, Any]:
     """The document of ``cp`` and ``collect``: one entry per host, in inventory order."""
     hosts = []
+    finished: List[float] = []
     for o in outcomes.values():
         entry: Dict[str, Any] = {
             "host": o.host.id,
@@ -425,6 +426,10 @@ def transfer_document(
             "seconds": round(o.seconds, 3),
         }
         pulled = o.value if o.ok and hasattr(o.value, "skipped") else None
+        via = getattr(o.value, "via", None)
+        if via is not None:  # a relayed push (corunner.relay.Relayed)
+            entry.update(via=via, bytes_sent=getattr(o.value, "bytes_sent", 0))
+            finished.append(getattr(o.value, "finished_at", 0.0))
         if direction == "pull":
             entry.update(
                 files=pulled.files if pulled else None,
@@ -443,6 +448,11 @@ def transfer_document(
     }
     if task == "collect":
         doc["run_id"] = run_id
+    if any("via" in h for h in hosts):
+        doc["relay"] = {
+            "bytes_sent": sum(h.get("bytes_sent", 0) for h in hosts),
+            "spread_seconds": round(max(finished) - min(finished), 3) if finished else None,
+        }
     return doc
 
 
