@@ -543,6 +543,17 @@ def host_fields(settings: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
+#: The Host fields that only ssh_config sets (the inventory has no key for them).
+SSH_ONLY_SETTINGS = (
+    "identities_only",
+    "global_known_hosts_files",
+    "strict_host_keys",
+    "hash_known_hosts",
+    "alive_interval",
+    "alive_count_max",
+)
+
+
 def with_ssh_config(
     name: str,
     settings: Mapping[str, Any],
@@ -590,14 +601,7 @@ def with_ssh_config(
     if found.proxy_command is not None and "jump" not in origins:
         extra["proxy_command"] = found.proxy_command
         where["proxy_command"] = config["proxy_command"]
-    for setting in (
-        "identities_only",
-        "global_known_hosts_files",
-        "strict_host_keys",
-        "hash_known_hosts",
-        "alive_interval",
-        "alive_count_max",
-    ):
+    for setting in SSH_ONLY_SETTINGS:
         value = getattr(found, setting)
         if value is not None:
             extra[setting] = value
@@ -1057,16 +1061,7 @@ def hop_host(
             fields["port"] = found.port
         if found.identity_files:
             fields["key"], fields["extra_keys"] = found.identity_files[0], found.identity_files[1:]
-        for setting in (
-            "known_hosts_files",
-            "connect_timeout",
-            "identities_only",
-            "global_known_hosts_files",
-            "strict_host_keys",
-            "hash_known_hosts",
-            "alive_interval",
-            "alive_count_max",
-        ):
+        for setting in ("known_hosts_files", "connect_timeout", *SSH_ONLY_SETTINGS):
             value = getattr(found, setting)
             if value is not None:
                 fields[setting] = value
