@@ -220,3 +220,18 @@ def test_a_killed_and_a_frozen_target_behind_the_bastion(behind, jcli):
     changes = [(e["old"], e["new"]) for e in jcli.events() if e["host"] == frozen.address]
     assert changes == [("pending", "alive"), ("alive", "dead"), ("dead", "alive"),
                        ("alive", "succeeded")]  # fmt: skip
+
+
+def test_a_jump_host_known_only_by_its_ssh_config_alias(behind, tmp_path):
+    """``jump: gw`` where only ``Host gw`` in ssh_config says where gw is, as with ssh -J."""
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host gw\n  HostName {behind.bastion.address}\n  User root\n  IdentityFile {behind.lab.key}\n"
+    )
+    cli = Cli(behind.lab, tmp_path)
+    cli.env["CORUNNER_INVENTORY"] = str(inventory(behind, tmp_path / "hosts.yaml", "gw"))
+    cli.env["CORUNNER_SSH_CONFIG"] = str(config)
+    done, doc = cli.json("run", "--cmd", "hostname", *FAST)
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    assert {h["state"] for h in doc["hosts"]} == {"succeeded"}
+    assert len(doc["hosts"]) == len(behind.targets)
