@@ -76,9 +76,12 @@ class NodeStatus:
     def seconds(self) -> Optional[float]:
         """The run time by the node's own clock (its start and end times), if it ended."""
         began, ended = self.detail.get("started_at"), self.detail.get("ended_at")
-        if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (began, ended)):
+        times = [
+            t for t in (began, ended) if isinstance(t, (int, float)) and not isinstance(t, bool)
+        ]
+        if len(times) != 2:
             return None
-        return round(max(0.0, float(ended) - float(began)), 3)  # type: ignore[arg-type]
+        return round(max(0.0, float(times[1]) - float(times[0])), 3)
 
 
 def record_hosts(
