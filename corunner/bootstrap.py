@@ -26,7 +26,16 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 from . import executor as executor_module
 from . import remote
 from .errors import UsageError
-from .executor import CONFIG_PATH, END_MARKER, FRAME_FILE, TAR_MARKER, frame, frame_header
+from .executor import (
+    CONFIG_PATH,
+    END_MARKER,
+    FRAME_FILE,
+    FRAME_HEADER,
+    FRAME_STAGED,
+    TAR_MARKER,
+    frame,
+    frame_header,
+)
 from .inventory import Host
 from .spec import Program
 
@@ -75,7 +84,7 @@ def _boot_head(owner: bool = False) -> str:
     )
 
 
-def _embedded(function: Any) -> str:
+def embedded(function: Any) -> str:
     """The source of an executor function, to run on a node before the executor is there.
 
     Without its docstring: every byte of boot code is sent on every command.
@@ -89,6 +98,11 @@ def _embedded(function: Any) -> str:
 
 #: Where ``run --stdin FILE`` lands in the run directory (the program's stdin).
 STDIN_PATH = ".corunner/stdin"
+#: Where ``run --files --relay`` leaves the tar of --files in the run directory
+#: for the start to extract (the executor then removes it).
+STAGED_DIR = ".corunner"
+STAGED_NAME = "files.tar"
+STAGED_PATH = f"{STAGED_DIR}/{STAGED_NAME}"
 
 #: The two answers of the start boot code, on a line of their own: the node has
 #: this executor in its cache (send the rest of the upload), or needs it first.
@@ -171,7 +185,7 @@ def start_boot() -> str:
     files = [(name[len(".corunner/") :], name, len(data)) for name, data in executor_files()]
     return (
         _boot_head()
-        + _embedded(executor_module.private_dirs)
+        + embedded(executor_module.private_dirs)
         + _START.replace("@HEADER@", str(executor_module.FRAME_HEADER))
         .replace("@CACHE@", CACHE_DIR)
         .replace("@KEY@", executor_key())
@@ -187,7 +201,7 @@ def start_boot() -> str:
 #: (the node user's: stop may run as root through sudo).
 ASK_BOOT = (
     _boot_head(owner=True)
-    + _embedded(executor_module.private_dirs)
+    + embedded(executor_module.private_dirs)
     + r"""
 why = private_dirs(top, d + "/.corunner", False, owner)
 if why:
@@ -293,8 +307,10 @@ class Payload:
     Built once: the executor and its bytecode (read by the boot code, sent
     only to a node whose cache lacks them), the user's script, and a tar of
     ``--files``; between them, each host's own config (its secret inside,
-    mode 0600). The script and the tar are spooled
-    to a temporary file, which :meth:`remove` deletes.
+    mode 0600). The script and the tar are spooled to temporary files, which
+    :meth:`remove` deletes. The tar is a file of its own (:attr:`files_tar`)
+    so that ``run --files --relay`` can send it once, ahead of the starts: a
+    host it reached is then sent only where it lies (:data:`STAGED_PATH`).
     """
 
     def __init__(
@@ -307,6 +323,7 @@ class Payload:
         check_uploads(files, stdin)
         #: The executor and its bytecode, for a node whose cache lacks them.
         self.executor = b"".join(frame(name, data) for name, data in executor_files())
+        self.files_tar: Optional[str] = None
         fd, self.path = tempfile.mkstemp(prefix="corunner-payload-", dir=workdir)
         with os.fdopen(fd, "wb") as f:
             if stdin is not None:
@@ -320,26 +337,45 @@ class Payload:
                 f.write(frame_header(FRAME_FILE, script, size, mode))
                 with open(program.script, "rb") as src:
                     shutil.copyfileobj(src, f, remote.CHUNK)
-            if files:
-                f.write(TAR_MARKER)
+        if files:
+            fd, self.files_tar = tempfile.mkstemp(prefix="corunner-files-", dir=workdir)
+            with os.fdopen(fd, "wb") as f:
                 with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
                     for path in files:
                         tar.add(path, arcname=os.path.basename(os.path.abspath(path)))
-            else:
-                f.write(END_MARKER)
 
-    def chunks(self, config: Dict[str, Any], executor: bool = True) -> Iterator[bytes]:
-        """The upload after the boot code's answer: the executor only if the node needs it."""
+    @property
+    def size(self) -> int:
+        """The most bytes a start sends after its config: the executor, the program, --files."""
+        files = os.path.getsize(self.files_tar) if self.files_tar else 0
+        return len(self.executor) + os.path.getsize(self.path) + FRAME_HEADER + files
+
+    def chunks(
+        self, config: Dict[str, Any], executor: bool = True, staged: bool = False
+    ) -> Iterator[bytes]:
+        """The upload after the boot code's answer: the executor only if the node needs it;
+        with ``staged``, the --files tar is on the node already, at STAGED_PATH."""
         head = self.executor if executor else b""
         yield head + frame(CONFIG_PATH, json.dumps(config).encode())
         yield from remote.file_chunks(self.path)
+        if self.files_tar is None:
+            yield END_MARKER
+        elif staged:
+            yield frame_header(FRAME_STAGED, STAGED_PATH.encode())
+        else:
+            yield TAR_MARKER
+            yield from remote.file_chunks(self.files_tar)
 
-    def reply(self, config: Dict[str, Any]) -> Callable[[str], Iterator[bytes]]:
+    def reply(
+        self, config: Dict[str, Any], staged: bool = False
+    ) -> Callable[[str], Iterator[bytes]]:
         """What to send once the start boot code said HAVE_MARKER or NEED_MARKER."""
-        return lambda said: self.chunks(config, executor=said == NEED_MARKER)
+        return lambda said: self.chunks(config, executor=said == NEED_MARKER, staged=staged)
 
     def remove(self) -> None:
         os.unlink(self.path)
+        if self.files_tar:
+            os.unlink(self.files_tar)
 
 
 def run_dir(host: Host, run_id: str) -> str:

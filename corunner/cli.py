@@ -380,8 +380,7 @@ def cp(
     """Copy a file or tree to every node at once, or (--pull) from every node."""
     if not src or not dest:
         raise UsageError("cp needs --src SRC and --dest DEST")
-    if relay not in (None, False, True, "auto"):
-        raise UsageError(f"--relay takes no value or auto, not {relay!r}")
+    _check_relay(relay)
     if relay and pull:
         raise UsageError("--relay is for pushes: drop it, or drop --pull")
     if divide and not pull:
@@ -428,6 +427,11 @@ def cp(
     if relayed:
         _relay_lines(outcomes, out)
     _finish_transfer(outcomes, out, "cp", kind, src, dest, began)
+
+
+def _check_relay(relay: Any) -> None:
+    if relay not in (None, False, True, "auto"):
+        raise UsageError(f"--relay takes no value or auto, not {relay!r}")
 
 
 def _relay_lines(outcomes: Dict[str, Outcome], out: Out) -> None:
@@ -574,10 +578,12 @@ def _next_steps(report: RunReport) -> str:
         "stdin": "a local file every node's program reads as its stdin (default: /dev/null)",
         "sudo": "run the program as root through sudo -n (as the inventory's become: true)",
         "sudo_user": "run the program as this user through sudo -n (implies --sudo)",
+        "relay": "send --files once and let the nodes pass them on (auto: when it pays, see README)",
         **OUTPUT_HELP,
         **COMMON_HELP,
     },
     iterable=["env"],
+    optional=["relay"],
 )
 @reported
 def run(
@@ -612,12 +618,16 @@ def run(
     dry: bool = False,
     ssh_config: Optional[str] = None,
     jump: Optional[str] = None,
+    relay: Any = None,
 ) -> None:
     """Run a script or command on every selected node at once and watch it to the end.
 
     Prints the hosts folded per state, a table of those that did not succeed,
     then each distinct output once under the hosts that printed it.
     """
+    _check_relay(relay)
+    if relay and not files:
+        raise UsageError("--relay sends --files: add --files, or drop --relay")
     inv, selected = _select(inventory, hosts, exclude, ssh_config=ssh_config, jump=jump)
     selected = _remote_dir(selected, remote_dir)
     asked = show_output or diff or stream is not None
@@ -641,6 +651,7 @@ def run(
         stdin=stdin,
         become=(sudo_user or "root") if (sudo or sudo_user) else None,
         heartbeat_via=_heartbeat_via(heartbeat_via),
+        relay=relay or False,
     )
     if dry:
         _dry(out, plan.run_plan(selected, spec, _not_listed(inv, selected)))
@@ -672,7 +683,13 @@ def run(
         _interrupted(the_run, selected, out)
         raise Exit(code=EXIT_INTERRUPTED) from None
     print_report(report, out, everything)
+    staged = the_run.meta.get("relay")
+    if staged:
+        for line in render.run_relay_lines(staged):
+            out.line(line)
     doc = render.run_document(report, spec.program.describe())
+    if staged:
+        doc["relay"] = staged
     if show:
         # Dead nodes are not asked: a node that stopped answering could hold the
         # end of the run for a connect timeout. `status --output` asks them later.

@@ -15,6 +15,7 @@ time), and the outcome is returned as a :class:`~corunner.report.RunReport`.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import queue
 import resource
 import secrets
@@ -23,10 +24,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Set, Union
 
-from . import debuglog
-from .bootstrap import Payload, run_dir
+from . import debuglog, relay, transfer
+from .bootstrap import STAGED_PATH, Payload, run_dir
 from .dispatch import Event, Exited, Heard, ListenerWatch, Lost, SessionWatch, SshStarter, Started
-from .errors import InternalError, RemoteError, UsageError
+from .errors import AuthError, ConnectError, HostKeyError, InternalError, RemoteError, UsageError
 from .inventory import Host
 from .listener import Listener
 from .liveness import Change, Fleet, State
@@ -51,6 +52,8 @@ class Watch(Protocol):
 
 #: Starts one host (in a worker thread); raises RemoteError if it cannot.
 Starter = Callable[[Host], Started]
+#: Relays a file to every host (corunner.relay.push).
+RelayPush = Callable[..., Dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,14 @@ class Run:
         self.fleet = Fleet.of(self.hosts, spec.silence_limit, self.mono0)
         self.gate: Optional[Gate] = None  # the start window of the run, once it runs
 
-    def execute(self) -> RunReport:
-        """Start every host over SSH, watch until nothing is left to wait for, record."""
+    def execute(self, push: RelayPush = relay.push) -> RunReport:
+        """Start every host over SSH, watch until nothing is left to wait for, record.
+
+        With ``spec.relay`` (and --files worth it), the files go first, sent
+        once through the relay (``push``: :func:`corunner.relay.push`; tests
+        wrap it to break nodes mid-transfer), and each start then sends only
+        the rest of its upload.
+        """
         spec = self.spec
         # A tunnelled host holds its SSH socket and the pipe pair of its heartbeat channel.
         raise_open_files_limit(4 * len(self.hosts) + 256)
@@ -124,12 +133,54 @@ class Run:
                 self.clock,
                 listener,
             )
+            prepare = None
+            tar = payload.files_tar
+            if tar and relay.wanted(spec.relay, os.path.getsize(tar), len(self.hosts)):
+                prepare = lambda: self._stage(tar, starter, push)  # noqa: E731
             try:
-                return self.drive(starter, watch)
+                return self.drive(starter, watch, prepare)
             finally:
                 starter.close()
         finally:
             payload.remove()
+
+    def _stage(self, tar: str, starter: SshStarter, push: RelayPush) -> None:
+        """Relay the --files tar into every run directory; tell the starter who has it.
+
+        A host the relay could not log in to is not tried again (its start
+        fails as the relay did); one whose copy failed otherwise is sent the
+        files with its start, as without the relay.
+        """
+        spec = self.spec
+        outcomes = push(
+            list(self.hosts.values()),
+            transfer.Archive(tar, os.path.dirname(tar)),
+            lambda host: f"{run_dir(host, self.run_id)}/{STAGED_PATH}",
+            spec.parallel,
+            spec.accept_new_host_keys,
+            private=True,
+            gateways=starter.gateways,
+            keep=starter.opened,
+        )
+        direct, failed = [], {}
+        sent = 0
+        for host_id, outcome in outcomes.items():
+            if isinstance(outcome.value, relay.Relayed):
+                starter.staged.add(host_id)
+                sent += outcome.value.bytes_sent
+                if outcome.value.via == "direct":
+                    direct.append(host_id)
+            elif isinstance(outcome.error, (ConnectError, AuthError, HostKeyError)):
+                starter.refused[host_id] = outcome.error
+            elif outcome.error is not None:
+                failed[host_id] = outcome.error.cause
+        self.meta["relay"] = {
+            "size": os.path.getsize(tar),
+            "bytes_sent": sent,
+            "hosts": len(starter.staged),
+            "direct": direct,
+            "failed": failed,  # these were sent the files with their start
+        }
 
     # -- workers -----------------------------------------------------------
     def _start(self, host: Host, start: Starter, watch: Watch, gate: Gate) -> None:
@@ -148,11 +199,15 @@ class Run:
         watch.wakeup()
 
     # -- the loop (main thread) ----------------------------------------------
-    def drive(self, start: Starter, watch: Watch) -> RunReport:
+    def drive(
+        self, start: Starter, watch: Watch, prepare: Optional[Callable[[], None]] = None
+    ) -> RunReport:
         """The run loop over an injected starter and watch; closes the watch. Returns the report.
 
-        Ctrl-C (KeyboardInterrupt, and corunner.interrupts.Interrupted: SIGTERM,
-        SIGHUP, a closed stdout) is re-raised after the record is saved.
+        ``prepare`` runs once the record exists and before any start (the
+        relay of --files). Ctrl-C (KeyboardInterrupt, and
+        corunner.interrupts.Interrupted: SIGTERM, SIGHUP, a closed stdout) is
+        re-raised after the record is saved.
         """
         spec = self.spec
         self.record.create()
@@ -166,6 +221,8 @@ class Run:
         self.gate = gate = Gate(Window(spec.parallel))
         interrupted = False
         try:
+            if prepare is not None:
+                prepare()
             for host in self.hosts.values():
                 pool.submit(self._start, host, start, watch, gate)
             while waiting or not self.fleet.finished:

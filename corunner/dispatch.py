@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import fabric
 import paramiko
@@ -19,7 +19,7 @@ import paramiko
 from . import executor as executor_module
 from . import remote
 from .bootstrap import HAVE_MARKER, NEED_MARKER, STDIN_PATH, Payload, start_command
-from .errors import StartError
+from .errors import RemoteError, StartError
 from .executor import NOREACH_MARKER
 from .inventory import Host
 from .listener import Listener
@@ -168,6 +168,12 @@ class SshStarter:
         self.gateways = remote.Gateways(hosts, spec.accept_new_host_keys)
         #: Connections that carry a heartbeat tunnel: open until the run ends.
         self.tunnels: List[fabric.Connection] = []
+        #: Hosts whose --files the relay put in their run directory already.
+        self.staged: Set[str] = set()
+        #: Hosts the relay could not log in to: their start fails alike, at once.
+        self.refused: Dict[str, RemoteError] = {}
+        #: Connections the relay left open, each taken by its host's start.
+        self.opened: Dict[str, fabric.Connection] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -179,6 +185,8 @@ class SshStarter:
         with self._lock:
             self._closed = True
             tunnels, self.tunnels = self.tunnels, []
+            tunnels += self.opened.values()  # the relay's, for starts that never came
+            self.opened = {}
         for conn in tunnels:
             conn.close()
         self.gateways.close()
@@ -278,7 +286,14 @@ class SshStarter:
         A host whose heartbeats come through a tunnel keeps its connection
         open until :meth:`close`; so does one watched over its session.
         """
-        conn = remote.connect(host, self.spec.accept_new_host_keys, self.gateways)
+        if host.id in self.refused:
+            raise self.refused[host.id]
+        with self._lock:
+            conn = self.opened.pop(host.id, None)
+        if conn is None or not remote.is_open(conn):
+            if conn is not None:
+                conn.close()
+            conn = remote.connect(host, self.spec.accept_new_host_keys, self.gateways)
         keep_open = False
         try:
             tunnel = None
@@ -306,7 +321,8 @@ class SshStarter:
         config = self.config(conn, host, tunnel)
         command = start_command(host, self.run_id, foreground=not self.spec.heartbeat)
         sent = self.clock()
-        markers, reply = (HAVE_MARKER, NEED_MARKER), self.payload.reply(config)
+        reply = self.payload.reply(config, staged=host.id in self.staged)
+        markers = (HAVE_MARKER, NEED_MARKER)
         if not self.spec.heartbeat:
             chan, size = remote.start_streaming(conn, host, command, markers, reply)
             return Started(host.id, sent, session=(chan, conn), sent=size)

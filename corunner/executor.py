@@ -1661,11 +1661,13 @@ def stop(run_dir: str, grace: float = 5.0) -> Dict[str, Any]:
 #: ``KIND MODE SIZE NAMELEN`` (mode in octal), space-padded, ending in a newline;
 #: the name and then SIZE bytes of data follow. KIND is F (a file, written at
 #: NAME relative to the run directory with exactly MODE), T (the rest of the
-#: stream is a tar of the user's files) or E (the end). The controller's boot
-#: code reads the first two F pieces (this file and its bytecode) the same way.
+#: stream is a tar of the user's files), S (that tar is already here, at NAME
+#: relative to the run directory: ``run --files --relay`` put it there, its
+#: sha256 checked) or E (the end). The controller's boot code reads the first
+#: two F pieces (this file and its bytecode) the same way.
 FRAME_HEADER = 40
-FRAME_FILE, FRAME_TAR, FRAME_END = "F", "T", "E"
-_FRAME_KINDS = (FRAME_FILE, FRAME_TAR, FRAME_END)
+FRAME_FILE, FRAME_TAR, FRAME_STAGED, FRAME_END = "F", "T", "S", "E"
+_FRAME_KINDS = (FRAME_FILE, FRAME_TAR, FRAME_STAGED, FRAME_END)
 
 #: Where the upload puts the run's config (see parse_config), in the run directory.
 CONFIG_PATH = ".corunner/config.json"
@@ -1715,20 +1717,26 @@ def _take(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-def unpack(fd: int) -> bool:
+def unpack(fd: int) -> Tuple[str, bytes]:
     """Write the files framed on ``fd`` under the current directory.
 
-    Returns True if a tar of the user's files follows on ``fd``. Names are
-    relative and never climb out (ValueError otherwise); modes are set exactly,
-    whatever the umask, as ``tar -p`` does.
+    Returns how the user's files come: (FRAME_TAR, b"") as a tar that follows
+    on ``fd``, (FRAME_STAGED, name) as a tar already at ``name``, or
+    (FRAME_END, b"") not at all. Names are relative and never climb out
+    (ValueError otherwise); modes are set exactly, whatever the umask, as
+    ``tar -p`` does.
     """
     while True:
         kind, mode, size, name_len = parse_frame_header(_take(fd, FRAME_HEADER))
-        if kind != FRAME_FILE:
-            return kind == FRAME_TAR
-        name = _take(fd, name_len)
-        if not name or name.startswith(b"/") or b".." in name.split(b"/"):
+        name = _take(fd, name_len) if kind in (FRAME_FILE, FRAME_STAGED) else b""
+        if (
+            kind != FRAME_END
+            and kind != FRAME_TAR
+            and (not name or name.startswith(b"/") or b".." in name.split(b"/"))
+        ):
             raise ValueError(f"unsafe name in the upload: {name!r}")
+        if kind != FRAME_FILE:
+            return kind, name
         out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.fchmod(out, mode & 0o7777)
@@ -1854,6 +1862,16 @@ def _untar(fd: int) -> None:
         raise OSError(said[-1] if said else f"tar failed (wait status {wait_status})")
 
 
+def _untar_staged(name: bytes) -> None:
+    """Extract the tar a relay left at ``name`` (never through a symlink), then remove it."""
+    fd = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        _untar(fd)
+    finally:
+        os.close(fd)
+    os.unlink(name)
+
+
 def cmd_start(run_dir: str, foreground: bool) -> int:
     """Unpack the rest of the upload from stdin, then run the program.
 
@@ -1865,8 +1883,11 @@ def cmd_start(run_dir: str, foreground: bool) -> int:
     session's pipes, and the parent prints ``CORUNNER-STARTED <pid>``.
     """
     try:
-        if unpack(0):
+        kind, name = unpack(0)
+        if kind == FRAME_TAR:
             _untar(0)
+        elif kind == FRAME_STAGED:
+            _untar_staged(name)
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"CORUNNER-ERROR cannot unpack the upload in {run_dir}: {exc}\n")
         return 99

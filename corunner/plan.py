@@ -124,7 +124,13 @@ def run_plan(hosts: Sequence[Host], spec: RunSpec, not_listed: Tuple[str, ...] =
     with tempfile.TemporaryDirectory(prefix="corunner-") as work:
         payload = Payload(program, spec.files, work, spec.stdin)
         # At most: a node whose executor cache lacks this executor is sent it too.
-        upload = len(payload.executor) + os.path.getsize(payload.path)
+        upload = payload.size
+        tar = payload.files_tar
+        relayed = bool(tar) and relay_module.wanted(
+            spec.relay, os.path.getsize(tar or ""), len(hosts)
+        )
+        if relayed:
+            upload -= os.path.getsize(tar or "")  # the relay's share is sent once, not per host
         payload.remove()
     if spec.heartbeat:
         watch = f"heartbeats every {spec.interval:g}s, dead after {spec.silence_limit:g}s silent"
@@ -145,6 +151,19 @@ def run_plan(hosts: Sequence[Host], spec: RunSpec, not_listed: Tuple[str, ...] =
             " host's config.json, the program, --files)",
         ),
         Step("files", ", ".join(spec.files) or "none"),
+        *(
+            [
+                Step(
+                    "relay",
+                    "before the starts, the tar of --files is sent once, to the first host over"
+                    " SSH; each host passes it on to the next over TLS (a certificate made for"
+                    " the run), checks its sha256 and keeps it in its run directory for the"
+                    " start to unpack; a host it misses gets the files with its start",
+                )
+            ]
+            if relayed
+            else []
+        ),
         Step("watch", f"{watch}; deadline {deadline}; {spec.parallel} hosts at once"),
     )
     return Plan("run", steps, tuple(hosts), upload, not_listed)

@@ -26,6 +26,7 @@ import contextlib
 import datetime
 import hashlib
 import os
+import posixpath
 import secrets
 import select
 import selectors
@@ -37,12 +38,12 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import fabric
 import paramiko
 
-from . import bootstrap, relaynode, remote, transfer
+from . import bootstrap, executor, relaynode, remote, transfer
 from .errors import InternalError, RemoteError, StalledError, TransferError
 from .fanout import Outcome
 from .inventory import Host
@@ -62,14 +63,28 @@ AUTO_MIN_HOSTS = 3
 BYPASS_DEPTH = 16
 
 #: The node side's start: check the interpreter, then LOADER reads the relay
-#: program (relaynode) as its boot code from stdin. $1 = python.
+#: program (relaynode) as its boot code from stdin. $1 = python; $2 and $3: a
+#: remote_dir and the directory under it that the payload goes to, to be made
+#: private first (``run --files --relay``), or "" for none (``cp --relay``).
 RELAY_SCRIPT = r"""
 py=$1 loader=@LOADER@
 command -v "$py" >/dev/null 2>&1 || {
   echo "CORUNNER-ERROR python interpreter '$py' not found on the node (set python: in the inventory)" >&2
   exit 97; }
-exec "$py" -I -S -c "$loader" corunner-relay
+exec "$py" -I -S -c "$loader" corunner-relay "$2" "$3"
 """.replace("@LOADER@", shlex.quote(bootstrap.LOADER))
+
+#: Before the relay program: make the directory it writes in private, as a
+#: start would (executor.private_dirs), or say why not as a FAIL line.
+_PRIVATE = r"""
+top, where = sys.argv[2:4]  # argv: -c corunner-relay TOP WHERE
+if top:
+    os.umask(0o077)
+    why = private_dirs(top, where, True)
+    if why:
+        os.write(1, ("@MARKER@ FAIL " + " ".join(why.split()) + "\n").encode())
+        sys.exit(1)
+""".replace("@MARKER@", relaynode.MARKER)
 
 
 @dataclass(frozen=True)
@@ -216,6 +231,7 @@ class _Node:
     conn: fabric.Connection
     chan: paramiko.Channel
     address: str
+    dest: str  # where its copy lands
     port: Optional[int] = None
     nolisten: str = ""
     have: int = 0
@@ -274,17 +290,24 @@ class _Node:
 def push(
     hosts: Sequence[Host],
     archive: transfer.Archive,
-    dest: str,
+    dest: Union[str, Callable[[Host], str]],
     parallel: int = DEFAULT_PARALLEL,
     accept_new_host_keys: bool = False,
     done: Optional[Callable[[Outcome[Relayed]], None]] = None,
     times: Times = Times(),
     fed: Optional[Callable[[int], None]] = None,
     planned: Optional[Callable[[Dict[str, Tuple[str, int]]], None]] = None,
+    private: bool = False,
+    gateways: Optional[remote.Gateways] = None,
+    keep: Optional[Dict[str, fabric.Connection]] = None,
 ) -> Dict[str, Outcome[Relayed]]:
     """Copy the archive's file or tree to ``dest`` on every host, sending it once.
 
-    ``done`` is called as each host ends (progress). ``fed(offset)`` is called
+    ``dest`` may be a host's own (a function of it). With ``private``, each
+    host's directory of ``dest`` is made private from its remote_dir down, as
+    a start makes its run directory (``run --files --relay``), through the
+    run's own ``gateways``, and the connection of each host whose copy is in
+    place is left open in ``keep`` for its start. ``done`` is called as each host ends (progress). ``fed(offset)`` is called
     by the thread feeding the chain's head after each chunk, and
     ``planned({host: (address, port)})`` once the chain is known: hooks for
     tests that break nodes mid-transfer or knock on a relay port.
@@ -306,6 +329,9 @@ def push(
         if done:
             done(outcome)
 
+    def dest_of(host: Host) -> str:
+        return dest(host) if callable(dest) else dest
+
     def config(node_host: Host, address: str) -> Dict[str, object]:
         return {
             "id": transfer_id,
@@ -316,7 +342,7 @@ def push(
             "size": payload.size,
             "kind": payload.kind,
             "name": payload.name,
-            "dest": dest,
+            "dest": dest_of(node_host),
             "mode": payload.mode,
             "mtime": payload.mtime,
             "bind": node_host.relay_address or address,
@@ -325,7 +351,10 @@ def push(
         }
 
     gate = Gate(Window(parallel))
-    gateways = remote.Gateways(hosts, accept_new_host_keys)  # one connection per jump host
+    own_gateways = gateways is None
+    if gateways is None:
+        gateways = remote.Gateways(hosts, accept_new_host_keys)  # one connection per jump host
+    jumps = gateways
 
     def start(host: Host) -> Optional[_Node]:
         began = time.monotonic()
@@ -334,14 +363,18 @@ def push(
             return None
         took: Optional[float] = None
         try:
-            conn = remote.connect(host, accept_new_host_keys, gateways)
+            conn = remote.connect(host, accept_new_host_keys, jumps)
             with remote.translated(host, conn):
                 address = _reached_at(host, conn)
-                command = remote.sh(RELAY_SCRIPT, host.python).followed_by(boot)
+                where = dest_of(host)
+                top, directory = (
+                    (host.remote_dir, posixpath.dirname(where)) if private else ("", "")
+                )
+                command = remote.sh(RELAY_SCRIPT, host.python, top, directory).followed_by(boot)
                 chan = remote.open_command(conn, host, command, timeout=1.0)
-                node = _Node(host, conn, chan, address, began=began)
+                node = _Node(host, conn, chan, address, where, began=began)
                 node.send(command.head + relaynode.frame("C", config(host, address)))
-                _await_listening(node, times.start, dest)
+                _await_listening(node, times.start)
             took = time.monotonic() - began
             return node
         except RemoteError as exc:
@@ -356,7 +389,7 @@ def push(
         return None
 
     workers = max(1, min(parallel, len(hosts)))
-    with gateways:
+    with gateways if own_gateways else contextlib.nullcontext():
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="corunner") as pool:
             started = [n for n in pool.map(start, hosts) if n is not None]
         nodes = {n.host.id: n for n in started}
@@ -364,9 +397,9 @@ def push(
         hello = relaynode.HELLO + transfer_id.encode() + b"\n"
         peer = _Peer(client_ctx, hello, creds.pin, times.stall)
         try:
-            _relay(nodes, payload, dest, times, peer, fed, planned, end)
+            _relay(nodes, payload, times, peer, fed, planned, end)
         finally:
-            _close(nodes, outcomes, end)
+            _close(nodes, outcomes, end, keep)
     return {h.id: outcomes[h.id] for h in hosts}
 
 
@@ -374,11 +407,16 @@ def _close(
     nodes: Dict[str, _Node],
     outcomes: Dict[str, Outcome[Relayed]],
     end: Callable[[Host, Optional[Relayed], Optional[RemoteError], float], None],
+    keep: Optional[Dict[str, fabric.Connection]] = None,
 ) -> None:
-    """Close every node's connection; a node with no outcome yet was cut short."""
+    """Close every node's connection (those done go to ``keep`` if given); a node
+    with no outcome yet was cut short."""
     for node in nodes.values():
         node.stop.set()
-        node.conn.close()
+        if keep is not None and node.done:
+            keep[node.host.id] = node.conn
+        else:
+            node.conn.close()
         if node.host.id not in outcomes:  # the relay itself was interrupted
             why = TransferError(node.host.id, "the relay was interrupted before this copy ended")
             end(node.host, None, why, node.began)
@@ -397,16 +435,23 @@ def _reached_at(host: Host, conn: fabric.Connection) -> str:
 
 
 def _node_code() -> Tuple[str, bytes]:
-    """The boot code: relaynode compressed (about a quarter of its ~20 KB), run by LOADER.
+    """The boot code: the private directory check, then relaynode compressed (about a
+    quarter of its ~20 KB), run by LOADER.
 
     LOADER runs it with its own ``take``, which reads the rest from stdin.
     """
     with open(relaynode.__file__, "rb") as f:
         packed = zlib.compress(f.read(), 9)
-    return f"import zlib\nexec(zlib.decompress(take({len(packed)})))\n", packed
+    code = (
+        "from __future__ import annotations\nimport sys, zlib\n"
+        + bootstrap.embedded(executor.private_dirs)
+        + _PRIVATE
+        + f"exec(zlib.decompress(take({len(packed)})))\n"
+    )
+    return code, packed
 
 
-def _await_listening(node: _Node, timeout: Optional[float], dest: str) -> None:
+def _await_listening(node: _Node, timeout: Optional[float]) -> None:
     """Wait for the node's PORT or NOLISTEN line; raise the node's own error otherwise.
 
     A node that stops answering is given up by its connection's keepalives.
@@ -422,7 +467,7 @@ def _await_listening(node: _Node, timeout: Optional[float], dest: str) -> None:
                 node.nolisten = text
                 return
             if word == "FAIL":
-                raise TransferError(node.host.id, f"copy to {dest} failed: {text}")
+                raise TransferError(node.host.id, f"copy to {node.dest} failed: {text}")
         if chan.eof_received or chan.closed:
             remote.raise_if_hung(node.conn)
             err = b""
@@ -437,7 +482,6 @@ def _await_listening(node: _Node, timeout: Optional[float], dest: str) -> None:
 def _relay(
     nodes: Dict[str, _Node],
     payload: Payload,
-    dest: str,
     times: Times,
     peer: _Peer,
     fed: Optional[Callable[[int], None]],
@@ -514,7 +558,7 @@ def _relay(
                         node.have = payload.size
                         finish(node, None)
                     elif word == "FAIL":
-                        why = f"copy to {dest} failed: {text}"
+                        why = f"copy to {node.dest} failed: {text}"
                         finish(node, TransferError(node.host.id, why))
                 if node.chan.eof_received or node.chan.closed:
                     if not node.over:

@@ -270,6 +270,12 @@ def _open(host: Host, accept_new_host_keys: bool, sock: Any) -> fabric.Connectio
     return conn
 
 
+def is_open(conn: fabric.Connection) -> bool:
+    """Whether ``conn``'s SSH transport is still up (a connection kept from an earlier step)."""
+    transport = conn.client.get_transport() if conn.is_connected else None
+    return transport is not None and transport.is_active()
+
+
 def connection(
     host: Host, accept_new_host_keys: bool = False, sock: Any = None
 ) -> fabric.Connection:

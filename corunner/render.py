@@ -463,6 +463,24 @@ def _summary(states: Iterable[str]) -> Dict[str, int]:
     return out
 
 
+def run_relay_lines(relay: Dict[str, Any]) -> List[str]:
+    """What ``run --relay`` did with --files (Run's ``meta["relay"]``): one line, and one
+    per cause of the hosts it could not serve (those got the files with their start)."""
+    line = (
+        f"relay: --files ({relay['size']:,} bytes) reached {relay['hosts']} hosts"
+        f" with {relay['bytes_sent']:,} bytes sent from here"
+    )
+    if relay["direct"]:
+        line += f"; served directly ({len(relay['direct'])}): {fold(relay['direct'])}"
+    lines = [line]
+    by_cause: Dict[str, List[str]] = {}
+    for host, cause in relay["failed"].items():
+        by_cause.setdefault(cause, []).append(host)
+    for cause, hosts in by_cause.items():
+        lines.append(f"{fold(hosts)}: relay: {cause}; sent --files with the start instead")
+    return lines
+
+
 def run_document(report: RunReport, program: str) -> Dict[str, Any]:
     """The document of ``run``: the run, its summary, and one entry per host."""
     by_state = report.by_state()

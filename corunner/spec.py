@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 from .errors import UsageError
 from .inventory import Host
@@ -85,6 +85,9 @@ class RunSpec:
     #: ``--heartbeat-via``: ``direct`` or ``tunnel`` for every host (wins over
     #: ``heartbeat:``); None or ``auto``: each host's own (Host.heartbeat_via).
     heartbeat_via: Optional[str] = None
+    #: ``--relay``: send --files once and let the nodes pass them on (True),
+    #: ``"auto"`` when that pays (corunner.relay.wanted), or not (False).
+    relay: Union[bool, str] = False
 
     @property
     def silence_limit(self) -> float:

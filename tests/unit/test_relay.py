@@ -221,7 +221,7 @@ def _watched(haves: Dict[str, int], age: float, direct: Tuple[str, ...] = ("a",)
     nodes = {}
     for name, have in haves.items():
         host = Host(name, "u", 22, None, None, "/tmp/x", "python3", 5.0)
-        node = relay._Node(host, None, None, name)  # type: ignore[arg-type]
+        node = relay._Node(host, None, None, name, "/dest")  # type: ignore[arg-type]
         node.have, node.progress_at, node.direct = have, now - age, name in direct
         nodes[name] = node
     return nodes, relay.Chain(tuple(haves), ())

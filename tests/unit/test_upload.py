@@ -13,7 +13,10 @@ from hypothesis import strategies as st
 
 from corunner.executor import (
     END_MARKER,
+    FRAME_END,
     FRAME_HEADER,
+    FRAME_STAGED,
+    FRAME_TAR,
     TAR_MARKER,
     frame,
     frame_header,
@@ -35,7 +38,7 @@ def feed(data: bytes) -> int:
 
 
 @given(
-    kind=st.sampled_from(["F", "T", "E"]),
+    kind=st.sampled_from(["F", "T", "S", "E"]),
     name=st.binary(max_size=300),
     size=st.integers(0, 10**15),
     mode=st.integers(0, 0o7777),
@@ -70,18 +73,28 @@ def test_anything_else_is_not_a_header(header):
         st.tuples(st.binary(max_size=3000), st.sampled_from([0o600, 0o644, 0o755, 0o4711])),
         max_size=4,
     ),
-    tar_follows=st.booleans(),
+    last=st.sampled_from(
+        [
+            (TAR_MARKER, (FRAME_TAR, b"")),
+            (END_MARKER, (FRAME_END, b"")),
+            (
+                frame_header(FRAME_STAGED, b".corunner/files.tar"),
+                (FRAME_STAGED, b".corunner/files.tar"),
+            ),
+        ]
+    ),
 )
-def test_unpack_writes_each_file_with_its_exact_mode(tmp_path_factory, files, tar_follows):
+def test_unpack_writes_each_file_with_its_exact_mode(tmp_path_factory, files, last):
     where = tmp_path_factory.mktemp("unpack")
     stream = b"".join(frame(n, data, mode) for n, (data, mode) in files.items())
-    stream += (TAR_MARKER if tar_follows else END_MARKER) + b"after"
+    marker, says = last
+    stream += marker + b"after"
     fd = feed(stream)
     old = os.umask(0o077)
     cwd = os.getcwd()
     try:
         os.chdir(where)
-        assert unpack(fd) is tar_follows
+        assert unpack(fd) == says  # how the user's files come, if at all
         assert os.read(fd, 100) == b"after"  # nothing read past the last header
     finally:
         os.chdir(cwd)
@@ -97,6 +110,13 @@ def test_unpack_refuses_names_that_climb_out_and_short_streams(tmp_path, monkeyp
     for name in ("../evil", "/tmp/evil", "a/../../evil", ""):
         with pytest.raises(ValueError, match="unsafe name"):
             unpack(feed(frame(name, b"x")))
+    for name in (
+        b"../files.tar",
+        b"/tmp/files.tar",
+        b"",
+    ):  # a staged tar: in the run directory only
+        with pytest.raises(ValueError, match="unsafe name"):
+            unpack(feed(frame_header(FRAME_STAGED, name)))
     with pytest.raises(ValueError, match="ended early"):
         unpack(feed(frame("short", b"0123456789")[:-3]))
     with pytest.raises(ValueError, match="ended early"):
