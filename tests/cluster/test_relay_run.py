@@ -28,7 +28,7 @@ from corunner.controller import Run
 from corunner.errors import EXIT_OK
 from corunner.liveness import State
 from corunner.loader import load_inventory
-from corunner.spec import RunProgram, RunSpec
+from corunner.spec import Program, RunSpec
 from corunner.testing.lab import Lab
 
 MIB = 1 << 20
@@ -134,7 +134,7 @@ def test_hosts_the_relay_misses_still_run_as_they_would_without_it(
 
     times = relay.Times(stall=1.0, serve_after=2.0, give_up=3.0)
     spec = RunSpec(
-        program=RunProgram.load(cmd="sha256sum tree/big.bin > got.txt"),
+        program=Program.load(cmd="sha256sum tree/big.bin > got.txt"),
         files=(str(tmp_path / "tree"),),
         interval=0.2,
         dead_after=1.5,

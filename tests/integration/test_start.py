@@ -26,6 +26,7 @@ from corunner import remote
 from corunner.bootstrap import (
     HAVE_MARKER,
     NEED_MARKER,
+    STAGED_PATH,
     START_SCRIPT,
     STDIN_PATH,
     Payload,
@@ -108,11 +109,22 @@ def groups() -> Iterator[list]:
             pass
 
 
-def payload_bytes(tmp_path: Path, program: Program, files: list, cfg: dict) -> Dict[str, bytes]:
-    """The upload after each answer of the boot code (the executor only after NEED)."""
+def payload_bytes(
+    tmp_path: Path, program: Program, files: list, cfg: dict, staged_in: Optional[Path] = None
+) -> Dict[str, bytes]:
+    """The upload after each answer of the boot code (the executor only after NEED).
+
+    ``staged_in``: a run directory to put the tar of ``files`` in first, as
+    ``run --relay`` does; the upload then names it instead of carrying it.
+    """
     payload = Payload(program, [str(f) for f in files], str(tmp_path))
     try:
-        return {said: b"".join(payload.reply(cfg)(said)) for said in (HAVE_MARKER, NEED_MARKER)}
+        if staged_in is not None:
+            assert payload.files_tar is not None
+            (staged_in / ".corunner").mkdir(parents=True, mode=0o700)
+            shutil.copy(payload.files_tar, staged_in / STAGED_PATH)
+        reply = payload.reply(cfg, staged=staged_in is not None)
+        return {said: b"".join(reply(said)) for said in (HAVE_MARKER, NEED_MARKER)}
     finally:
         payload.remove()
 
@@ -176,6 +188,42 @@ def test_foreground_start_runs_and_prints_the_status(tmp_path: Path) -> None:
     status = json.loads(line.split(" ", 1)[1])
     assert (status["state"], status["exit_code"]) == ("exited", 3)
     assert (run_dir / "stdout").read_text() == "out\n"
+
+
+def test_files_a_relay_left_in_the_run_directory_are_unpacked_there_and_their_tar_removed(
+    tmp_path: Path,
+) -> None:
+    tree = tmp_path / "data"
+    tree.mkdir()
+    (tree / "tool").write_text("x")
+    os.chmod(tree / "tool", 0o751)
+    program = Program(cmd="cat data/tool; ls -a .corunner")
+    run_dir = tmp_path / "node" / RUN_ID
+    cfg = config(None, program, heartbeat=False)
+    data = payload_bytes(tmp_path, program, [tree], cfg, staged_in=run_dir)
+    assert len(data[HAVE_MARKER]) < os.path.getsize(run_dir / STAGED_PATH)  # the tar stays out
+    done = start(run_dir, data, "fg")
+    assert done.returncode == 0, done.stderr
+    out = (run_dir / "stdout").read_text()
+    assert out.startswith("x") and "files.tar" not in out  # unpacked, then removed
+    assert _mode(run_dir / "data" / "tool") == 0o751
+
+
+def test_a_staged_tar_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    tree = tmp_path / "data"
+    tree.mkdir()
+    (tree / "tool").write_text("x")
+    program = Program(cmd="true")
+    run_dir = tmp_path / "node" / RUN_ID
+    cfg = config(None, program, heartbeat=False)
+    data = payload_bytes(tmp_path, program, [tree], cfg, staged_in=run_dir)
+    planted = tmp_path / "elsewhere.tar"
+    os.replace(run_dir / STAGED_PATH, planted)
+    os.symlink(planted, run_dir / STAGED_PATH)
+    done = start(run_dir, data, "fg")
+    assert done.returncode != 0
+    assert b"cannot unpack the upload" in done.stderr, done.stderr
+    assert not (run_dir / "data").exists() and planted.exists()
 
 
 def test_start_works_on_python_3_8(tmp_path: Path, listener: Listener) -> None:

@@ -58,3 +58,21 @@ def test_document_matches_its_schema() -> None:
     assert doc["count"] == 7 and doc["upload_bytes"] == 150_000
     assert [h["in_inventory"] for h in doc["hosts"]][-1] is False
     assert json.loads(json.dumps(doc)) == doc
+
+
+def test_a_relayed_run_counts_its_files_once_not_in_each_hosts_upload(tmp_path: Path) -> None:
+    from corunner.plan import run_plan
+    from corunner.spec import Program, RunSpec
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\0" * 200_000)
+    hosts = tuple(inventory_from_dict(INVENTORY, local_user="alice").select("lab"))
+    spec = RunSpec(program=Program(cmd="true"), files=(str(big),))
+    direct = run_plan(hosts, spec)
+    relayed = run_plan(hosts, RunSpec(program=Program(cmd="true"), files=(str(big),), relay=True))
+    auto = run_plan(hosts, RunSpec(program=Program(cmd="true"), files=(str(big),), relay="auto"))
+    assert direct.upload is not None and relayed.upload is not None
+    assert direct.upload - relayed.upload > 200_000  # the tar: sent once, ahead of the starts
+    assert [s.label for s in relayed.steps].count("relay") == 1
+    assert "relay" not in [s.label for s in direct.steps]
+    assert auto.upload == direct.upload  # 3 x 200 kB saved is far below auto's threshold

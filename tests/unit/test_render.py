@@ -164,3 +164,23 @@ def test_progress_line_counts_states_in_order_with_the_elapsed_time():
 )
 def test_hints_name_the_command_that_was_typed(argv0, name):
     assert render.command_name(argv0) == name
+
+
+def test_run_relay_lines_say_what_went_once_and_who_got_their_files_with_the_start() -> None:
+    from corunner.render import run_relay_lines
+
+    lines = run_relay_lines(
+        {
+            "size": 64 << 20,
+            "bytes_sent": 67_200_000,
+            "hosts": 30,
+            "direct": ["n7"],
+            "failed": {"n3": "disk full", "n4": "disk full", "n9": "the relay was interrupted"},
+        }
+    )
+    assert lines == [
+        "relay: --files (67,108,864 bytes) reached 30 hosts with 67,200,000 bytes sent from here;"
+        " served directly (1): n7",
+        "n[3-4]: relay: disk full; sent --files with the start instead",
+        "n9: relay: the relay was interrupted; sent --files with the start instead",
+    ]

@@ -358,3 +358,23 @@ def test_a_program_that_cannot_start_fails_with_the_nodes_reason_and_its_bytes_c
     assert hosts_recorded["a"]["error"] == why
     assert (hosts_recorded["a"]["bytes_sent"], hosts_recorded["b"]["bytes_sent"]) == (6000, 160_000)
     assert watch.watched == []  # nothing to watch: a's program never ran
+
+
+def test_the_preparation_runs_once_with_the_record_made_and_before_any_start(tmp_path):
+    clock = FakeClock()
+    run = make_run(tmp_path, ["a", "b"], clock, heartbeat=False)
+    watch = FakeWatch(clock)
+    order: List[str] = []
+
+    def prepare() -> None:  # the relay of --files: every start comes after it
+        order.append("prepare")
+        assert recorded(run)["finished"] is False  # a Ctrl-C here still leaves a record
+
+    def start(host: Host) -> Started:
+        order.append(host.id)
+        watch.events.put(Exited(host.id, clock(), 0, None))
+        return Started(host.id, clock())
+
+    report = run.drive(start, watch, prepare)
+    assert order[0] == "prepare" and sorted(order[1:]) == ["a", "b"]
+    assert {h.state for h in report.hosts} == {"succeeded"}
