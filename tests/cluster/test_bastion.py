@@ -7,7 +7,9 @@ a socat bridge) and three targets in a network namespace of their own.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Iterator
@@ -62,6 +64,26 @@ def logins(b: Bastion) -> int:
     """Logins the bastion's sshd accepted so far (its log, LogLevel INFO)."""
     log = b.lab.state_dir / "nodes" / b.bastion.hostname / "sshd.log"
     return log.read_text(errors="replace").count("Accepted publickey")
+
+
+def test_files_relayed_behind_the_bastion_share_its_one_connection(behind, jcli, tmp_path):
+    """run --files --relay behind a jump host: the relay and the starts go
+    through the run's one connection to the bastion, the chain's head is fed
+    over SSH (the controller cannot reach its port), the targets pass the
+    files to each other inside their network, and every program finds them."""
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(1 << 20))
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()
+    before = logins(behind)
+    done, doc = jcli.json(
+        "run", "--cmd", "sha256sum data.bin", "--files", str(data), "--relay", "--quiet", *FAST
+    )  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr
+    assert logins(behind) == before + 1
+    assert doc["relay"]["hosts"] == len(behind.targets) and not doc["relay"]["failed"]
+    done, doc = jcli.json("status", "--run", doc["run_id"], "--output")
+    (group,) = doc["outputs"]["groups"]
+    assert group["output"].split()[0] == digest and len(group["hosts"]) == len(behind.targets)
 
 
 def test_targets_are_reached_only_through_the_bastion(behind, jcli, tmp_path):
