@@ -2,6 +2,8 @@
 
 The controller opens SSH to every node as the direct path does, but sends
 the payload once: to the first node of a chain, over that node's SSH stdin.
+The chain grows as nodes come up (each new one is fed by the one that came
+up before it), so the payload flows while the other logins go on.
 Each node runs :mod:`corunner.relaynode` (stdlib only, sent as the boot code),
 writes the bytes to a temporary file as they arrive, passes them on over TLS
 to the next node, checks the sha256 and only then puts the copy in place. So
@@ -27,6 +29,7 @@ import datetime
 import hashlib
 import os
 import posixpath
+import queue
 import secrets
 import select
 import selectors
@@ -188,22 +191,35 @@ def source_size(archive: transfer.Archive) -> int:
     return os.path.getsize(archive.file or archive.path)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Chain:
-    """Who feeds whom: the order of the listening nodes, and those served directly."""
+    """Who feeds whom, built as nodes come up: the listeners in the order they
+    joined (each fed by the one before it), and the nodes served directly."""
 
-    order: Tuple[str, ...]
-    direct: Tuple[str, ...]
+    order: List[str] = field(default_factory=list)
+    direct: List[str] = field(default_factory=list)
 
-    def successors(self, host: str) -> Tuple[str, ...]:
-        """The nodes after ``host``, the next first: whom it feeds, and bypasses to."""
-        at = self.order.index(host) + 1
-        return self.order[at : at + BYPASS_DEPTH]
+    def join(self, host: str, listens: bool) -> Tuple[str, ...]:
+        """Add a node that came up; the nodes to tell of it, the nearest last.
+
+        Each listener is told of the next BYPASS_DEPTH that join after it:
+        whom it feeds, then whom it may bypass to. A node that cannot listen
+        is served directly and told to nobody.
+        """
+        if not listens:
+            self.direct.append(host)
+            return ()
+        told = tuple(self.order[-BYPASS_DEPTH:])
+        self.order.append(host)
+        return told
 
 
 def plan_chain(listening: Sequence[Tuple[str, bool]]) -> Chain:
-    """The chain for (host, listens) in inventory order: listeners in order, the rest direct."""
-    return Chain(tuple(h for h, ok in listening if ok), tuple(h for h, ok in listening if not ok))
+    """The chain of (host, listens) joining in that order."""
+    chain = Chain()
+    for host, listens in listening:
+        chain.join(host, listens)
+    return chain
 
 
 def resume_offset(have: int, size: int) -> int:
@@ -251,12 +267,13 @@ class _Node:
     def over(self) -> bool:
         return self.done or self.error is not None
 
-    def send(self, data: bytes) -> None:
-        """Send ``data`` whole (one frame), however slowly the node reads, unless stopped."""
+    def send(self, data: bytes, control: bool = False) -> None:
+        """Send ``data`` whole (one frame), however slowly the node reads, unless stopped
+        (a feeder's payload; ``control`` frames, N and Q, go to a node that is done too)."""
         with self.lock:
             view = memoryview(data)
             while view:
-                if self.stop.is_set():
+                if self.stop.is_set() and not control:
                     raise EOFError("stopped")
                 try:
                     n = self.chan.send(view)
@@ -388,17 +405,25 @@ def push(
         end(host, None, error, began)
         return None
 
+    arrivals: queue.SimpleQueue[Optional[_Node]] = queue.SimpleQueue()
     workers = max(1, min(parallel, len(hosts)))
+    nodes: Dict[str, _Node] = {}
+    _, client_ctx = relaynode.contexts(creds.cert, creds.key)
+    hello = relaynode.HELLO + transfer_id.encode() + b"\n"
+    peer = _Peer(client_ctx, hello, creds.pin, times.stall)
     with gateways if own_gateways else contextlib.nullcontext():
-        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="corunner") as pool:
-            started = [n for n in pool.map(start, hosts) if n is not None]
-        nodes = {n.host.id: n for n in started}
-        _, client_ctx = relaynode.contexts(creds.cert, creds.key)
-        hello = relaynode.HELLO + transfer_id.encode() + b"\n"
-        peer = _Peer(client_ctx, hello, creds.pin, times.stall)
+        pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="corunner")
         try:
-            _relay(nodes, payload, times, peer, fed, planned, end)
+            for host in hosts:
+                pool.submit(lambda h: arrivals.put(start(h)), host)
+            _relay(nodes, arrivals, len(hosts), payload, times, peer, fed, planned, end)
         finally:
+            # Starts still in flight end within their own limits.
+            pool.shutdown(wait=True, cancel_futures=True)
+            while not arrivals.empty():  # came up after the relay was cut short
+                late = arrivals.get()
+                if late is not None:
+                    nodes.setdefault(late.host.id, late)
             _close(nodes, outcomes, end, keep)
     return {h.id: outcomes[h.id] for h in hosts}
 
@@ -414,6 +439,7 @@ def _close(
     for node in nodes.values():
         node.stop.set()
         if keep is not None and node.done:
+            node.chan.close()  # the relay's session; the connection stays for what comes next
             keep[node.host.id] = node.conn
         else:
             node.conn.close()
@@ -481,6 +507,8 @@ def _await_listening(node: _Node, timeout: Optional[float]) -> None:
 
 def _relay(
     nodes: Dict[str, _Node],
+    arrivals: queue.SimpleQueue[Optional[_Node]],
+    expected: int,
     payload: Payload,
     times: Times,
     peer: _Peer,
@@ -488,23 +516,14 @@ def _relay(
     planned: Optional[Callable[[Dict[str, Tuple[str, int]]], None]],
     end: Callable[[Host, Optional[Relayed], Optional[RemoteError], float], None],
 ) -> None:
-    """Plan the chain, feed its head, watch every node to its end."""
-    chain = plan_chain([(h, n.port is not None) for h, n in nodes.items()])
-    if planned:
-        planned({h: (nodes[h].address, nodes[h].port or 0) for h in chain.order})
-    for host in chain.order:
-        node = nodes[host]
-        targets = [
-            [nodes[s].host.relay_address or nodes[s].address, nodes[s].port]
-            for s in chain.successors(host)
-        ]
-        with contextlib.suppress(EOFError, OSError):
-            node.send(relaynode.frame("N", targets))
+    """Grow the chain as nodes come up (``expected`` arrivals: a node, or None for
+    a start that failed), feed its head, watch every node to its end.
 
-    now = time.monotonic()
-    for node in nodes.values():
-        node.progress_at = now
+    ``nodes`` is filled in as they arrive (the caller closes them).
+    """
+    chain = Chain()
     feeders: List[threading.Thread] = []
+    selector = selectors.DefaultSelector()
 
     def serve(
         node: _Node, hook: Optional[Callable[[int], None]] = None, tls: Optional[_Peer] = None
@@ -521,14 +540,24 @@ def _relay(
         feeders.append(thread)
         thread.start()
 
-    if chain.order:
-        nodes[chain.order[0]].head = True
-        head = nodes[chain.order[0]]
-        # Behind a jump host or a ProxyCommand the controller cannot reach its port: SSH.
-        tunnelled = bool(head.host.jump or head.host.proxy_command)
-        serve(head, fed, None if tunnelled else peer)
-    for host in chain.direct:
-        serve(nodes[host])
+    def join(node: _Node) -> None:
+        host = node.host.id
+        nodes[host] = node
+        node.progress_at = time.monotonic()
+        selector.register(node.chan, selectors.EVENT_READ, host)
+        told = chain.join(host, node.port is not None)
+        if node.port is None:
+            serve(node)  # its peers cannot reach it
+        elif not told:  # the first to listen: the head, fed from here
+            node.head = True
+            # Behind a jump host or a ProxyCommand the controller cannot reach its port: SSH.
+            tunnelled = bool(node.host.jump or node.host.proxy_command)
+            serve(node, fed, None if tunnelled else peer)
+        else:
+            target = [[node.host.relay_address or node.address, node.port]]
+            for before in told:
+                with contextlib.suppress(EOFError, OSError):
+                    nodes[before].send(relaynode.frame("N", target), control=True)
 
     def finish(node: _Node, error: Optional[RemoteError]) -> None:
         node.error = error
@@ -539,12 +568,17 @@ def _relay(
         value = Relayed(via, node.sent, time.monotonic(), node.skipped) if error is None else None
         end(node.host, value, error, node.began)
 
-    selector = selectors.DefaultSelector()
-    for host, node in nodes.items():
-        selector.register(node.chan, selectors.EVENT_READ, host)
+    arrived = 0
     try:
-        while any(not n.over for n in nodes.values()):
-            for key, _ in selector.select(0.25):
+        while arrived < expected or any(not n.over for n in nodes.values()):
+            while arrived < expected and not arrivals.empty():
+                node = arrivals.get()
+                arrived += 1
+                if node is not None:
+                    join(node)
+                if arrived == expected and planned:
+                    planned({h: (nodes[h].address, nodes[h].port or 0) for h in chain.order})
+            for key, _ in selector.select(0.1 if arrived < expected else 0.25):
                 node = nodes[key.data]
                 for word, text in node.lines():
                     if word == "SKIP":
@@ -570,9 +604,9 @@ def _relay(
     finally:
         selector.close()
     for node in nodes.values():
-        if node.done:
+        if node.done:  # its relay stops listening and ends
             with contextlib.suppress(EOFError, OSError):
-                node.send(relaynode.frame("Q"))
+                node.send(relaynode.frame("Q"), control=True)
     for thread in feeders:
         thread.join(timeout=1.0)
 

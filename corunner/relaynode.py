@@ -7,8 +7,8 @@ by the controller for the frame formats, so both sides share one definition
 
 What the controller sends on stdin, after the boot code (:func:`frame`):
 ``C`` the transfer's config (JSON: its TLS certificate and key, the sha256 and
-size, where it lands), ``N`` this node's successors (``[[address, port],
-...]``, the next first), ``D`` bytes of the payload at an offset, ``Q`` the
+size, where it lands), ``N`` more successors of this node as they come up
+(``[[address, port], ...]``, added after those it has: the next first), ``D`` bytes of the payload at an offset, ``Q`` the
 end. What the node says on stdout, one marker line each (:func:`say`):
 ``PORT n`` (listening) or ``NOLISTEN why``, ``HAVE n`` (bytes written, once
 a second while they grow), ``SKIP address:port why`` (a successor bypassed), ``DONE``
@@ -44,7 +44,7 @@ from functools import partial
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import IO, Any, Dict, Optional, Sequence, Tuple
+    from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 
 MARKER = "CORUNNER-RELAY"
 HELLO = b"CRLY1 "
@@ -208,6 +208,9 @@ class Relay:
         self.finished = False
         self.ended = False
         self.handshakes = threading.BoundedSemaphore(HANDSHAKES)
+        #: Whom to pass the payload on to, the next first (N frames add to it).
+        self.successors: List[Tuple[str, int]] = []
+        self.forwarding = False
         self.listener: Optional[socket.socket] = None
         self.server, self.client = contexts(cfg["cert"], cfg["key"])
         self.target = ""
@@ -396,11 +399,31 @@ class Relay:
         """Whether the node holds the bytes up to ``offset`` (or all of them), or has ended."""
         return self.ended or self.have >= min(offset, self.size)
 
-    def forward(self, successors: Sequence[Tuple[str, int]]) -> None:
-        """Feed the first successor that takes it to the end; bypass the others."""
-        for address, port in successors:
-            if self.ended:
-                return
+    def more_successors(self, successors: Sequence[Tuple[str, int]]) -> None:
+        """Nodes that came up after this one (an N frame): the first feeder starts passing on."""
+        with self.lock:
+            self.successors.extend(successors)
+            start = not self.forwarding
+            self.forwarding = True
+            self.lock.notify_all()
+        if start:
+            threading.Thread(target=self.forward, daemon=True).start()
+
+    def forward(self) -> None:
+        """Feed the first successor that takes it to the end; bypass the others.
+
+        Successors arrive as they come up: with none left to try, wait for
+        the next, until the transfer ends.
+        """
+        tried = 0
+        while True:
+            with self.lock:
+                while tried >= len(self.successors) and not self.ended:
+                    self.lock.wait(1.0)
+                if self.ended:
+                    return
+                address, port = self.successors[tried]
+            tried += 1
             try:
                 self.feed(address, int(port))
                 return
@@ -559,8 +582,7 @@ def main() -> int:
             if kind == FRAME_QUIT:
                 break
             if kind == FRAME_NEXT:
-                successors = [(str(a), int(p)) for a, p in json.loads(body)]
-                threading.Thread(target=relay.forward, args=(successors,), daemon=True).start()
+                relay.more_successors([(str(a), int(p)) for a, p in json.loads(body)])
             elif kind == FRAME_DATA:
                 relay.write(offset, body)
     except (OSError, ValueError) as exc:

@@ -16,6 +16,7 @@ import os
 import pwd
 import secrets
 import shutil
+import threading
 from pathlib import Path
 from typing import List
 
@@ -125,9 +126,11 @@ def test_hosts_the_relay_misses_still_run_as_they_would_without_it(
     victim = listed[5]
     digest = make_tree(tmp_path, 6 * MIB)
     killed: List[int] = []
+    chained = threading.Event()  # every node came up and joined the chain
 
     def fed(offset: int) -> None:
         if offset >= MIB and not killed:
+            assert chained.wait(60), "the chain never formed"
             for pid in relay_processes(victim.address):
                 os.kill(pid, 9)
                 killed.append(pid)
@@ -141,7 +144,8 @@ def test_hosts_the_relay_misses_still_run_as_they_would_without_it(
         relay=True,
     )
     the_run = Run(hosts, spec, records=str(tmp_path / "runs"))
-    report = the_run.execute(push=functools.partial(relay.push, fed=fed, times=times))
+    push = functools.partial(relay.push, fed=fed, times=times, planned=lambda _: chained.set())
+    report = the_run.execute(push=push)
     assert killed, "the victim's relay was never seen"
 
     states = {h.host: h for h in report.hosts}

@@ -70,14 +70,16 @@ def test_target_path_follows_the_cp_rules() -> None:
     assert relaynode.target_path("/", "f.bin", lambda p: True) == "/f.bin"
 
 
-def test_the_chain_orders_listeners_and_serves_the_others_directly() -> None:
-    chain = relay.plan_chain([("a", True), ("b", False), ("c", True), ("d", True)])
-    assert chain.order == ("a", "c", "d")
-    assert chain.direct == ("b",)
-    assert chain.successors("a") == ("c", "d")
-    assert chain.successors("d") == ()
+def test_the_chain_grows_as_nodes_come_up_and_serves_the_others_directly() -> None:
+    chain = relay.Chain()
+    assert chain.join("a", True) == ()  # the first listener: the head
+    assert chain.join("b", False) == ()  # cannot listen: served directly, told to nobody
+    assert chain.join("c", True) == ("a",)
+    assert chain.join("d", True) == ("a", "c")
+    assert (chain.order, chain.direct) == (["a", "c", "d"], ["b"])
     long = relay.plan_chain([(str(i), True) for i in range(100)])
-    assert long.successors("10") == tuple(str(i) for i in range(11, 11 + relay.BYPASS_DEPTH))
+    told = long.join("new", True)  # the last BYPASS_DEPTH: its feeder and those that bypass to it
+    assert told == tuple(str(i) for i in range(100 - relay.BYPASS_DEPTH, 100))
 
 
 def test_resume_offsets_stay_within_the_payload() -> None:
@@ -224,7 +226,7 @@ def _watched(haves: Dict[str, int], age: float, direct: Tuple[str, ...] = ("a",)
         node = relay._Node(host, None, None, name, "/dest")  # type: ignore[arg-type]
         node.have, node.progress_at, node.direct = have, now - age, name in direct
         nodes[name] = node
-    return nodes, relay.Chain(tuple(haves), ())
+    return nodes, relay.plan_chain([(name, True) for name in haves])
 
 
 def test_the_first_node_behind_its_predecessors_is_served_and_a_slow_fleet_is_left_alone() -> None:
