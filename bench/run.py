@@ -214,40 +214,47 @@ def split_sections(text: str) -> List[str]:
 
 
 def _kind(chunk: str) -> Optional[str]:
-    """The benchmark a section belongs to (by its heading), or None."""
+    """The benchmark a section belongs to (its heading, then ``:`` or the line's end), or None.
+
+    "## Push at scale" is push_wide's own section, not "## Push".
+    """
+    first = chunk.split("\n", 1)[0]
     for name, heading in HEADINGS.items():
-        if chunk.startswith(heading):
+        if first == heading or first.startswith(heading + ":"):
             return name
     return None
 
 
 def merge_report(old: Optional[str], fresh: List[str], ran: Dict[str, str], full: bool) -> str:
-    """RESULTS.md with the sections in ``ran`` replaced or added, every other one kept.
+    """RESULTS.md with the sections in ``ran`` replaced in place or added, every other one kept.
 
     ``fresh`` is this run's preamble: the title and command chunk, the machine
     table and the methodology; they replace the old ones when ``full`` (every lab
-    benchmark ran) or when there is no old report. Sections come out in the
-    order of BENCHMARKS, sections of unknown headings after them, the
-    methodology last.
+    benchmark ran) or when there is no old report. Old sections keep their
+    order (those of other scripts, such as scaling and push_wide, included);
+    sections new to the report follow them in the order of BENCHMARKS; the
+    methodology comes last.
     """
     old_chunks = split_sections(old) if old else []
     take_fresh = full or not old_chunks
     source = fresh if take_fresh else old_chunks
     head = [c for c in source if not c.startswith("## ") or c.startswith(PREAMBLE_HEADINGS)]
     method = [c for c in source if c.startswith(METHODOLOGY_HEADING)]
-    by_kind: Dict[str, str] = {}
-    others: List[str] = []
+    body: List[str] = []
+    placed = set()
     for c in old_chunks:
         if not c.startswith("## ") or c.startswith(PREAMBLE_HEADINGS + (METHODOLOGY_HEADING,)):
             continue
         kind = _kind(c)
-        if kind is None:
-            others.append(c)
+        if kind in ran:
+            if kind in placed:
+                continue  # a section of the same benchmark twice: keep the one replaced
+            placed.add(kind)
+            body.append(ran[kind])
         else:
-            by_kind[kind] = c
-    by_kind.update(ran)
-    body = [by_kind[k] for k in BENCHMARKS if k in by_kind]
-    return "\n\n".join([*head, *body, *others, *method]) + "\n"
+            body.append(c)
+    body += [ran[k] for k in BENCHMARKS if k in ran and k not in placed]
+    return "\n\n".join([*head, *body, *method]) + "\n"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
