@@ -423,6 +423,10 @@ def cp(
                         workers,
                         accept_new_host_keys,
                         view.done,
+                        # Known host keys only: a new one is learnt the Paramiko way.
+                        first=None
+                        if accept_new_host_keys
+                        else lambda host: transfer.push_with_openssh(host, archive, dest),
                     )
     if relayed:
         _relay_lines(outcomes, out)

@@ -43,10 +43,13 @@ def on_each(
     parallel: int = DEFAULT_PARALLEL,
     accept_new_host_keys: bool = False,
     done: Optional[Callable[[Outcome[T]], None]] = None,
+    first: Optional[Callable[[Host], Optional[T]]] = None,
 ) -> Dict[str, Outcome[T]]:
     """Connect to every host and run ``work(conn, host)``, ``parallel`` at a time.
 
     ``done`` is called (from a worker thread) as each host ends, for progress.
+    ``first(host)``, if given, is tried before connecting: a value is the
+    host's outcome (no Paramiko connection made), None connects as usual.
     Hosts behind one jump host share one connection to it, closed at the end.
     Returns outcomes keyed by host id, in the order of ``hosts``.
     """
@@ -56,11 +59,13 @@ def on_each(
     def one(host: Host) -> Outcome[T]:
         began = time.monotonic()
         try:
-            conn = remote.connect(host, accept_new_host_keys, gateways)
-            try:
-                value = work(conn, host)
-            finally:
-                conn.close()
+            value = first(host) if first else None
+            if value is None:
+                conn = remote.connect(host, accept_new_host_keys, gateways)
+                try:
+                    value = work(conn, host)
+                finally:
+                    conn.close()
             outcome: Outcome[T] = Outcome(host, value, None, time.monotonic() - began)
         except RemoteError as exc:
             outcome = Outcome(host, None, exc, time.monotonic() - began)

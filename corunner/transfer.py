@@ -1,6 +1,9 @@
 """Copy files and trees to and from nodes: one regular file over SFTP, trees as tar streams.
 
-A tree travels as a tar archive on one command's stdin (push) or stdout (pull),
+A push goes through the controller's ``ssh`` where it can serve the host
+(:func:`push_with_openssh`, :mod:`corunner.openssh`): the tar stream below,
+for one file made as it is read. Otherwise, and through Paramiko:
+a tree travels as a tar archive on one command's stdin (push) or stdout (pull),
 built once and sent to every node, keeping modes and links. One regular file
 goes over SFTP instead, which runs no login shell and no tar on the node (a
 heavy .bashrc alone costs ~100 ms of its CPU); pushes use large pipelined
@@ -36,7 +39,7 @@ from typing import IO, Iterator, List, Optional, Sequence
 import fabric
 import paramiko
 
-from . import remote
+from . import openssh, remote
 from .errors import TransferError, UsageError
 from .inventory import Host
 
@@ -140,6 +143,41 @@ class Archive:
     def chunks(self) -> Iterator[bytes]:
         return remote.file_chunks(self.path)
 
+    @property
+    def tar_size(self) -> int:
+        """The size of the tar :meth:`streamed` sends, without building it."""
+        if self.file is not None and self._path is None:
+            size = os.path.getsize(self.file)
+            return 512 * 3 + -(-size // 512) * 512 + 2 * 512  # headers, data, end blocks
+        return os.path.getsize(self.path)
+
+    def streamed(self) -> Iterator[bytes]:
+        """The tar, as :meth:`chunks`; for one regular file made as it is read,
+        so no temporary copy of the file is needed.
+
+        Raises OSError if the file changed size while it was read (the
+        receiving tar then sees a short archive and fails: no copy is made).
+        """
+        if self.file is None or self._path is not None:
+            yield from self.chunks()
+            return
+        with open(self.file, "rb") as f:
+            info = tarfile.TarInfo(PAYLOAD)
+            st = os.fstat(f.fileno())
+            info.size, info.mode, info.mtime = st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime
+            info.uid, info.gid = st.st_uid, st.st_gid
+            yield info.tobuf(tarfile.PAX_FORMAT)
+            left = info.size
+            while left > 0:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    raise OSError(f"{self.file} shrank while it was read")
+                left -= len(chunk)
+                yield chunk
+            if f.read(1):
+                raise OSError(f"{self.file} grew while it was read")
+        yield bytes(-info.size % 512) + bytes(1024)
+
 
 def build_archive(src: str, workdir: str) -> Archive:
     """The :class:`Archive` of ``src`` (UsageError if it is missing or unreadable)."""
@@ -167,13 +205,36 @@ def push(conn: fabric.Connection, host: Host, archive: Archive, dest: str) -> Pu
                 return Pushed()
         except remote.SFTPBroken as exc:
             sftp_failure = str(exc)
+    command = _push_command(host, archive, dest)
+    done = remote.execute(conn, host, command, stdin=archive.chunks())
+    return _pushed(host, done, dest, sftp_failure)
+
+
+def push_with_openssh(host: Host, archive: Archive, dest: str) -> Optional[Pushed]:
+    """:func:`push` through the controller's ``ssh`` (the tar path), where it can
+    serve the host; None to go the Paramiko way (see :mod:`corunner.openssh`)."""
+    ssh = openssh.program()
+    argv = openssh.command(host, ssh, remote.READER) if ssh else None
+    if argv is None:
+        return None
     try:
-        need_kib = str(os.path.getsize(archive.path) // 1024 + 1)
+        done = openssh.run(host, argv, _push_command(host, archive, dest), archive.streamed())
+    except OSError as exc:  # reading the source here
+        raise TransferError(host.id, f"cannot read {archive.src}: {exc}") from exc
+    return None if done is None else _pushed(host, done, dest, None)
+
+
+def _push_command(host: Host, archive: Archive, dest: str) -> remote.Command:
+    """PUSH_SCRIPT for one node, with the archive's size to name a full disk."""
+    try:
+        need_kib = str(archive.tar_size // 1024 + 1)
     except OSError as exc:  # building the tar here, on first need: say so for this host
         raise TransferError(host.id, f"cannot archive {archive.src}: {exc}") from exc
-    done = remote.execute(
-        conn, host, remote.sh(PUSH_SCRIPT, dest, archive.name, need_kib), stdin=archive.chunks()
-    )
+    return remote.sh(PUSH_SCRIPT, dest, archive.name, need_kib)
+
+
+def _pushed(host: Host, done: remote.Completed, dest: str, sftp_failure: Optional[str]) -> Pushed:
+    """What PUSH_SCRIPT's run says: copied, or one line naming why not."""
     if done.status != 0 or b"CORUNNER-OK" not in done.stdout:
         raise TransferError(
             host.id, f"copy to {dest} failed: {done.error_line()}{_failed_before(sftp_failure)}"

@@ -8,8 +8,17 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from corunner.errors import EXIT_LOST
 from corunner.hostrange import fold
+
+
+@pytest.fixture(params=["openssh", "paramiko"])
+def push_path(request, cli):
+    """Both ways a push goes: the controller's ssh (where it can serve the host) and Paramiko."""
+    cli.env["CORUNNER_OPENSSH"] = "1" if request.param == "openssh" else "0"
+    return request.param
 
 
 def make_tree(root: Path) -> Path:
@@ -24,7 +33,7 @@ def make_tree(root: Path) -> Path:
     return tree
 
 
-def test_push_tree_to_all_nodes_keeps_contents_and_modes(lab, cli, tmp_path, on_node):
+def test_push_tree_to_all_nodes_keeps_contents_and_modes(lab, cli, tmp_path, on_node, push_path):
     tree = make_tree(tmp_path)
     done = cli("cp", "--src", str(tree), "--dest", "/tmp/pushed/")
     assert done.returncode == 0, done.stderr + done.stdout
@@ -49,7 +58,7 @@ def test_push_tree_to_all_nodes_keeps_contents_and_modes(lab, cli, tmp_path, on_
         assert lines[5:] == ["755", "tool", "odd"]
 
 
-def test_push_file_as_new_name_then_into_existing_directory(lab, cli, tmp_path, on_node):
+def test_push_file_as_new_name_then_into_existing_directory(lab, cli, tmp_path, on_node, push_path):
     src = tmp_path / "conf.txt"
     src.write_text("v1\n")
     first = lab.nodes[0].address
@@ -99,7 +108,7 @@ def test_pull_without_divide_never_overwrites(lab, cli, tmp_path, on_node):
         assert (tmp_path / "flat" / f"same-name.txt.{n.address}").read_text().strip() == n.hostname
 
 
-def test_down_host_and_wrong_key_fail_alone(healthy_lab, cli, tmp_path, on_node):
+def test_down_host_and_wrong_key_fail_alone(healthy_lab, cli, tmp_path, on_node, push_path):
     lab = healthy_lab
     down, liar, other = lab.nodes[2], lab.nodes[4], lab.nodes[5]
     lab.kill(down.index)
@@ -156,7 +165,9 @@ def test_pull_of_one_file_keeps_its_mode(lab, cli, tmp_path, on_node):
     assert stat.S_IMODE(os.stat(got).st_mode) == 0o750
 
 
-def test_push_one_file_keeps_bytes_mode_and_time_wherever_it_lands(lab, cli, tmp_path, on_node):
+def test_push_one_file_keeps_bytes_mode_and_time_wherever_it_lands(
+    lab, cli, tmp_path, on_node, push_path
+):
     """One regular file goes over SFTP when it can, else through the tar path: same result."""
     import hashlib
 
@@ -234,3 +245,31 @@ def test_one_file_over_sftp_needs_no_local_copy(lab, tmp_path, on_node):
     assert os.listdir(work) == []
     out = on_node(node.index, "sha256sum /tmp/data.bin").split()[0]
     assert out == hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+def test_one_file_through_openssh_needs_no_local_copy_and_leaves_nothing_behind(
+    lab, tmp_path, on_node
+):
+    """The controller's ssh gets the file's tar made as the file is read: no local
+    copy; on the node it lands whole, with its mode, and no temporary directory stays."""
+    from corunner import transfer
+    from corunner.loader import load_inventory
+
+    node = lab.nodes[6]
+    (host,) = load_inventory(str(lab.inventory)).select(node.address)
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(2_000_001))
+    src.chmod(0o600)
+    work = tmp_path / "work"
+    work.mkdir()
+    archive = transfer.build_archive(str(src), str(work))
+    on_node(node.index, "rm -rf /tmp/viassh && mkdir /tmp/viassh")
+    assert transfer.push_with_openssh(host, archive, "/tmp/viassh/") is not None
+    assert os.listdir(work) == []
+    out = on_node(node.index, "sha256sum /tmp/viassh/data.bin; stat -c %a /tmp/viassh/data.bin")
+    assert out.split() == [
+        hashlib.sha256(src.read_bytes()).hexdigest(),
+        "/tmp/viassh/data.bin",
+        "600",
+    ]
+    assert on_node(node.index, "ls -A /tmp/viassh").split() == ["data.bin"]
