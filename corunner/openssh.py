@@ -8,8 +8,9 @@ that only corunner's Paramiko path does here: a direct TCP connection (no jump
 host, no ProxyCommand), known host keys only (``StrictHostKeyChecking yes``),
 key files that exist. Everything else, and any failure of ``ssh`` itself
 before the node's script answered, goes the Paramiko way, which names the
-cause in corunner's own words; only a connection that timed out is reported
-from here (trying again would double the wait).
+cause in corunner's own words; only a connection that timed out and a host
+that stopped answering keepalives are reported from here (trying again would
+double the wait).
 
 ``ssh`` runs with ``-F none``: the Host already holds every setting resolved
 (inventory over ssh_config over defaults), so both paths connect alike. The
@@ -29,19 +30,18 @@ import tempfile
 from typing import IO, Iterable, Iterator, List, Optional
 
 from . import hostkeys, remote
-from .errors import ConnectError
+from .errors import ConnectError, StalledError
 from .inventory import Host
 
 #: Tried in this order: AES-GCM where the CPU has AES instructions is the cheapest.
 CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-ctr"
-#: A node that stops answering: ssh gives up after 3 keepalives 5 s apart, as
-#: corunner's own connections notice an unanswered host.
-ALIVE_INTERVAL, ALIVE_COUNT = 5, 3
 #: ssh's own exit status for its failures (a remote command's 255 looks the same;
 #: the script's marker tells them apart).
 SSH_FAILED = 255
 #: What ssh prints when the connection timed out (ConnectTimeout or the kernel's).
 TIMED_OUT = ("Connection timed out", "Operation timed out")
+#: What ssh prints when the host left its keepalives unanswered (ServerAliveCountMax).
+NOT_RESPONDING = "not responding"
 #: What the script prints last when it is done (PUSH_SCRIPT's own marker).
 FINISHED = "CORUNNER-OK"
 #: Set to 0 to send everything through Paramiko (to compare, or where ssh misbehaves).
@@ -102,13 +102,13 @@ def command(host: Host, ssh: str, remote_line: str) -> Optional[List[str]]:
         "-o",
         f"ConnectTimeout={max(1, math.ceil(host.connect_timeout))}",
         "-o",
-        f"ServerAliveInterval={ALIVE_INTERVAL}",
+        # A host that stops answering is given up as corunner's own connections do.
+        f"ServerAliveInterval={max(1, math.ceil(host.alive_interval))}",
         "-o",
-        f"ServerAliveCountMax={ALIVE_COUNT}",
+        f"ServerAliveCountMax={host.alive_count_max}",
         "-o",
         f"IdentitiesOnly={'yes' if host.identities_only else 'no'}",
-        "-o",
-        "LogLevel=ERROR",
+        # LogLevel stays INFO: ssh says "server ... not responding" at that level.
     ]
     for key in keys:
         if os.path.exists(key):
@@ -143,6 +143,12 @@ def run(
             raise ConnectError(
                 host.id,
                 f"no answer within {host.connect_timeout:g}s (host down or port filtered)",
+            )
+        if NOT_RESPONDING in text:  # hung mid-copy: trying again would wait as long
+            silent = host.alive_interval * host.alive_count_max
+            raise StalledError(
+                host.id,
+                f"stalled: no answer to keepalives for {silent:.0f}s (host hung or overloaded)",
             )
         return None
     return done

@@ -10,6 +10,7 @@ this process; the SSH servers, the exchange and the hang are real."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 
@@ -171,3 +172,47 @@ def test_a_hung_node_gets_one_line_and_paramikos_log_only_with_debug(healthy_lab
             assert f"corunner.remote DEBUG: {victim.address}:" in kept
             assert "Error reading SSH protocol banner" in kept
             assert log.stat().st_mode & 0o077 == 0
+
+
+def test_a_node_that_hangs_during_a_push_through_ssh_is_stalled_once_and_alone(
+    healthy_lab, on_node, tmp_path
+):
+    """The controller's ssh leaves a hung node after its keepalives, and the host is
+    reported stalled at once: not tried again the Paramiko way, which would wait as long."""
+    from corunner import openssh
+
+    victim = healthy_lab.nodes[1]
+    # Keepalives 1 s apart, 2 unanswered: the host's own settings, as ssh_config would give.
+    hosts = [
+        dataclasses.replace(h, alive_interval=1.0, alive_count_max=2)
+        for h in load_inventory(str(healthy_lab.inventory)).select(None)[:4]
+    ]
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"x" * (16 << 20))
+    archive = transfer.build_archive(str(src), str(tmp_path / "work"))
+    paramiko_tried = []
+
+    def push(host):
+        def chunks():
+            for n, chunk in enumerate(archive.streamed()):
+                if n == 2 and host.address == victim.address:
+                    # ssh has read the header and 1 MiB (the login is done): under way.
+                    healthy_lab.freeze(victim.index)
+                yield chunk
+
+        argv = openssh.command(host, openssh.program(), remote.READER)
+        done = openssh.run(
+            host, argv, remote.sh(transfer.PUSH_SCRIPT, "/tmp/", "big.bin", "1"), chunks()
+        )
+        return None if done is None else transfer._pushed(host, done, "/tmp/", None)
+
+    outcomes = finish(
+        lambda: fanout.on_each(hosts, lambda c, h: paramiko_tried.append(h.id), first=push)
+    )
+    assert re.fullmatch(
+        rf"{re.escape(victim.address)}: stalled: no answer to keepalives for 2s "
+        r"\(host hung or overloaded\)",
+        str(outcomes[victim.address].error),
+    )
+    assert paramiko_tried == []
+    assert sum(o.ok for o in outcomes.values()) == 3
