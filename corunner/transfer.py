@@ -77,6 +77,8 @@ else
 fi
 echo CORUNNER-OK
 """
+#: What PUSH_SCRIPT prints when the copy is in place.
+PUSHED = "CORUNNER-OK"
 
 #: Pull: $1 = source path, $2 = marker, $3... = paths under it to leave out
 #: (each exactly: no wildcards, from the top of the source).
@@ -205,7 +207,7 @@ def push(conn: fabric.Connection, host: Host, archive: Archive, dest: str) -> Pu
                 return Pushed()
         except remote.SFTPBroken as exc:
             sftp_failure = str(exc)
-    command = _push_command(host, archive, dest)
+    command = _push_command(host, archive, dest, streamed=False)
     done = remote.execute(conn, host, command, stdin=archive.chunks())
     return _pushed(host, done, dest, sftp_failure)
 
@@ -217,25 +219,27 @@ def push_with_openssh(host: Host, archive: Archive, dest: str) -> Optional[Pushe
     argv = openssh.command(host, ssh, remote.READER) if ssh else None
     if argv is None:
         return None
+    command = _push_command(host, archive, dest, streamed=True)
     try:
-        done = openssh.run(host, argv, _push_command(host, archive, dest), archive.streamed())
+        done = openssh.run(host, argv, command, archive.streamed(), PUSHED)
     except OSError as exc:  # reading the source here
         raise TransferError(host.id, f"cannot read {archive.src}: {exc}") from exc
     return None if done is None else _pushed(host, done, dest, None)
 
 
-def _push_command(host: Host, archive: Archive, dest: str) -> remote.Command:
-    """PUSH_SCRIPT for one node, with the archive's size to name a full disk."""
+def _push_command(host: Host, archive: Archive, dest: str, streamed: bool) -> remote.Command:
+    """PUSH_SCRIPT for one node, with the size of the tar it gets (``streamed``:
+    :meth:`Archive.streamed`'s, else the built tar's) to name a full disk."""
     try:
-        need_kib = str(archive.tar_size // 1024 + 1)
+        size = archive.tar_size if streamed else os.path.getsize(archive.path)
     except OSError as exc:  # building the tar here, on first need: say so for this host
         raise TransferError(host.id, f"cannot archive {archive.src}: {exc}") from exc
-    return remote.sh(PUSH_SCRIPT, dest, archive.name, need_kib)
+    return remote.sh(PUSH_SCRIPT, dest, archive.name, str(size // 1024 + 1))
 
 
 def _pushed(host: Host, done: remote.Completed, dest: str, sftp_failure: Optional[str]) -> Pushed:
     """What PUSH_SCRIPT's run says: copied, or one line naming why not."""
-    if done.status != 0 or b"CORUNNER-OK" not in done.stdout:
+    if done.status != 0 or PUSHED.encode() not in done.stdout:
         raise TransferError(
             host.id, f"copy to {dest} failed: {done.error_line()}{_failed_before(sftp_failure)}"
         )
