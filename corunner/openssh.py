@@ -22,15 +22,16 @@ it works for every login shell; nothing but that fixed line is on a command line
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
-from typing import IO, Iterable, Iterator, List, Optional
+from typing import IO, Iterable, List, Optional
 
-from . import hostkeys, remote
-from .errors import ConnectError, StalledError
+from . import remote
 from .inventory import Host
 
 #: Tried in this order: AES-GCM where the CPU has AES instructions is the cheapest.
@@ -42,8 +43,6 @@ SSH_FAILED = 255
 TIMED_OUT = ("Connection timed out", "Operation timed out")
 #: What ssh prints when the host left its keepalives unanswered (ServerAliveCountMax).
 NOT_RESPONDING = "not responding"
-#: What the script prints last when it is done (PUSH_SCRIPT's own marker).
-FINISHED = "CORUNNER-OK"
 #: Set to 0 to send everything through Paramiko (to compare, or where ssh misbehaves).
 ENV = "CORUNNER_OPENSSH"
 
@@ -65,15 +64,13 @@ def command(host: Host, ssh: str, remote_line: str) -> Optional[List[str]]:
     connect, or None if the host needs the Paramiko path (see the module)."""
     if host.jump or host.proxy_command or host.strict_host_keys != "yes":
         return None
-    keys = [k for k in (host.key, *host.extra_keys) if k]
-    if host.key and not os.path.exists(host.key):
+    keys = remote.key_files(host)  # those Paramiko would offer
+    if not all(os.path.exists(k) for k in keys):
         return None  # the Paramiko path names the missing key
     if any('"' in p for p in (*keys, *host.known_hosts_files)):
         return None
     known = _quoted(host.known_hosts_files) if host.known_hosts_files else "none"
-    global_files = host.global_known_hosts_files
-    if global_files is None:
-        global_files = hostkeys.default_paths(())
+    global_files = remote.global_known_hosts(host)
     argv = [
         ssh,
         "-F",
@@ -111,24 +108,31 @@ def command(host: Host, ssh: str, remote_line: str) -> Optional[List[str]]:
         # LogLevel stays INFO: ssh says "server ... not responding" at that level.
     ]
     for key in keys:
-        if os.path.exists(key):
-            argv += ["-i", key]
+        argv += ["-i", key]
     return [*argv, "--", host.address or host.name, remote_line]
 
 
 def run(
-    host: Host, argv: List[str], command_: remote.Command, stdin: Iterable[bytes]
+    host: Host,
+    argv: List[str],
+    command_: remote.Command,
+    stdin: Iterable[bytes],
+    finished: str,
 ) -> Optional[remote.Completed]:
     """Run ``argv`` with the command's head and then ``stdin`` on its standard input.
 
-    None when ssh itself failed (status 255) and the script did not finish:
-    the caller goes the Paramiko way, which says why or copies after all. A
-    ConnectError when the connection timed out.
+    None when ssh could not start, or failed itself (status 255) before the
+    script printed ``finished``: the caller goes the Paramiko way, which says
+    why or copies after all. A connection that timed out and a host that
+    stopped answering keepalives raise the errors the Paramiko path would.
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err)
         try:
-            sent = _feed(proc.stdin, _chain(command_.head, stdin))
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err)
+        except OSError:
+            return None
+        try:
+            sent = _feed(proc.stdin, itertools.chain([command_.head], stdin))
         except BaseException:
             proc.kill()  # the source failed here: no copy is to be made
             proc.wait()
@@ -137,26 +141,16 @@ def run(
         out.seek(0)
         err.seek(0)
         done = remote.Completed(status, out.read(), err.read(), sent)
-    if status == SSH_FAILED and done.marked(FINISHED) is None:
+    if status == SSH_FAILED and finished.encode() not in done.stdout:
         text = done.stderr.decode("utf-8", "replace")
-        if any(t in text for t in TIMED_OUT):
-            raise ConnectError(
-                host.id,
-                f"no answer within {host.connect_timeout:g}s (host down or port filtered)",
-            )
-        if NOT_RESPONDING in text:  # hung mid-copy: trying again would wait as long
-            silent = host.alive_interval * host.alive_count_max
-            raise StalledError(
-                host.id,
-                f"stalled: no answer to keepalives for {silent:.0f}s (host hung or overloaded)",
-            )
+        with remote.translated(host):  # the messages of the Paramiko path
+            if any(t in text for t in TIMED_OUT):
+                raise socket.timeout(text.strip())
+            if NOT_RESPONDING in text:  # hung mid-copy: trying again would wait as long
+                silent = host.alive_interval * host.alive_count_max
+                raise remote.Unanswered(f"no answer to keepalives for {silent:.0f}s")
         return None
     return done
-
-
-def _chain(head: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
-    yield head
-    yield from rest
 
 
 def _feed(pipe: Optional[IO[bytes]], chunks: Iterable[bytes]) -> int:

@@ -292,7 +292,7 @@ def _connection(
     host: Host, accept_new_host_keys: bool, sock: Any = None
 ) -> Tuple[fabric.Connection, Optional[paramiko.Agent]]:
     """:func:`connection`, and the ssh-agent connection whose key will sign, if any."""
-    files = _key_files(host)
+    files = key_files(host)
     key_given = bool(files)
     agent: Optional[paramiko.Agent] = None
     # No key: no key_filename at all (Fabric cannot merge a None into its key list).
@@ -301,11 +301,7 @@ def _connection(
         identity, agent = keys.identity(host.id, files[0])
     elif files:
         identity = {"key_filename": files}
-    known = host.known_hosts_files + (
-        hostkeys.default_paths(())
-        if host.global_known_hosts_files is None
-        else host.global_known_hosts_files
-    )
+    known = host.known_hosts_files + global_known_hosts(host)
     conn = fabric.Connection(
         host.address,
         user=host.user,
@@ -347,7 +343,14 @@ def _connection(
     return conn, agent
 
 
-def _key_files(host: Host) -> List[str]:
+def global_known_hosts(host: Host) -> Tuple[str, ...]:
+    """The host's GlobalKnownHostsFile list: its own, else the system's."""
+    if host.global_known_hosts_files is None:
+        return hostkeys.default_paths(())
+    return host.global_known_hosts_files
+
+
+def key_files(host: Host) -> List[str]:
     """The key files to offer: the inventory's ``key:`` as it is (a missing one is an
     error), ssh_config's IdentityFiles those that exist (ssh skips the others)."""
     if host.key and not _key_from_ssh_config(host):
