@@ -175,7 +175,7 @@ def test_a_hung_node_gets_one_line_and_paramikos_log_only_with_debug(healthy_lab
 
 
 def test_a_node_that_hangs_during_a_push_through_ssh_is_stalled_once_and_alone(
-    healthy_lab, on_node, tmp_path
+    healthy_lab, monkeypatch, tmp_path
 ):
     """The controller's ssh leaves a hung node after its keepalives, and the host is
     reported stalled at once: not tried again the Paramiko way, which would wait as long."""
@@ -191,23 +191,25 @@ def test_a_node_that_hangs_during_a_push_through_ssh_is_stalled_once_and_alone(
     src.write_bytes(b"x" * (16 << 20))
     archive = transfer.build_archive(str(src), str(tmp_path / "work"))
     paramiko_tried = []
+    run = openssh.run
 
-    def push(host):
+    def freezing_run(host, argv, command, stdin, finished):
         def chunks():
-            for n, chunk in enumerate(archive.streamed()):
+            for n, chunk in enumerate(stdin):
                 if n == 2 and host.address == victim.address:
                     # ssh has read the header and 1 MiB (the login is done): under way.
                     healthy_lab.freeze(victim.index)
                 yield chunk
 
-        argv = openssh.command(host, openssh.program(), remote.READER)
-        done = openssh.run(
-            host, argv, remote.sh(transfer.PUSH_SCRIPT, "/tmp/", "big.bin", "1"), chunks()
-        )
-        return None if done is None else transfer._pushed(host, done, "/tmp/", None)
+        return run(host, argv, command, chunks(), finished)
 
+    monkeypatch.setattr(openssh, "run", freezing_run)
     outcomes = finish(
-        lambda: fanout.on_each(hosts, lambda c, h: paramiko_tried.append(h.id), first=push)
+        lambda: fanout.on_each(
+            hosts,
+            lambda c, h: paramiko_tried.append(h.id),
+            first=lambda h: transfer.push_with_openssh(h, archive, "/tmp/"),
+        )
     )
     assert re.fullmatch(
         rf"{re.escape(victim.address)}: stalled: no answer to keepalives for 2s "

@@ -148,7 +148,14 @@ def test_killed_frozen_and_unreachable_nodes_mid_relay(healthy_lab: Lab, tmp_pat
     """
     lab = healthy_lab
     hosts = lab_hosts(lab)
-    hosts[7] = dataclasses.replace(hosts[7], relay_address="192.0.2.1")  # TEST-NET: never bound
+    # TEST-NET, no address of this machine: the node cannot bind it, so nobody is
+    # told of it and nothing connects there. Where the kernel binds any address
+    # (ip_nonlocal_bind), its peers would try: refuse to run rather than send traffic.
+    nonlocal_bind = Path("/proc/sys/net/ipv4/ip_nonlocal_bind")
+    assert not nonlocal_bind.exists() or nonlocal_bind.read_text().strip() == "0", (
+        "net.ipv4.ip_nonlocal_bind is on: this test would send traffic off loopback"
+    )
+    hosts[7] = dataclasses.replace(hosts[7], relay_address="192.0.2.1")
     killed, frozen = lab.nodes[2], lab.nodes[5]
     src = tmp_path / "payload.bin"
     digest = write_random(src, 6 * MIB)
