@@ -26,7 +26,7 @@ from corunner import relay, relaynode, transfer
 from corunner.errors import StalledError, TransferError
 from corunner.inventory import Host
 from corunner.loader import load_inventory
-from corunner.testing.lab import Lab
+from corunner.testing.lab import Lab, Node
 
 MIB = 1 << 20
 
@@ -156,26 +156,38 @@ def test_killed_frozen_and_unreachable_nodes_mid_relay(healthy_lab: Lab, tmp_pat
         "net.ipv4.ip_nonlocal_bind is on: this test would send traffic off loopback"
     )
     hosts[7] = dataclasses.replace(hosts[7], relay_address="192.0.2.1")
-    killed, frozen = lab.nodes[2], lab.nodes[5]
     src = tmp_path / "payload.bin"
     digest = write_random(src, 6 * MIB)
     broken: List[int] = []
     chained = threading.Event()  # every node came up and joined the chain
+    # The victims are picked by their place in the chain, known only once it formed
+    # (nodes join as they come up): neither is its head (fed by the controller) or its
+    # tail (nobody after it to go on to), nor next to the other, so each has a live
+    # predecessor that must go around it.
+    victims: List[Node] = []
+    by_peer_address = {n.address: n for n in lab.nodes}
+
+    def planned(chain: Dict[str, Tuple[str, int]]) -> None:
+        order = [by_peer_address[address] for address, _ in chain.values()]
+        assert len(order) == 7, order  # every node but the one that cannot listen
+        victims.extend([order[2], order[4]])
+        chained.set()
 
     def fed(offset: int) -> None:
         if offset >= MIB and not broken:
             assert chained.wait(60), "the chain never formed"
             broken.append(offset)
-            lab.kill(killed.index)
-            lab.freeze(frozen.index)
+            lab.kill(victims[0].index)
+            lab.freeze(victims[1].index)
 
     times = relay.Times(stall=1.0, serve_after=2.0, give_up=3.0)
     with tempfile.TemporaryDirectory() as work:
         archive = transfer.build_archive(str(src), work)
         outcomes = relay.push(
-            hosts, archive, "/tmp/faults/", times=times, fed=fed, planned=lambda _: chained.set()
+            hosts, archive, "/tmp/faults/", times=times, fed=fed, planned=planned
         )
     assert broken, "the payload never reached the hook"
+    killed, frozen = victims
 
     by_address = {o.host.name: o for o in outcomes.values()}
     assert isinstance(by_address[killed.address].error, TransferError)
@@ -187,7 +199,7 @@ def test_killed_frozen_and_unreachable_nodes_mid_relay(healthy_lab: Lab, tmp_pat
         outcome = by_address[node.address]
         assert outcome.ok, (node.address, outcome.error)
     assert by_address[lab.nodes[7].address].value.via == "direct"
-    # Their predecessors (whichever came up before them) went around them.
+    # Their predecessors went around them.
     skips = [s for o in outcomes.values() if o.value for s in o.value.bypassed]
     assert any(killed.address in s for s in skips), skips
     assert any(frozen.address in s for s in skips), skips
