@@ -183,9 +183,7 @@ def test_killed_frozen_and_unreachable_nodes_mid_relay(healthy_lab: Lab, tmp_pat
     times = relay.Times(stall=1.0, serve_after=2.0, give_up=3.0)
     with tempfile.TemporaryDirectory() as work:
         archive = transfer.build_archive(str(src), work)
-        outcomes = relay.push(
-            hosts, archive, "/tmp/faults/", times=times, fed=fed, planned=planned
-        )
+        outcomes = relay.push(hosts, archive, "/tmp/faults/", times=times, fed=fed, planned=planned)
     assert broken, "the payload never reached the hook"
     killed, frozen = victims
 
