@@ -2,8 +2,8 @@
 right when corunner asks something): that node is reported "stalled" once
 it has answered no keepalive for remote.ALIVE_LIMIT seconds (so within
 ALIVE_LIMIT + ALIVE_INTERVAL), the others finish, and nothing waits forever.
-A node that is slow but answers (its command silent for longer than the old
-fixed 20 s limit) is waited for, as clush and pssh wait.
+A node that is slow but answers (its command silent for longer than its
+keepalive limit) is waited for, as clush and pssh wait.
 
 The freeze is timed by wrapping the Paramiko call that asks the node, in
 this process; the SSH servers, the exchange and the hang are real."""
@@ -43,6 +43,12 @@ def freeze_on(healthy_lab, monkeypatch):
 
 #: The documented bound for reporting a hung node, plus room for a loaded machine.
 BOUND = remote.ALIVE_LIMIT + remote.ALIVE_INTERVAL + 15
+
+
+def quick_keepalives(hosts):
+    """The hosts with a 1 s x 3 keepalive limit, as ssh_config's ServerAliveInterval
+    and ServerAliveCountMax set it: hung within seconds (the run test keeps the defaults)."""
+    return [dataclasses.replace(h, alive_interval=1.0, alive_count_max=3) for h in hosts]
 
 
 def finish(work, timeout=BOUND):
@@ -85,7 +91,7 @@ def test_a_node_that_hangs_during_a_pull_fails_alone(healthy_lab, freeze_on, on_
     victim = healthy_lab.nodes[2]
     for node in healthy_lab.nodes[:4]:
         on_node(node.index, "mkdir -p /tmp/hung/tree && head -c 300000 /dev/urandom > /tmp/hung/f")
-    hosts = load_inventory(str(healthy_lab.inventory)).select(None)[:4]
+    hosts = quick_keepalives(load_inventory(str(healthy_lab.inventory)).select(None)[:4])
     # One file comes over SFTP: the node hangs before answering the first read.
     freeze_on(paramiko.SFTPClient, "getfo", victim)
 
@@ -96,7 +102,7 @@ def test_a_node_that_hangs_during_a_pull_fails_alone(healthy_lab, freeze_on, on_
 
     outcomes = finish(pull_file)
     assert re.fullmatch(
-        rf"{re.escape(victim.address)}: stalled: no answer to keepalives for 1[5-9]s "
+        rf"{re.escape(victim.address)}: stalled: no answer to keepalives for [3-9]s "
         r"\(host hung or overloaded\)",
         str(outcomes[victim.address].error),
     )
@@ -110,7 +116,7 @@ def test_a_node_that_hangs_during_a_tree_pull_fails_alone(
     victim = healthy_lab.nodes[3]
     for node in healthy_lab.nodes[:4]:
         on_node(node.index, "mkdir -p /tmp/hung/tree && echo x > /tmp/hung/tree/x")
-    hosts = load_inventory(str(healthy_lab.inventory)).select(None)[:4]
+    hosts = quick_keepalives(load_inventory(str(healthy_lab.inventory)).select(None)[:4])
     freeze_on(paramiko.Channel, "exec_command", victim)  # the tar stream never starts
     outcomes = finish(
         lambda: fanout.on_each(
@@ -124,12 +130,13 @@ def test_a_node_that_hangs_during_a_tree_pull_fails_alone(
 def test_a_slow_node_that_still_answers_is_waited_for_not_called_stalled(
     healthy_lab, on_node, tmp_path
 ):
-    # The node's python is a wrapper that sleeps 25 s before it starts: the
-    # start exchange is silent for longer than the old fixed 20 s limit (and
-    # than ALIVE_LIMIT), as a login shell on a loaded node can be, but sshd
-    # answers every keepalive meanwhile.
+    # The node's python is a wrapper that sleeps 6 s before it starts: the
+    # start exchange is silent for three times the host's keepalive limit
+    # (1 s x 2, as ServerAliveInterval and ServerAliveCountMax would set it),
+    # as a login shell on a loaded node can be, but sshd answers every
+    # keepalive meanwhile.
     slow = healthy_lab.nodes[4]
-    on_node(slow.index, "printf '#!/bin/sh\\nsleep 25\\nexec python3 \"$@\"\\n' > /tmp/slowpy")
+    on_node(slow.index, "printf '#!/bin/sh\\nsleep 6\\nexec python3 \"$@\"\\n' > /tmp/slowpy")
     on_node(slow.index, "chmod +x /tmp/slowpy")
     inventory = tmp_path / "hosts.yaml"
     inventory.write_text(
@@ -137,12 +144,15 @@ def test_a_slow_node_that_still_answers_is_waited_for_not_called_stalled(
         f"  known_hosts: {healthy_lab.known_hosts}\n  connect_timeout: 5\n"
         f"groups:\n  slow:\n    hosts: ['{slow.address}']\n    python: /tmp/slowpy\n"
     )
-    hosts = load_inventory(str(inventory)).select("slow")
+    hosts = [
+        dataclasses.replace(h, alive_interval=1.0, alive_count_max=2)
+        for h in load_inventory(str(inventory)).select("slow")
+    ]
     spec = RunSpec(Program(cmd="echo hello"), interval=0.2, dead_after=1.5, heartbeat=False)
     report = finish(controller.Run(hosts, spec, records=str(tmp_path / "runs")).execute, 90)
     (row,) = report.hosts
     assert (row.state.value, row.error) == ("succeeded", None)
-    assert row.seconds is not None and row.seconds >= 25
+    assert row.seconds is not None and row.seconds >= 6
 
 
 def test_a_hung_node_gets_one_line_and_paramikos_log_only_with_debug(healthy_lab, cli, tmp_path):
