@@ -29,7 +29,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from typing import IO, Iterable, List, Optional
+from typing import IO, Iterable, List, Optional, Union
 
 from . import remote
 from .inventory import Host
@@ -126,17 +126,42 @@ def run(
     why or copies after all. A connection that timed out and a host that
     stopped answering keepalives raise the errors the Paramiko path would.
     """
+    return _run(host, argv, subprocess.PIPE, itertools.chain([command_.head], stdin), finished)
+
+
+def run_file(host: Host, argv: List[str], path: str, finished: str) -> Optional[remote.Completed]:
+    """:func:`run` with standard input read by ``ssh`` itself from the local file
+    ``path``, which holds the command's head and what follows it.
+
+    A regular file costs the node less than a pipe: 64 MiB to 8 nodes at once
+    measured 0.56 s of each node's CPU against 0.64 s fed through a pipe, by
+    Python or by ``sendfile`` into a 1 MiB pipe alike (bench/RESULTS.md, "Push").
+    """
+    with open(path, "rb") as stdin:
+        return _run(host, argv, stdin, None, finished, os.fstat(stdin.fileno()).st_size)
+
+
+def _run(
+    host: Host,
+    argv: List[str],
+    stdin: Union[int, IO[bytes]],
+    feed: Optional[Iterable[bytes]],
+    finished: str,
+    size: int = 0,
+) -> Optional[remote.Completed]:
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err)
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err)
         except OSError:
             return None
-        try:
-            sent = _feed(proc.stdin, itertools.chain([command_.head], stdin))
-        except BaseException:
-            proc.kill()  # the source failed here: no copy is to be made
-            proc.wait()
-            raise
+        sent = size
+        if feed is not None:
+            try:
+                sent = _feed(proc.stdin, feed)
+            except BaseException:
+                proc.kill()  # the source failed here: no copy is to be made
+                proc.wait()
+                raise
         status = proc.wait()
         out.seek(0)
         err.seek(0)

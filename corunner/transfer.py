@@ -29,12 +29,13 @@ import contextlib
 import os
 import posixpath
 import secrets
+import shutil
 import stat
 import tarfile
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from typing import IO, Iterator, List, Optional, Sequence
+from typing import IO, Dict, Iterator, List, Optional, Sequence
 
 import fabric
 import paramiko
@@ -48,6 +49,10 @@ MARKER = "CORUNNER-TAR-7f3a9c"
 #: Data per SFTP write request when pushing one file: OpenSSH's sftp-server takes
 #: up to 255 KiB; Paramiko's default, 32 KiB, costs 8x the requests and Python work.
 SFTP_WRITE_SIZE = 255 * 1024
+#: The largest push staged as one local file for every host's ``ssh`` to read
+#: (:meth:`Archive.staged`); a larger one is fed to each ``ssh`` through a pipe,
+#: so a big file needs no copy of itself in the work directory.
+STAGE_LIMIT = 1 << 30
 
 #: Push: extract into a temporary directory beside the target, then rename
 #: (files) or merge (an existing directory). $1 = dest, $2 = name of the
@@ -115,6 +120,8 @@ class Archive:
         self.src, self.workdir = src, workdir
         self._lock = threading.Lock()
         self._path: Optional[str] = None
+        self._stage_lock = threading.Lock()
+        self._staged: Dict[bytes, Optional[str]] = {}
         #: The source, when it is one regular file (pushed over SFTP).
         self.file: Optional[str] = src if stat.S_ISREG(os.lstat(src).st_mode) else None
         if self.file is None:
@@ -180,6 +187,53 @@ class Archive:
                 raise OSError(f"{self.file} grew while it was read")
         yield bytes(-info.size % 512) + bytes(1024)
 
+    def staged(self, head: bytes) -> Optional[str]:
+        """A local file holding ``head`` and then :meth:`streamed`'s tar, built
+        once and read by every host's ``ssh`` itself (a regular file costs each
+        node less CPU than a pipe: :func:`corunner.openssh.run_file`).
+
+        None when the push is larger than :data:`STAGE_LIMIT` or the work
+        directory has no room for it and as much again: the caller feeds the
+        stream through a pipe instead. Raises OSError if the source cannot be read.
+        """
+        with self._stage_lock:
+            if head not in self._staged:
+                self._staged[head] = self._stage(head)
+            return self._staged[head]
+
+    def _stage(self, head: bytes) -> Optional[str]:
+        size = len(head) + self.tar_size
+        if size > STAGE_LIMIT or shutil.disk_usage(self.workdir).free < 2 * size:
+            return None
+        fd, path = tempfile.mkstemp(prefix="corunner-", suffix=".stream", dir=self.workdir)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(head)
+                for chunk in _reading(self.streamed()):
+                    out.write(chunk)
+        except _Unreadable as exc:
+            os.unlink(path)
+            raise exc.error from None
+        except OSError:  # writing here (the disk filled meanwhile): pipe it instead
+            os.unlink(path)
+            return None
+        return path
+
+
+class _Unreadable(Exception):
+    """The source failed while being read (told apart from a failed write)."""
+
+    def __init__(self, error: OSError):
+        self.error = error
+
+
+def _reading(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks``, with an OSError in producing them raised as :class:`_Unreadable`."""
+    try:
+        yield from chunks
+    except OSError as exc:
+        raise _Unreadable(exc) from exc
+
 
 def build_archive(src: str, workdir: str) -> Archive:
     """The :class:`Archive` of ``src`` (UsageError if it is missing or unreadable)."""
@@ -221,7 +275,11 @@ def push_with_openssh(host: Host, archive: Archive, dest: str) -> Optional[Pushe
         return None
     command = _push_command(host, archive, dest, streamed=True)
     try:
-        done = openssh.run(host, argv, command, archive.streamed(), PUSHED)
+        staged = archive.staged(command.head)
+        if staged:
+            done = openssh.run_file(host, argv, staged, PUSHED)
+        else:
+            done = openssh.run(host, argv, command, archive.streamed(), PUSHED)
     except OSError as exc:  # reading the source here
         raise TransferError(host.id, f"cannot read {archive.src}: {exc}") from exc
     return None if done is None else _pushed(host, done, dest, None)

@@ -247,14 +247,19 @@ def test_one_file_over_sftp_needs_no_local_copy(lab, tmp_path, on_node):
     assert out == hashlib.sha256(src.read_bytes()).hexdigest()
 
 
-def test_one_file_through_openssh_needs_no_local_copy_and_leaves_nothing_behind(
-    lab, tmp_path, on_node
+@pytest.mark.parametrize("staged", [True, False], ids=["staged", "piped"])
+def test_one_file_through_openssh_lands_whole_and_leaves_nothing_behind(
+    lab, tmp_path, on_node, monkeypatch, staged
 ):
-    """The controller's ssh gets the file's tar made as the file is read: no local
-    copy; on the node it lands whole, with its mode, and no temporary directory stays."""
+    """The controller's ssh reads the file's tar staged once in the work
+    directory, or (above the staging limit) made as the file is read, with no
+    local copy; on the node it lands whole, with its mode, and no temporary
+    directory stays."""
     from corunner import transfer
     from corunner.loader import load_inventory
 
+    if not staged:
+        monkeypatch.setattr(transfer, "STAGE_LIMIT", 1_000_000)
     node = lab.nodes[6]
     (host,) = load_inventory(str(lab.inventory)).select(node.address)
     src = tmp_path / "data.bin"
@@ -265,7 +270,8 @@ def test_one_file_through_openssh_needs_no_local_copy_and_leaves_nothing_behind(
     archive = transfer.build_archive(str(src), str(work))
     on_node(node.index, "rm -rf /tmp/viassh && mkdir /tmp/viassh")
     assert transfer.push_with_openssh(host, archive, "/tmp/viassh/") is not None
-    assert os.listdir(work) == []
+    assert len([p for p in os.listdir(work) if p.endswith(".stream")]) == (1 if staged else 0)
+    assert [p for p in os.listdir(work) if not p.endswith(".stream")] == []  # no tar built
     out = on_node(node.index, "sha256sum /tmp/viassh/data.bin; stat -c %a /tmp/viassh/data.bin")
     assert out.split() == [
         hashlib.sha256(src.read_bytes()).hexdigest(),

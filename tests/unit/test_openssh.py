@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import tarfile
 from dataclasses import replace
 
 import pytest
 
-from corunner import openssh, transfer
+from corunner import openssh, remote, transfer
 from corunner.inventory import Host
 
 BASE = Host("web1", "deploy", 2222, None, ("/k/known hosts",), "/tmp/x", "python3", 7.5)
@@ -92,3 +93,32 @@ def test_a_file_that_shrinks_while_it_is_streamed_stops_the_stream(tmp_path):
     with pytest.raises(OSError, match="shrank"):
         for _ in chunks:
             pass
+
+
+def test_a_staged_push_is_the_head_then_the_tar_built_once_for_every_host(tmp_path):
+    src = tmp_path / "blob.bin"
+    data = os.urandom(1024 * 1024 + 5)
+    src.write_bytes(data)
+    (tmp_path / "work").mkdir()
+    archive = transfer.build_archive(str(src), str(tmp_path / "work"))
+    head = remote.sh(transfer.PUSH_SCRIPT, str(tmp_path / "dest") + "/", "blob.bin", "9").head
+    path = archive.staged(head)
+    assert path is not None and archive.staged(head) == path  # one file for every host
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    with open(path, "rb") as stdin:  # what ssh reads, run by the node's sh
+        done = subprocess.run(["sh", "-c", remote.READER], stdin=stdin, capture_output=True)
+    assert done.returncode == 0 and transfer.PUSHED.encode() in done.stdout, done.stderr
+    assert (tmp_path / "dest" / "blob.bin").read_bytes() == data
+
+
+def test_a_push_too_big_to_stage_is_piped_and_an_unreadable_one_is_an_error(tmp_path, monkeypatch):
+    src = tmp_path / "blob.bin"
+    src.write_bytes(os.urandom(4096))
+    archive = transfer.build_archive(str(src), str(tmp_path))
+    monkeypatch.setattr(transfer, "STAGE_LIMIT", 4096)
+    assert archive.staged(b"head\n") is None
+    monkeypatch.setattr(transfer, "STAGE_LIMIT", 1 << 30)
+    src.unlink()  # gone after the archive was made: no host may get a copy
+    with pytest.raises(FileNotFoundError):
+        archive.staged(b"other head\n")
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".stream")] == []  # nothing half-written
