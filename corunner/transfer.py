@@ -2,7 +2,8 @@
 
 A push goes through the controller's ``ssh`` where it can serve the host
 (:func:`push_with_openssh`, :mod:`corunner.openssh`): the tar stream below,
-for one file made as it is read. Otherwise, and through Paramiko:
+staged once in a local file that every host's ``ssh`` reads (:meth:`Archive.staged`),
+or for a push too big to stage, made as the file is read. Otherwise, and through Paramiko:
 a tree travels as a tar archive on one command's stdin (push) or stdout (pull),
 built once and sent to every node, keeping modes and links. One regular file
 goes over SFTP instead, which runs no login shell and no tar on the node (a
