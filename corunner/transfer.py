@@ -194,8 +194,8 @@ class Archive:
         node less CPU than a pipe: :func:`corunner.openssh.run_file`).
 
         None when the push is larger than :data:`STAGE_LIMIT` or the work
-        directory has no room for it and as much again: the caller feeds the
-        stream through a pipe instead. Raises OSError if the source cannot be read.
+        directory is unusable or has no room for it and as much again: the
+        caller feeds the stream through a pipe instead. Raises OSError if the source cannot be read.
         """
         with self._stage_lock:
             if head not in self._staged:
@@ -204,9 +204,14 @@ class Archive:
 
     def _stage(self, head: bytes) -> Optional[str]:
         size = len(head) + self.tar_size
-        if size > STAGE_LIMIT or shutil.disk_usage(self.workdir).free < 2 * size:
+        if size > STAGE_LIMIT:
             return None
-        fd, path = tempfile.mkstemp(prefix="corunner-", suffix=".stream", dir=self.workdir)
+        try:
+            if shutil.disk_usage(self.workdir).free < 2 * size:
+                return None
+            fd, path = tempfile.mkstemp(prefix="corunner-", suffix=".stream", dir=self.workdir)
+        except OSError:  # no usable work directory: the stream is piped, as it can always be
+            return None
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(head)

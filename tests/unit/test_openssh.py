@@ -122,3 +122,12 @@ def test_a_push_too_big_to_stage_is_piped_and_an_unreadable_one_is_an_error(tmp_
     with pytest.raises(FileNotFoundError):
         archive.staged(b"other head\n")
     assert [p for p in os.listdir(tmp_path) if p.endswith(".stream")] == []  # nothing half-written
+
+
+def test_a_push_with_no_usable_work_directory_is_piped_not_called_unreadable(tmp_path):
+    """A missing work directory is this machine's trouble, not the source's: the
+    push goes through a pipe, which needs no room here, and nothing blames the file."""
+    src = tmp_path / "blob.bin"
+    src.write_bytes(os.urandom(4096))
+    archive = transfer.build_archive(str(src), str(tmp_path / "missing"))
+    assert archive.staged(b"head\n") is None
