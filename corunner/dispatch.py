@@ -24,6 +24,7 @@ from .executor import NOREACH_MARKER
 from .inventory import Host
 from .listener import Listener
 from .spec import RunSpec
+from .tunnels import Tunnels
 
 #: Listen addresses that mean "every interface", which no node can connect to.
 WILDCARDS = frozenset({"0.0.0.0", "::", ""})
@@ -166,8 +167,9 @@ class SshStarter:
         self.count = len(hosts)
         #: The run's connections to jump hosts, shared by the hosts behind them.
         self.gateways = remote.Gateways(hosts, spec.accept_new_host_keys)
-        #: Connections that carry a heartbeat tunnel: open until the run ends.
-        self.tunnels: List[fabric.Connection] = []
+        #: Connections that carry a heartbeat tunnel: open until the run ends,
+        #: and opened again if one drops meanwhile.
+        self.tunnels = Tunnels(self._reopen_tunnel, remote.is_open)
         #: Hosts whose --files the relay put in their run directory already.
         self.staged: Set[str] = set()
         #: Hosts the relay could not log in to: their start fails alike, at once.
@@ -175,7 +177,6 @@ class SshStarter:
         #: Connections the relay left open, each taken by its host's start.
         self.opened: Dict[str, fabric.Connection] = {}
         self._lock = threading.Lock()
-        self._closed = False
 
     def close(self) -> None:
         """Close the tunnels' connections, then the jump hosts' (the end of the run).
@@ -183,11 +184,10 @@ class SshStarter:
         Never waits for a node: a closed transport stops at once, answered or not.
         """
         with self._lock:
-            self._closed = True
-            tunnels, self.tunnels = self.tunnels, []
-            tunnels += self.opened.values()  # the relay's, for starts that never came
+            unused = list(self.opened.values())  # the relay's, for starts that never came
             self.opened = {}
-        for conn in tunnels:
+        self.tunnels.close()
+        for conn in unused:
             conn.close()
         self.gateways.close()
 
@@ -241,9 +241,9 @@ class SshStarter:
             address, port = self.listener.bind(local)
         return [[address, port], ["", port]]  # "": the client address in $SSH_CONNECTION
 
-    def _tunnel(self, conn: fabric.Connection, host: Host) -> int:
-        """Ask ``host``'s sshd to forward a port of its own (chosen by it, on
-        127.0.0.1) to our listener over ``conn``, as ``ssh -R`` does; the port.
+    def _tunnel(self, conn: fabric.Connection, host: Host, port: int = 0) -> int:
+        """Ask ``host``'s sshd to forward a port of its own on 127.0.0.1 (``port``,
+        or one it chooses) to our listener over ``conn``, as ``ssh -R`` does; the port.
 
         Each connection the executor makes there arrives as a channel, which
         the listener adopts as an accepted socket. Raises StartError if sshd
@@ -258,7 +258,7 @@ class SshStarter:
         with remote.translated(host, conn):
             transport = conn.client.get_transport()
             try:
-                return int(transport.request_port_forward("127.0.0.1", 0, arrived))
+                return int(transport.request_port_forward("127.0.0.1", port, arrived))
             except paramiko.SSHException as exc:
                 if not transport.is_active():
                     raise
@@ -303,19 +303,22 @@ class SshStarter:
             if started.session is not None:
                 keep_open = True  # the SessionWatch closes it
             elif tunnel is not None and started.ended is None:
-                keep_open = self._keep(conn)
+                keep_open = self.tunnels.keep(host, conn, tunnel)
             return started
         finally:
             if not keep_open:
                 conn.close()
 
-    def _keep(self, conn: fabric.Connection) -> bool:
-        """Keep a tunnel's connection open until :meth:`close`; False if that came already."""
-        with self._lock:
-            if self._closed:
-                return False
-            self.tunnels.append(conn)
-            return True
+    def _reopen_tunnel(self, host: Host, port: int) -> fabric.Connection:
+        """Log in to ``host`` again and forward its heartbeat ``port`` once more
+        (its tunnel dropped: :mod:`corunner.tunnels`); raises if not yet possible."""
+        conn = remote.connect(host, self.spec.accept_new_host_keys, self.gateways)
+        try:
+            self._tunnel(conn, host, port)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def _start(self, conn: fabric.Connection, host: Host, tunnel: Optional[int]) -> Started:
         config = self.config(conn, host, tunnel)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -242,6 +243,48 @@ def test_a_killed_and_a_frozen_target_behind_the_bastion(behind, jcli):
     changes = [(e["old"], e["new"]) for e in jcli.events() if e["host"] == frozen.address]
     assert changes == [("pending", "alive"), ("alive", "dead"), ("dead", "alive"),
                        ("alive", "succeeded")]  # fmt: skip
+
+
+def test_a_target_frozen_past_its_keepalive_limit_comes_back_through_a_new_tunnel(behind, tmp_path):
+    """Frozen longer than its keepalives allow, a target loses its SSH connection and
+    the heartbeat port forwarded over it; thawed, it is logged in to again, the same
+    port is forwarded, and the node turns alive again and reports its outcome."""
+    steady, _, frozen = behind.targets
+    lab = behind.lab
+    cli = Cli(lab, tmp_path)
+    cli.env["CORUNNER_INVENTORY"] = str(
+        inventory(behind, tmp_path / "hosts.yaml", behind.bastion.address)
+    )
+    config = tmp_path / "ssh_config"  # keepalives 1 s apart, 2 unanswered: given up after 2 s
+    config.write_text(
+        f"Host {' '.join(t.address for t in behind.targets)}\n"
+        "  ServerAliveInterval 1\n  ServerAliveCountMax 2\n"
+    )
+    cli.env["CORUNNER_SSH_CONFIG"] = str(config)
+    sshd_log = lab.state_dir / "nodes" / frozen.hostname / "sshd.log"
+    before = sshd_log.read_text(errors="replace").count("Accepted publickey")
+    script = f'if [ "$CORUNNER_HOST" = {frozen.address} ]; then sleep 8; else sleep 10; fi'
+    proc = cli.popen("run", "--cmd", script, "--json", "--quiet", *FAST)
+    try:
+        wait_until(lambda: cli.states() == {t.address: "alive" for t in behind.targets}, 30)
+        lab.freeze(frozen.index)
+        wait_until(lambda: cli.states().get(frozen.address) == "dead", timeout=10)
+        time.sleep(3)  # past the 2 s the controller waits for keepalive answers
+        lab.thaw(frozen.index)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        lab.thaw(frozen.index) if lab.is_frozen(frozen.index) else None
+    assert proc.returncode == EXIT_OK, err
+    hosts = {h["host"]: h for h in json.loads(out)["hosts"]}
+    assert {h["state"] for h in hosts.values()} == {"succeeded"}, hosts
+    changes = [(e["old"], e["new"]) for e in cli.events() if e["host"] == frozen.address]
+    assert changes == [("pending", "alive"), ("alive", "dead"), ("dead", "alive"),
+                       ("alive", "succeeded")]  # fmt: skip
+    # Its start, then the new connection that carries the tunnel again.
+    assert sshd_log.read_text(errors="replace").count("Accepted publickey") == before + 2
+    assert steady.address in hosts
 
 
 def test_a_jump_host_known_only_by_its_ssh_config_alias(behind, tmp_path):
