@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import peers, push  # noqa: E402
+from bench import peers, push, report  # noqa: E402
 from bench.common import (  # noqa: E402
     Contender,
     Context,
@@ -107,14 +107,8 @@ def run(ctx: WideContext, n: int, rounds: int, command: str, code: str) -> str:
 
 
 def merge(section: str) -> None:
-    """Put ``section`` in RESULTS.md: in place of its last version, else after "## Push"."""
-    text = RESULTS.read_text()
-    chunks = text.split("\n## ")
-    chunks = [chunks[0]] + ["## " + c for c in chunks[1:]]
-    chunks = [c for c in chunks if not c.startswith(HEADING)]
-    at = next((i + 1 for i, c in enumerate(chunks) if c.startswith("## Push:")), len(chunks))
-    chunks.insert(at, section.rstrip() + "\n")
-    RESULTS.write_text("\n".join(c.rstrip("\n") + "\n" for c in chunks))
+    """Put ``section`` in RESULTS.md: in place of its last version (its notes kept), else after "## Push"."""
+    RESULTS.write_text(report.place_section(RESULTS.read_text(), HEADING, section, after="## Push"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -45,6 +45,7 @@ from bench.common import (  # noqa: E402
     markdown_table,
     snapshot_corunner,
 )
+from bench.report import is_section, renewed, split_sections  # noqa: E402
 from corunner.errors import LabError  # noqa: E402
 from corunner.testing import lab  # noqa: E402
 
@@ -199,28 +200,13 @@ METHODOLOGY = """\
 """
 
 
-def split_sections(text: str) -> List[str]:
-    """A Markdown report cut before every ``## `` heading: [preamble, section, section, ...]."""
-    chunks: List[str] = []
-    current: List[str] = []
-    for line in text.splitlines():
-        if line.startswith("## ") and current:
-            chunks.append("\n".join(current).strip("\n"))
-            current = []
-        current.append(line)
-    if current:
-        chunks.append("\n".join(current).strip("\n"))
-    return chunks
-
-
 def _kind(chunk: str) -> Optional[str]:
     """The benchmark a section belongs to (its heading, then ``:`` or the line's end), or None.
 
     "## Push at scale" is push_wide's own section, not "## Push".
     """
-    first = chunk.split("\n", 1)[0]
     for name, heading in HEADINGS.items():
-        if first == heading or first.startswith(heading + ":"):
+        if is_section(chunk, heading):
             return name
     return None
 
@@ -233,7 +219,7 @@ def merge_report(old: Optional[str], fresh: List[str], ran: Dict[str, str], full
     benchmark ran) or when there is no old report. Old sections keep their
     order (those of other scripts, such as scaling and push_wide, included);
     sections new to the report follow them in the order of BENCHMARKS; the
-    methodology comes last.
+    methodology comes last. A replaced section keeps its notes (bench/report.py).
     """
     old_chunks = split_sections(old) if old else []
     take_fresh = full or not old_chunks
@@ -250,7 +236,7 @@ def merge_report(old: Optional[str], fresh: List[str], ran: Dict[str, str], full
             if kind in placed:
                 continue  # a section of the same benchmark twice: keep the one replaced
             placed.add(kind)
-            body.append(ran[kind])
+            body.append(renewed(c, ran[kind]))  # its hand-written notes kept
         else:
             body.append(c)
     body += [ran[k] for k in BENCHMARKS if k in ran and k not in placed]

@@ -39,6 +39,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import report  # noqa: E402
 from bench.common import REPO, find_program, markdown_table, ratio  # noqa: E402
 from corunner.testing import lab  # noqa: E402
 
@@ -365,13 +366,9 @@ def render(contenders: List[Tool], sizes: List[int], rounds: int, head: str, par
 
 
 def update_results(section: str) -> None:
+    """Put ``section`` in RESULTS.md in place of its last version, its notes kept."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"(?ms)^## Scaling.*?(?=^## |\Z)")
-    if pattern.search(text):
-        text = pattern.sub(section.rstrip() + "\n\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    RESULTS.write_text(report.place_section(text, "## Scaling", section))
 
 
 if __name__ == "__main__":
