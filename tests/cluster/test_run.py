@@ -123,6 +123,8 @@ def test_deadline_times_out_and_stop_ends_the_remote_programs(lab, cli, on_node,
     assert all(h["pid"] for h in doc["hosts"])  # the slow node's start was waited for
     run_id = doc["run_id"]
     assert "sleep 300" in on_node(lab.nodes[0].index, "ps -eo args")
+    # The slow python has made its point: stop and status --refresh run it too.
+    on_node(slow.index, "printf '#!/bin/sh\\nexec python3 \"$@\"\\n' >/tmp/slowpy")
     done = cli("stop", "--run", run_id)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"stopped (8): {fold(n.address for n in lab.nodes)}" in done.stdout
