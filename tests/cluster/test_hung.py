@@ -47,7 +47,8 @@ BOUND = remote.ALIVE_LIMIT + remote.ALIVE_INTERVAL + 15
 
 def quick_keepalives(hosts):
     """The hosts with a 1 s x 3 keepalive limit, as ssh_config's ServerAliveInterval
-    and ServerAliveCountMax set it: hung within seconds (the run test keeps the defaults)."""
+    and ServerAliveCountMax set it: hung within seconds, not the default 15 s
+    (tests/unit/test_inventory.py checks the default)."""
     return [dataclasses.replace(h, alive_interval=1.0, alive_count_max=3) for h in hosts]
 
 
@@ -75,13 +76,13 @@ def test_a_node_that_hangs_as_the_run_starts_is_reported_and_the_run_ends(
 ):
     victim = healthy_lab.nodes[1]
     freeze_on(paramiko.Channel, "exec_command", victim)  # sshd never answers "exec"
-    hosts = load_inventory(str(healthy_lab.inventory)).select(None)
+    hosts = quick_keepalives(load_inventory(str(healthy_lab.inventory)).select(None))
     spec = RunSpec(Program(cmd="true"), interval=0.2, dead_after=1.5)
     report = finish(controller.Run(hosts, spec, records=str(tmp_path / "runs")).execute)
     states = {row.host: row for row in report.hosts}
     assert states[victim.address].state == "unreachable"
     assert re.fullmatch(
-        r"stalled: no answer to keepalives for 1[5-9]s \(host hung or overloaded\)",
+        r"stalled: no answer to keepalives for [3-9]s \(host hung or overloaded\)",
         states[victim.address].error,
     )
     assert all(r.state == "succeeded" for h, r in states.items() if h != victim.address)

@@ -49,6 +49,8 @@ def test_builtin_defaults_apply_when_nothing_is_set() -> None:
         connect_timeout=10.0,
         groups=("g",),
     )
+    # Keepalives 5 s apart, 3 unanswered: a hung host is given up after 15 s.
+    assert (host.alive_interval, host.alive_count_max) == (5.0, 3)
 
 
 def test_local_user_comes_from_getpass_when_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
