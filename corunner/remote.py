@@ -378,6 +378,15 @@ class _Hop:
     lock: threading.Lock = field(default_factory=threading.Lock)
     conn: Optional[fabric.Connection] = None
     error: Optional[RemoteError] = None
+    failed_at: float = 0.0  # when ``error`` came (the Gateways' clock)
+
+
+#: Seconds a jump host that could not be reached (refused, timed out, hung) is
+#: given up for before it is tried again: long enough that the hosts behind a
+#: dead one fail at once with its line, short enough that heartbeat tunnels
+#: dropped with a rebooted bastion come back (corunner.tunnels). A jump host
+#: that refused the key or showed an unknown host key is not tried again.
+HOP_RETRY = 5.0
 
 
 class Gateways:
@@ -389,12 +398,19 @@ class Gateways:
     first thread that needs it, and every host behind it gets a
     ``direct-tcpip`` channel over it (as Fabric's ``gateway=`` and OpenSSH's
     ``ProxyJump`` do). A jump host that cannot be reached is tried once; every
-    host behind it then fails with the same line naming it. Thread-safe;
+    host behind it then fails with the same line naming it, for HOP_RETRY
+    seconds (for good if it refused the login). Thread-safe;
     :meth:`close` at the end of the command.
     """
 
-    def __init__(self, hosts: Iterable[Host] = (), accept_new_host_keys: bool = False) -> None:
+    def __init__(
+        self,
+        hosts: Iterable[Host] = (),
+        accept_new_host_keys: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.accept_new_host_keys = accept_new_host_keys
+        self._clock = clock
         self._lock = threading.Lock()
         self._hops: Dict[Tuple[Host, ...], _Hop] = {}
         self._closed = False
@@ -463,7 +479,10 @@ class Gateways:
         hop = chain[-1]
         with entry.lock:
             if entry.error is not None:
-                raise self._failed(host, chain, hop, entry.error)
+                transient = isinstance(entry.error, (ConnectError, StalledError))
+                if not transient or self._clock() - entry.failed_at < HOP_RETRY:
+                    raise self._failed(host, chain, hop, entry.error)
+                entry.error = None
             if entry.conn is not None:
                 transport = entry.conn.client.get_transport()
                 if transport is not None and transport.is_active():
@@ -485,7 +504,7 @@ class Gateways:
             except JumpError:
                 raise  # an earlier hop's, already said so
             except RemoteError as exc:
-                entry.error = exc
+                entry.error, entry.failed_at = exc, self._clock()
                 raise self._failed(host, chain, hop, exc) from exc
             entry.conn = conn
             return conn.client.get_transport()

@@ -287,6 +287,46 @@ def test_a_target_frozen_past_its_keepalive_limit_comes_back_through_a_new_tunne
     assert steady.address in hosts
 
 
+def test_a_bastion_that_restarts_mid_run_brings_every_tunnel_back(behind, lab, tmp_path):
+    """The bastion dies under a run (every target's connection and tunnel with it) and
+    comes back: it is tried again a while later, each target is logged in to through it
+    again with its heartbeat port forwarded anew, and every target reports its outcome.
+    A node reached directly keeps the run going meanwhile (with every node dead, a run
+    ends: it never waits for the dead)."""
+    direct = lab.nodes[0]
+    data = json.loads(behind.inventory_text().split("\n", 1)[1])
+    data["groups"]["direct"] = {
+        "hosts": [direct.address], "jump": "none",
+        "key": str(lab.key), "known_hosts": str(lab.known_hosts),
+    }  # fmt: skip
+    cli = Cli(behind.lab, tmp_path)
+    cli.env["CORUNNER_INVENTORY"] = str(tmp_path / "hosts.yaml")
+    (tmp_path / "hosts.yaml").write_text(json.dumps(data))
+    script = f'if [ "$CORUNNER_HOST" = {direct.address} ]; then sleep 16; else sleep 14; fi'
+    everyone = [direct.address, *(t.address for t in behind.targets)]
+    proc = cli.popen("run", "--cmd", script, "--json", "--quiet", *FAST)
+    try:
+        wait_until(lambda: cli.states() == {a: "alive" for a in everyone}, 30)
+        behind.lab.kill(behind.bastion.index)
+        wait_until(lambda: {cli.states()[t.address] for t in behind.targets} == {"dead"}, 10)
+        time.sleep(1)  # the first reopens meet no bastion: it is given up for a while
+        behind.lab.restart(behind.bastion.index)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if not behind.lab.is_running(behind.bastion.index):
+            behind.lab.restart(behind.bastion.index)
+    assert proc.returncode == EXIT_OK, err
+    assert {h["host"]: h["state"] for h in json.loads(out)["hosts"]} == dict.fromkeys(
+        everyone, "succeeded"
+    )
+    for target in behind.targets:
+        changes = [(e["old"], e["new"]) for e in cli.events() if e["host"] == target.address]
+        assert changes == [("pending", "alive"), ("alive", "dead"), ("dead", "alive"),
+                           ("alive", "succeeded")]  # fmt: skip
+
+
 def test_a_jump_host_known_only_by_its_ssh_config_alias(behind, tmp_path):
     """``jump: gw`` where only ``Host gw`` in ssh_config says where gw is, as with ssh -J."""
     config = tmp_path / "ssh_config"

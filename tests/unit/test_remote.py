@@ -3,13 +3,14 @@ and the one-line error for an unexpected exception on one host."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 
 import pytest
 
 from corunner import remote
-from corunner.errors import InternalError
+from corunner.errors import AuthError, ConnectError, InternalError, JumpError, StalledError
 from corunner.inventory import Host
 
 
@@ -123,3 +124,65 @@ def test_a_host_behind_a_jump_is_never_dialled_directly() -> None:
     # a caller without them gets an error, never a direct connection to the target.
     with pytest.raises(ValueError, match="reached through a jump host"):
         remote.connect(behind)
+
+
+class _Transport:
+    def is_active(self) -> bool:
+        return True
+
+    def open_channel(self, *args: object, **kwargs: object) -> str:
+        return "channel"
+
+
+class _Conn:
+    class client:
+        @staticmethod
+        def get_transport() -> _Transport:
+            return _Transport()
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "error, tried_again",
+    [
+        (ConnectError("127.0.1.9", "connection refused on port 22 (is sshd running?)"), True),
+        (StalledError("127.0.1.9", "stalled: no answer to keepalives for 15s"), True),
+        (AuthError("127.0.1.9", "authentication failed for user nobody"), False),
+    ],
+)
+def test_a_jump_host_that_could_not_be_reached_is_tried_again_after_a_while_but_not_one_that_refused(
+    monkeypatch, error, tried_again
+):
+    """Hosts behind a dead jump host fail at once with its line; once HOP_RETRY has
+    passed it is tried again (a rebooted bastion: its tunnels come back), unless it
+    refused the login, which trying again would not change."""
+    now = [0.0]
+    answers = [error, _Conn()]
+    tries = []
+
+    def fake_open(hop: Host, accept_new: bool, sock: object) -> object:
+        tries.append(now[0])
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(remote, "_open", fake_open)
+    target = dataclasses.replace(host("127.0.2.1"), jump=("127.0.1.9",))
+    gateways = remote.Gateways([target], clock=lambda: now[0])
+    for at in (0.0, 1.0, remote.HOP_RETRY - 0.1):
+        now[0] = at
+        with pytest.raises(
+            JumpError, match=r"^127\.0\.2\.1: 127\.0\.1\.9 \(jump host for 1 host\)"
+        ):
+            gateways.sock(target)
+    assert tries == [0.0]  # one try while it is given up
+    now[0] = remote.HOP_RETRY
+    if tried_again:
+        assert gateways.sock(target) == "channel" and tries == [0.0, remote.HOP_RETRY]
+    else:
+        with pytest.raises(JumpError):
+            gateways.sock(target)
+        assert tries == [0.0]
